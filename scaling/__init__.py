@@ -1,0 +1,1 @@
+"""scaling: run scaling-law experiments on language models."""

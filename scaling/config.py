@@ -1,0 +1,164 @@
+"""Typed run configuration: the Hydra schema, and the checks Hydra's types cannot express.
+
+The dataclasses are registered in Hydra's ConfigStore, so an unknown key or a wrong type fails
+at launch with the key's name. `validate` then checks values (positive sizes, divisibility,
+budgets) and raises `ConfigError` naming the field, before any data is read or JAX is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what was expected."""
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only Transformer shape (GPT-2 architecture)."""
+
+    n_layer: int = 2
+    d_model: int = 64
+    n_head: int = 2
+    n_ctx: int = 64
+    d_ff: int | None = None  # None: 4 * d_model
+    dtype: str = "auto"  # compute: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
+    attention: str = "auto"  # auto (cudnn on GPU with bf16, else xla) | xla | cudnn
+
+    @property
+    def ff_dim(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+
+@dataclass
+class DataConfig:
+    """Where the tokens come from: a corpus, a tokenizer, a validation split, a cache."""
+
+    source: str = "stdlib"  # stdlib (this interpreter's standard library source) | files
+    paths: list[str] = field(default_factory=list)  # globs, for source=files
+    tokenizer: str = "bpe"  # bpe (byte-level BPE trained on the train split) | bytes
+    vocab_size: int = 4096  # BPE vocabulary size (the bytes tokenizer is always 256)
+    val_fraction: float = 0.05  # share of documents held out for validation
+    cache_dir: str | None = None  # None: $SCALING_CACHE, else ~/.cache/scaling
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. Defaults follow Kaplan et al. 2020 (Adam, warmup, cosine)."""
+
+    tokens: int = 200_000  # token budget D; steps = tokens // (batch_size * n_ctx)
+    batch_size: int = 16  # sequences per step
+    seed: int = 0
+    lr: float | None = None  # None: Kaplan's size rule 0.003239 - 0.0001395 * ln(N)
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    warmup_fraction: float = 0.05  # of all steps, linear from zero
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    eval_count: int = 20  # log-spaced validation points (the last step is always one)
+    eval_batches: int = 8  # validation batches per evaluation
+    log_every_steps: int = 10  # progress updates (each one is a host sync)
+    checkpoint_every_steps: int = 1000
+    checkpoint_every_seconds: float = 600.0
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore as `base_config` (conf/config.yaml extends it)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def reject_unknown_keys(node: Mapping[str, Any], schema: type, prefix: str = "") -> None:
+    """Raise ConfigError for any key in `node` that the dataclass `schema` does not declare."""
+    declared = get_type_hints(schema)
+    for key in node:
+        if key not in declared:
+            raise ConfigError(
+                f"{prefix}{key} is not a config key: expected one of "
+                f"{', '.join(prefix + name for name in declared)}."
+            )
+        if is_dataclass(declared[key]):
+            reject_unknown_keys(node[key], declared[key], f"{prefix}{key}.")
+
+
+def kaplan_lr(n_nonembed: int) -> float:
+    """Kaplan et al. 2020 eq. D.1: the peak learning rate that worked best at size N."""
+    return 0.003239 - 0.0001395 * math.log(n_nonembed)
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid: expected {expected}.")
+
+
+def validate(cfg: Config) -> Config:
+    """Check values Hydra's types cannot; raise ConfigError naming the first bad field."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    for name in ("n_layer", "d_model", "n_head", "n_ctx"):
+        _check(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "a positive integer")
+    _check(m.d_ff is None or m.d_ff > 0, "model.d_ff", m.d_ff, "a positive integer or null")
+    _check(
+        m.d_model % m.n_head == 0,
+        "model.n_head",
+        m.n_head,
+        f"a divisor of model.d_model={m.d_model}",
+    )
+    _check(m.dtype in ("auto", "float32", "bfloat16"), "model.dtype", m.dtype,
+           "one of auto, float32, bfloat16")
+    _check(m.attention in ("auto", "xla", "cudnn"), "model.attention", m.attention,
+           "one of auto, xla, cudnn")
+
+    _check(d.source in ("stdlib", "files"), "data.source", d.source, "one of stdlib, files")
+    _check(d.source != "files" or len(d.paths) > 0, "data.paths", d.paths,
+           "at least one path or glob when data=files")
+    _check(d.tokenizer in ("bpe", "bytes"), "data.tokenizer", d.tokenizer, "one of bpe, bytes")
+    _check(257 <= d.vocab_size <= 65535, "data.vocab_size", d.vocab_size,
+           "an integer in [257, 65535] for the BPE tokenizer")
+    _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction,
+           "a fraction strictly between 0 and 1")
+
+    tokens_per_step = t.batch_size * m.n_ctx
+    _check(t.batch_size > 0, "train.batch_size", t.batch_size, "a positive integer")
+    _check(
+        t.tokens >= tokens_per_step,
+        "train.tokens",
+        t.tokens,
+        f"at least one batch, train.batch_size * model.n_ctx = {tokens_per_step} tokens",
+    )
+    _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a positive number or null")
+    _check(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", t.min_lr_ratio, "a value in [0, 1]")
+    _check(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", t.warmup_fraction,
+           "a value in [0, 1)")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a non-negative number")
+    _check(0.0 <= t.beta1 < 1.0, "train.beta1", t.beta1, "a value in [0, 1)")
+    _check(0.0 <= t.beta2 < 1.0, "train.beta2", t.beta2, "a value in [0, 1)")
+    _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a non-negative number (0: off)")
+    for name in ("eval_count", "eval_batches", "log_every_steps", "checkpoint_every_steps",
+                 "keep_checkpoints"):
+        _check(getattr(t, name) > 0, f"train.{name}", getattr(t, name), "a positive integer")
+    _check(t.checkpoint_every_seconds > 0, "train.checkpoint_every_seconds",
+           t.checkpoint_every_seconds, "a positive number of seconds")
+    return cfg
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts (for summary.json and the results table)."""
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    return obj

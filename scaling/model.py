@@ -1,0 +1,154 @@
+"""GPT-2 decoder-only Transformer in Flax, laid out like Hugging Face's GPT-2.
+
+Module names (`wte`, `wpe`, `h_{i}/ln_1`, `attn/c_attn`, `attn/c_proj`, `ln_2`, `mlp/c_fc`,
+`mlp/c_proj`, `ln_f`) and kernel layouts ([in, out], as GPT-2's Conv1D) match the Hugging Face
+checkpoint, so weights export by renaming. Parameters are always float32; `dtype` is the compute
+dtype. The output embedding is the input embedding (tied), over a vocabulary padded to a
+multiple of 64 for the matmul units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+VOCAB_MULTIPLE = 64
+LN_EPS = 1e-5
+INIT_STD = 0.02
+
+
+def padded_vocab(vocab_size: int) -> int:
+    """The embedding rows actually allocated: vocab rounded up to a multiple of 64."""
+    return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Plain shape and numerics of one model; built from the run config by `from_config`."""
+
+    vocab_size: int
+    n_layer: int
+    d_model: int
+    n_head: int
+    n_ctx: int
+    d_ff: int
+    dtype: str = "float32"
+    attention: str = "xla"
+
+    @property
+    def vocab_padded(self) -> int:
+        return padded_vocab(self.vocab_size)
+
+
+def resolve_dtype(name: str, backend: str | None = None) -> str:
+    """`auto` means bfloat16 on accelerators and float32 on CPU."""
+    if name != "auto":
+        return name
+    backend = backend or jax.default_backend()
+    return "float32" if backend == "cpu" else "bfloat16"
+
+
+def resolve_attention(name: str, dtype: str, backend: str | None = None) -> str:
+    """`auto` picks the cuDNN flash kernel where it applies (GPU, bf16), XLA elsewhere."""
+    if name != "auto":
+        return name
+    backend = backend or jax.default_backend()
+    return "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
+
+
+def _dense(features: int, dtype, std: float, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(std),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+def _layer_norm(dtype, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class Attention(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        B, T, D = x_BxTxD.shape
+        H = cfg.n_head
+        residual_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
+        qkv_BxTx3D = _dense(3 * D, cfg.dtype, INIT_STD, "c_attn")(x_BxTxD)
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (
+            t.reshape(B, T, H, D // H) for t in jnp.split(qkv_BxTx3D, 3, axis=-1)
+        )
+        y_BxTxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention
+        )
+        return _dense(D, cfg.dtype, residual_std, "c_proj")(y_BxTxHxK.reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        residual_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
+        h_BxTxF = _dense(cfg.d_ff, cfg.dtype, INIT_STD, "c_fc")(x_BxTxD)
+        h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)
+        return _dense(cfg.d_model, cfg.dtype, residual_std, "c_proj")(h_BxTxF)
+
+
+class Block(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        dtype = self.cfg.dtype
+        x_BxTxD = x_BxTxD + Attention(self.cfg, name="attn")(_layer_norm(dtype, "ln_1")(x_BxTxD))
+        return x_BxTxD + MLP(self.cfg, name="mlp")(_layer_norm(dtype, "ln_2")(x_BxTxD))
+
+
+class GPT(nn.Module):
+    """Token ids [B, T] -> logits [B, T, vocab_padded] (in the compute dtype)."""
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, ids_BxT: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        wte = nn.Embed(
+            cfg.vocab_padded, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
+            embedding_init=nn.initializers.normal(INIT_STD), name="wte",
+        )
+        wpe = nn.Embed(
+            cfg.n_ctx, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
+            embedding_init=nn.initializers.normal(INIT_STD), name="wpe",
+        )
+        T = ids_BxT.shape[1]
+        x_BxTxD = wte(ids_BxT) + wpe(jnp.arange(T))[None]
+        for i in range(cfg.n_layer):
+            x_BxTxD = Block(cfg, name=f"h_{i}")(x_BxTxD)
+        x_BxTxD = _layer_norm(cfg.dtype, "ln_f")(x_BxTxD)
+        return wte.attend(x_BxTxD)
+
+
+def init_params(cfg: GPTConfig, seed: int) -> dict:
+    """Float32 parameters for `cfg`, a pure function of the seed."""
+    ids = jnp.zeros((1, cfg.n_ctx), jnp.int32)
+    return jax.jit(GPT(cfg).init)(jax.random.PRNGKey(seed), ids)["params"]
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean next-token loss in nats, with the softmax in float32 whatever the compute dtype."""
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    log_z_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    return jnp.mean(log_z_BxT - target_logit_BxT)

@@ -1,0 +1,1 @@
+"""Run types. Each picks data, loss and initialisation for the shared loop in `scaling.train`."""

@@ -1,0 +1,8 @@
+"""Corpus files → tokenizer → cached token shards → batches."""
+
+from scaling.data.batches import Batches, eval_windows
+from scaling.data.errors import DataError
+from scaling.data.shards import Dataset, load_dataset
+from scaling.data.tokenizer import Tokenizer
+
+__all__ = ["Batches", "DataError", "Dataset", "Tokenizer", "eval_windows", "load_dataset"]

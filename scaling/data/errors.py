@@ -1,0 +1,5 @@
+"""The one exception the data pipeline raises, so a bad corpus fails before training starts."""
+
+
+class DataError(ValueError):
+    """The corpus or a split cannot serve the run; the message names the path or the sizes."""

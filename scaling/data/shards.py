@@ -1,0 +1,176 @@
+"""Documents → token shards cached on disk: built once per corpus and settings, then memory-mapped.
+
+Layout of `<cache root>/<name>/`: train.npy and val.npy (each document followed by eos_id),
+tokenizer.json (BPE only) and meta.json. The name ends in a hash of every document's name and
+text, the split and tokenizer settings and FORMAT_VERSION, so any change builds a new cache.
+A cache is built in a temporary directory and renamed into place under a file lock: parallel
+runs of a sweep build it once, and a killed build never leaves a directory a later run trusts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+
+from scaling.config import DataConfig
+from scaling.data.errors import DataError
+from scaling.data.sources import Corpus, read_corpus, split_documents
+from scaling.data.tokenizer import BPETokenizer, BytesTokenizer, Tokenizer, train_bpe
+
+# Bump when the layout or the meaning of the shards changes, so old caches are not reused.
+FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A tokenized corpus: memory-mapped splits (documents separated by eos_id) and tokenizer."""
+
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int  # the tokenizer's, unpadded
+    eos_id: int
+    tokenizer: Tokenizer
+    cache_path: Path
+    n_train_docs: int
+    n_val_docs: int
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """The corpus of `cfg`, tokenized; builds the cache on first call and reuses it afterwards."""
+    corpus = read_corpus(cfg.source, cfg.paths)
+    path = cache_root(cfg.cache_dir) / _cache_name(cfg, corpus)
+    if not (path / "meta.json").exists():
+        _build_locked(path, cfg, corpus)
+    return _open(path)
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """`data.cache_dir` if set, else $SCALING_CACHE, else ~/.cache/scaling."""
+    root = cache_dir or os.environ.get("SCALING_CACHE") or "~/.cache/scaling"
+    return Path(root).expanduser()
+
+
+def _settings(cfg: DataConfig) -> dict:
+    """Everything besides the documents that determines the shards' contents."""
+    return {
+        "format": FORMAT_VERSION,
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else BytesTokenizer.vocab_size,
+        "val_fraction": cfg.val_fraction,
+    }
+
+
+def _cache_name(cfg: DataConfig, corpus: Corpus) -> str:
+    """A readable prefix (source, tokenizer) and a hash of the documents and settings."""
+    h = hashlib.sha256(json.dumps(_settings(cfg), sort_keys=True).encode())
+    for d in corpus.documents:
+        for part in (d.name, d.text):
+            data = part.encode("utf-8")
+            # Length-prefixed, so the boundary between name and text is unambiguous.
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+    vocab = str(cfg.vocab_size) if cfg.tokenizer == "bpe" else ""
+    return f"{cfg.source}-{cfg.tokenizer}{vocab}-{h.hexdigest()[:16]}"
+
+
+def _build_locked(path: Path, cfg: DataConfig, corpus: Corpus) -> None:
+    """Build the cache at `path` unless another process does so first; the rename commits it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+        if (path / "meta.json").exists():
+            return  # built by another process while this one waited
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            shutil.rmtree(stale)  # left by a killed build; safe, we hold the lock
+        if path.exists():
+            shutil.rmtree(path)  # no meta.json: not a finished cache
+        log.info("building the data cache %s from %d documents", path, len(corpus.documents))
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
+        try:
+            _write(tmp, cfg, corpus)
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _write(out: Path, cfg: DataConfig, corpus: Corpus) -> None:
+    """Split, train the tokenizer on the train split only, encode both splits; meta.json last."""
+    split = split_documents(corpus.documents, cfg.val_fraction)
+    if not split.train or not split.val:
+        raise DataError(
+            f"cannot split {len(corpus.documents)} documents with data.val_fraction="
+            f"{cfg.val_fraction}: the {'train' if not split.train else 'validation'} split is empty"
+        )
+    start = time.perf_counter()
+    tokenizer: Tokenizer
+    if cfg.tokenizer == "bpe":
+        tokenizer = train_bpe(split.train, cfg.vocab_size)
+        tokenizer.save(out / "tokenizer.json")
+    else:
+        tokenizer = BytesTokenizer()
+    trained = time.perf_counter()
+    train = tokenizer.encode_documents(split.train)
+    val = tokenizer.encode_documents(split.val)
+    np.save(out / "train.npy", train)
+    np.save(out / "val.npy", val)
+    meta = {
+        "format": FORMAT_VERSION,
+        "source": {
+            "kind": cfg.source,
+            "paths": list(cfg.paths),
+            "python": sys.version.split()[0],
+            "files": corpus.files,
+        },
+        "tokenizer": {
+            "kind": cfg.tokenizer,
+            "requested_vocab_size": _settings(cfg)["vocab_size"],
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id,
+            "tokenizers_version": tokenizers.__version__,
+        },
+        "split": {"val_fraction": cfg.val_fraction, "rule": split.rule},
+        "documents": {"train": len(split.train), "val": len(split.val)},
+        "tokens": {"train": len(train), "val": len(val)},
+        "dtype": str(train.dtype),
+        "build_seconds": {
+            "tokenizer": round(trained - start, 3),
+            "encode": round(time.perf_counter() - trained, 3),
+        },
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), "utf-8")
+
+
+def _open(path: Path) -> Dataset:
+    """A finished cache as a Dataset with memory-mapped splits."""
+    meta = json.loads((path / "meta.json").read_text("utf-8"))
+    tokenizer: Tokenizer = (
+        BPETokenizer.load(path / "tokenizer.json")
+        if meta["tokenizer"]["kind"] == "bpe"
+        else BytesTokenizer()
+    )
+    return Dataset(
+        train=np.load(path / "train.npy", mmap_mode="r"),
+        val=np.load(path / "val.npy", mmap_mode="r"),
+        vocab_size=tokenizer.vocab_size,
+        eos_id=tokenizer.eos_id,
+        tokenizer=tokenizer,
+        cache_path=path,
+        n_train_docs=meta["documents"]["train"],
+        n_val_docs=meta["documents"]["val"],
+    )

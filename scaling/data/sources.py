@@ -1,0 +1,201 @@
+"""Corpus files → documents, and the deterministic train/validation split.
+
+A document is one file (or one line of a .jsonl file) with a stable name; names drive the
+split and, with the contents, the cache key, so the same corpus always yields the same data.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+import os
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from scaling.data.errors import DataError
+
+SUPPORTED_SUFFIXES = (".jsonl", ".md", ".py", ".txt")
+# Directory names never read from the standard library: tests hold odd encodings and
+# deliberately broken code, and installed packages are not the standard library.
+STDLIB_EXCLUDED_DIRS = frozenset(
+    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One unit of text, named by its path relative to the corpus root (`:line` for jsonl).
+
+    The root is the stdlib directory, or the part of a data.paths entry before its first
+    wildcard, so the name (which decides the split and enters the cache key) does not depend
+    on where the corpus lives or on the working directory.
+    """
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Non-empty documents plus the files they came from (recorded in the cache's meta.json)."""
+
+    documents: list[Document]
+    files: list[str]
+
+
+def read_corpus(source: str, paths: list[str]) -> Corpus:
+    """Read `source` (stdlib | files); raise DataError if nothing non-empty is found."""
+    if source == "stdlib":
+        corpus = _stdlib_corpus()
+        where = f"the standard library at {sysconfig.get_paths()['stdlib']}"
+    elif source == "files":
+        corpus = _files_corpus(paths)
+        where = f"data.paths={paths}"
+    else:
+        raise DataError(f"data.source={source!r} is unknown: expected stdlib or files.")
+    if not corpus.documents:
+        raise DataError(f"the corpus is empty: {len(corpus.files)} files in {where}, no text.")
+    return corpus
+
+
+def _stdlib_corpus() -> Corpus:
+    """The running interpreter's standard library: *.py outside tests, valid UTF-8 only."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in STDLIB_EXCLUDED_DIRS]
+        rel = Path(dirpath).relative_to(root)
+        names += [(rel / f).as_posix() for f in filenames if f.endswith(".py")]
+    documents, files = [], []
+    for name in sorted(names):
+        try:
+            text = (root / name).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        files.append(name)
+        if text:
+            documents.append(Document(name, text))
+    return Corpus(documents, files)
+
+
+def _files_corpus(patterns: list[str]) -> Corpus:
+    """Documents from globs; a file matched by several patterns is read once, named by the first."""
+    names: dict[str, str] = {}
+    for pattern in patterns:
+        root = _root(pattern)
+        for path in _expand(pattern):
+            names.setdefault(path, Path(os.path.relpath(path, root)).as_posix())
+    documents = [d for path, name in names.items() for d in _read_file(path, name) if d.text]
+    return Corpus(documents, list(names))
+
+
+def _root(pattern: str) -> str:
+    """The directory that names are relative to: `pattern` up to its first wildcard."""
+    expanded = os.path.expanduser(pattern)
+    if os.path.isdir(expanded):
+        return expanded
+    parts = Path(expanded).parts[:-1]
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _expand(pattern: str) -> list[str]:
+    """Files for one entry of data.paths, sorted.
+
+    A literal file must exist and have a supported suffix. A glob (or a directory, read as
+    `dir/**/*`) keeps the supported files it matches and skips the rest, so a mixed folder
+    works; it is an error only if it matches nothing or nothing supported.
+    """
+    expanded = os.path.expanduser(pattern)
+    if os.path.isdir(expanded):
+        expanded = os.path.join(expanded, "**", "*")
+    elif not glob.has_magic(expanded):
+        if not os.path.isfile(expanded):
+            raise DataError(f"data.paths: no such file or directory: {pattern}")
+        if not expanded.lower().endswith(SUPPORTED_SUFFIXES):
+            raise DataError(
+                f"data.paths: {pattern} has an unsupported type; supported: "
+                f"{', '.join(SUPPORTED_SUFFIXES)}"
+            )
+        return [os.path.normpath(expanded)]
+    matches = [m for m in glob.glob(expanded, recursive=True) if os.path.isfile(m)]
+    if not matches:
+        raise DataError(f"data.paths: {pattern} matches no files")
+    supported = [m for m in matches if m.lower().endswith(SUPPORTED_SUFFIXES)]
+    if not supported:
+        raise DataError(
+            f"data.paths: {pattern} matches {len(matches)} files but none of a supported type "
+            f"({', '.join(SUPPORTED_SUFFIXES)}), e.g. {sorted(matches)[0]}"
+        )
+    return sorted(os.path.normpath(m) for m in supported)
+
+
+def _read_file(path: str, name: str) -> Iterator[Document]:
+    """A text file is one document; a .jsonl file is one document per line's "text" field."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not valid UTF-8 (byte {e.start})") from None
+    if not path.lower().endswith(".jsonl"):
+        yield Document(name, text)
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f'{path}:{lineno}: expected a JSON object with a string "text" field')
+        yield Document(f"{name}:{lineno}", record["text"])
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train and validation documents, and which rule produced them (see split_documents)."""
+
+    train: list[Document]
+    val: list[Document]
+    rule: str
+
+
+def split_documents(documents: list[Document], val_fraction: float) -> Split:
+    """Split deterministically into train and validation documents.
+
+    Rule "by_document": a document is held out iff the first 8 bytes of sha256(name), read as a
+    fraction of 2**64, fall below `val_fraction` — independent of the other documents, so
+    adding a file never moves another. If that leaves either side empty (e.g. a single file),
+    rule "by_text_tail": every document's last `val_fraction` of text is held out, cut at the
+    line boundary nearest to that point when one leaves both parts non-empty.
+    """
+    held_out = [_hash_fraction(d.name) < val_fraction for d in documents]
+    if 0 < sum(held_out) < len(documents):
+        return Split(
+            train=[d for d, h in zip(documents, held_out, strict=True) if not h],
+            val=[d for d, h in zip(documents, held_out, strict=True) if h],
+            rule="by_document",
+        )
+    train, val = [], []
+    for d in documents:
+        cut = _cut_point(d.text, 1.0 - val_fraction)
+        train += [Document(d.name, d.text[:cut])] if cut > 0 else []
+        val += [Document(d.name, d.text[cut:])] if cut < len(d.text) else []
+    return Split(train, val, "by_text_tail")
+
+
+def _hash_fraction(name: str) -> float:
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def _cut_point(text: str, fraction: float) -> int:
+    """Where to split `text` so about `fraction` of it comes first, preferring a line start."""
+    cut = min(max(round(len(text) * fraction), 1), len(text) - 1) if len(text) > 1 else len(text)
+    before = text.rfind("\n", 0, cut) + 1
+    after = text.find("\n", cut) + 1
+    candidates = [p for p in (before, after) if 0 < p < len(text)]
+    return min(candidates, key=lambda p: abs(p - cut)) if candidates else cut

@@ -1,0 +1,140 @@
+"""load_dataset: shard contents, cache reuse, cache keys, and a concurrent build."""
+
+import dataclasses
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling.config import DataConfig
+from scaling.data import DataError, Dataset, load_dataset, shards
+
+
+def documents(ds: Dataset, tokens: np.ndarray) -> list[str]:
+    """Decode a split back into its documents (each ends with eos)."""
+    assert tokens[-1] == ds.eos_id
+    pieces = np.split(np.asarray(tokens), np.flatnonzero(np.asarray(tokens) == ds.eos_id) + 1)
+    return [ds.tokenizer.decode(p[:-1].tolist()) for p in pieces[:-1]]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "bytes"])
+def test_splits_hold_every_document_exactly_once(data_cfg, corpus, kind):
+    ds = load_dataset(dataclasses.replace(data_cfg, tokenizer=kind))
+    assert isinstance(ds.train, np.memmap)
+    assert isinstance(ds.val, np.memmap)
+    assert ds.train.dtype == ds.val.dtype == np.uint16
+    assert ds.vocab_size == (400 if kind == "bpe" else 256)
+    assert int(ds.train.max()) < ds.vocab_size
+    train, val = documents(ds, ds.train), documents(ds, ds.val)
+    assert (len(train), len(val)) == (ds.n_train_docs, ds.n_val_docs)
+    assert sorted(train + val) == sorted(corpus.values())
+    japanese = corpus["ja.txt"]
+    assert japanese in train + val
+    assert ds.tokenizer.decode(ds.tokenizer.encode(japanese)) == japanese
+    meta = json.loads((ds.cache_path / "meta.json").read_text("utf-8"))
+    assert meta["tokens"] == {"train": len(ds.train), "val": len(ds.val)}
+    assert meta["split"]["rule"] == "by_document"
+    assert "corpus/lines.jsonl" in meta["source"]["files"]
+    assert (ds.cache_path / "tokenizer.json").exists() == (kind == "bpe")
+
+
+def test_second_load_reuses_the_cache_without_retraining(data_cfg, monkeypatch):
+    first = load_dataset(data_cfg)
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.cache_path.iterdir()}
+
+    def no_training(*args):
+        raise AssertionError("the tokenizer was trained again")
+
+    monkeypatch.setattr(shards, "train_bpe", no_training)
+    second = load_dataset(data_cfg)
+    assert second.cache_path == first.cache_path
+    assert {p.name: p.stat().st_mtime_ns for p in second.cache_path.iterdir()} == stamps
+    np.testing.assert_array_equal(second.train, first.train)
+    assert second.tokenizer.encode("def f(x):") == first.tokenizer.encode("def f(x):")
+    assert [p.name for p in first.cache_path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cache_key_follows_content_and_settings(data_cfg, tmp_path):
+    base = load_dataset(data_cfg).cache_path
+    # Names are relative to the corpus root: an absolute glob finds the same cache.
+    absolute = str(tmp_path / "corpus" / "**" / "*")
+    assert load_dataset(dataclasses.replace(data_cfg, paths=[absolute])).cache_path == base
+    assert load_dataset(dataclasses.replace(data_cfg, vocab_size=300)).cache_path != base
+    assert load_dataset(dataclasses.replace(data_cfg, val_fraction=0.4)).cache_path != base
+    Path("corpus/a.py").write_text("changed = True\n" * 50)
+    assert load_dataset(data_cfg).cache_path != base
+
+
+def test_cache_dir_defaults_to_the_environment(data_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALING_CACHE", str(tmp_path / "env-cache"))
+    ds = load_dataset(dataclasses.replace(data_cfg, cache_dir=None, tokenizer="bytes"))
+    assert ds.cache_path.parent == tmp_path / "env-cache"
+
+
+def test_unfinished_build_is_ignored_and_cleaned_up(data_cfg):
+    ds = load_dataset(data_cfg)
+    (ds.cache_path / "meta.json").unlink()  # as if the build died before committing
+    stale = ds.cache_path.parent / f".{ds.cache_path.name}.tmp-dead"
+    stale.mkdir()
+    again = load_dataset(data_cfg)
+    assert (again.cache_path / "meta.json").exists()
+    assert not stale.exists()
+    np.testing.assert_array_equal(again.train, ds.train)
+
+
+def test_corpus_too_small_to_split(data_cfg):
+    Path("tiny.txt").write_text("x")
+    with pytest.raises(DataError, match="the validation split is empty"):
+        load_dataset(dataclasses.replace(data_cfg, paths=["tiny.txt"]))
+
+
+def test_missing_path_fails_before_building(data_cfg, tmp_path):
+    with pytest.raises(DataError, match=r"no such file or directory: nope\.txt"):
+        load_dataset(dataclasses.replace(data_cfg, paths=["nope.txt"]))
+    assert not (tmp_path / "cache").exists()
+
+
+def _load_in_child(cfg: DataConfig) -> tuple[str, int, bytes]:
+    """Load in a fresh process; report the cache path, whether it built, and the train bytes."""
+    builds = []
+    write = shards._write
+
+    def counted_write(*args):
+        builds.append(1)
+        time.sleep(0.5)  # widen the window in which the other process must wait
+        write(*args)
+
+    shards._write = counted_write
+    ds = load_dataset(cfg)
+    return str(ds.cache_path), len(builds), np.asarray(ds.train).tobytes()
+
+
+def test_concurrent_builds_make_one_cache(data_cfg):
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.map(_load_in_child, [data_cfg, data_cfg])
+    (path_a, built_a, train_a), (path_b, built_b, train_b) = results
+    assert path_a == path_b
+    assert built_a + built_b == 1
+    assert train_a == train_b
+    assert sorted(p.name for p in Path(path_a).parent.iterdir()) == sorted(
+        [Path(path_a).name, Path(path_a).name + ".lock"]
+    )
+    assert load_dataset(data_cfg).cache_path == Path(path_a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+def test_full_stdlib_build(tmp_path, kind):
+    start = time.perf_counter()
+    ds = load_dataset(DataConfig(tokenizer=kind, vocab_size=4096, cache_dir=str(tmp_path)))
+    seconds = time.perf_counter() - start
+    meta = json.loads((ds.cache_path / "meta.json").read_text("utf-8"))
+    print(f"stdlib/{kind}: {seconds:.1f}s {meta['build_seconds']} tokens={meta['tokens']}")
+    assert ds.vocab_size == (4096 if kind == "bpe" else 256)
+    assert len(ds.train) > 5 * len(ds.val) > 0
+    assert len(ds.train) > 1_000_000
+    sample = documents(ds, ds.val[: 1 + int(np.flatnonzero(np.asarray(ds.val) == 0)[0])])[0]
+    assert "import" in sample or "def " in sample

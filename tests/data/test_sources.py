@@ -1,0 +1,131 @@
+"""Corpus discovery, jsonl parsing, the errors for bad paths, and the deterministic split."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scaling.data import DataError
+from scaling.data.sources import Document, read_corpus, split_documents
+
+
+def test_files_corpus_reads_every_supported_file_once_in_sorted_order(corpus):
+    c = read_corpus("files", ["corpus/**/*", "corpus/a.py"])
+    assert c.files == [
+        "corpus/a.py",
+        "corpus/b.py",
+        "corpus/ja.txt",
+        "corpus/lines.jsonl",
+        "corpus/notes.md",
+        "corpus/sub/c.txt",
+    ]
+    assert {d.name: d.text for d in c.documents} == corpus
+
+
+def test_names_are_relative_to_the_pattern_root(corpus):
+    by_dir = read_corpus("files", ["corpus"]).documents
+    assert [d.name for d in by_dir] == sorted(corpus)
+    assert [d.name for d in read_corpus("files", ["corpus/sub/c.txt"]).documents] == ["c.txt"]
+    nested = read_corpus("files", ["corpus/*/*.txt", "corpus/**/*.txt"]).documents
+    assert [d.name for d in nested] == ["sub/c.txt", "ja.txt"]
+
+
+def test_jsonl_line_is_a_document_and_blank_lines_are_skipped(corpus):
+    Path("extra.jsonl").write_text('{"text": "一行目"}\n\n{"text": "second", "x": 1}\n', "utf-8")
+    c = read_corpus("files", ["extra.jsonl"])
+    assert [(d.name, d.text) for d in c.documents] == [
+        ("extra.jsonl:1", "一行目"),
+        ("extra.jsonl:3", "second"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [("{not json", "malformed JSON"), ('{"body": "x"}', '"text" field'), ("[1, 2]", '"text"')],
+)
+def test_bad_jsonl_line_names_file_and_line(corpus, line, reason):
+    Path("bad.jsonl").write_text(json.dumps({"text": "ok"}) + "\n" + line + "\n", "utf-8")
+    with pytest.raises(DataError, match=rf"bad\.jsonl:2: .*{reason}"):
+        read_corpus("files", ["bad.jsonl"])
+
+
+def test_missing_path_is_named(corpus):
+    with pytest.raises(DataError, match=r"no such file or directory: corpus/missing\.txt"):
+        read_corpus("files", ["corpus/a.py", "corpus/missing.txt"])
+
+
+def test_glob_matching_nothing_is_named(corpus):
+    with pytest.raises(DataError, match=r"nowhere/\*\*/\*.txt matches no files"):
+        read_corpus("files", ["nowhere/**/*.txt"])
+
+
+def test_unsupported_types_fail_when_named_and_are_skipped_by_globs(corpus):
+    Path("corpus/image.png").write_bytes(b"\x89PNG")
+    with pytest.raises(DataError, match=r"corpus/image.png has an unsupported type.*\.txt"):
+        read_corpus("files", ["corpus/image.png"])
+    assert "corpus/image.png" not in read_corpus("files", ["corpus/**/*"]).files
+    with pytest.raises(DataError, match=r"corpus/\*.png matches 1 files but none of a supported"):
+        read_corpus("files", ["corpus/*.png"])
+
+
+def test_directory_is_read_recursively(corpus):
+    assert read_corpus("files", ["corpus"]).files == read_corpus("files", ["corpus/**/*"]).files
+
+
+def test_non_utf8_file_is_named(corpus):
+    Path("latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.txt is not valid UTF-8"):
+        read_corpus("files", ["latin1.txt"])
+
+
+def test_empty_corpus(corpus):
+    Path("empty").mkdir()
+    Path("empty/a.txt").write_text("")
+    Path("empty/b.jsonl").write_text('{"text": ""}\n')
+    with pytest.raises(DataError, match="corpus is empty: 2 files"):
+        read_corpus("files", ["empty/*"])
+
+
+def test_split_by_document_is_deterministic_and_independent_of_other_documents(corpus):
+    docs = read_corpus("files", ["corpus/**/*"]).documents
+    split = split_documents(docs, 0.3)
+    assert split.rule == "by_document"
+    assert split == split_documents(docs, 0.3)
+    assert sorted(d.name for d in split.train + split.val) == sorted(d.name for d in docs)
+    val_names = {d.name for d in split.val}
+    assert {d.name for d in split_documents(docs[::-1], 0.3).val} == val_names
+    # Removing a training document never moves another document across the split.
+    fewer = split_documents([d for d in docs if d is not split.train[0]], 0.3)
+    assert {d.name for d in fewer.val} == val_names
+
+
+def test_single_document_falls_back_to_holding_out_its_tail():
+    text = "".join(f"line {i}\n" for i in range(100))
+    split = split_documents([Document("only.txt", text)], 0.1)
+    assert split.rule == "by_text_tail"
+    (head,), (tail,) = split.train, split.val
+    assert head.text + tail.text == text
+    assert head.text.endswith("\n")
+    assert 0.05 < len(tail.text) / len(text) < 0.15
+
+
+def test_one_line_document_is_cut_mid_line():
+    split = split_documents([Document("x.txt", "abcdefghij")], 0.2)
+    assert [d.text for d in split.train] == ["abcdefgh"]
+    assert [d.text for d in split.val] == ["ij"]
+
+
+def test_stdlib_listing_has_no_tests_and_splits_deterministically():
+    c = read_corpus("stdlib", [])
+    assert len(c.files) > 100
+    assert c.files == sorted(c.files)
+    assert all(f.endswith(".py") for f in c.files)
+    excluded = {"test", "tests", "idle_test", "site-packages", "dist-packages"}
+    assert not [f for f in c.files if excluded & set(f.split("/")[:-1])]
+    assert "json/__init__.py" in c.files
+    split = split_documents(c.documents, 0.05)
+    assert split.rule == "by_document"
+    assert 0.02 < len(split.val) / len(c.documents) < 0.1
+    assert [d.name for d in split.val] == [
+        d.name for d in split_documents(read_corpus("stdlib", []).documents, 0.05).val
+    ]

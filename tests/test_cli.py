@@ -1,0 +1,90 @@
+"""The `scaling-train` command as users type it: fast config errors, and SIGKILL then resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TRAIN = [sys.executable, "-c", "from scaling.cli import train; train()"]
+
+
+def scaling_train(*overrides: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRAIN, *overrides], capture_output=True, text=True, timeout=300,
+                          **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["model.d_model=-8"], "model.d_model"),
+        (["model.d_model=64", "model.n_head=3"], "model.n_head"),
+        (["model.no_such_key=1"], "model.no_such_key"),
+        (["+model.no_such_key=1"], "model.no_such_key"),
+        (["model.d_model=abc"], "model.d_model"),
+        (["train.tokens=100"], "train.tokens"),
+        (["data=files"], "data.paths"),
+    ],
+)
+def test_bad_config_fails_fast_naming_the_field(overrides, field, tmp_path):
+    started = time.perf_counter()
+    result = scaling_train(*overrides, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert field in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 8
+    assert not (tmp_path / "summary.json").exists()
+    assert time.perf_counter() - started < 30
+
+
+def test_missing_corpus_path_is_named_before_training(tmp_path):
+    missing = tmp_path / "no_such_dir" / "*.txt"
+    result = scaling_train("data=files", f"data.paths=[{missing}]",
+                           f"data.cache_dir={tmp_path / 'cache'}",
+                           f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "Traceback" not in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and str(missing) in summary["error"]
+
+
+def _run_args(corpus_dir: Path, cache_dir: Path, run_dir: Path) -> list[str]:
+    return [
+        "model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.n_ctx=32",
+        "train.tokens=120000", "train.batch_size=8", "train.checkpoint_every_steps=25",
+        "train.eval_count=10", "train.eval_batches=2", "data=files",
+        f"data.paths=[{corpus_dir}/*.py]", "data.vocab_size=512", f"data.cache_dir={cache_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def test_sigkill_mid_training_then_rerun_matches_uninterrupted(corpus_dir, cache_dir, tmp_path):
+    reference = scaling_train(*_run_args(corpus_dir, cache_dir, tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr
+    expected = json.loads((tmp_path / "reference" / "summary.json").read_text())
+
+    run_dir = tmp_path / "killed"
+    args = _run_args(corpus_dir, cache_dir, run_dir)
+    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted = json.loads((run_dir / "summary.json").read_text())
+    assert interrupted["status"] == "running", "the run finished before it could be killed"
+
+    resumed = scaling_train(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert 0 < summary["resumed_from_step"] < summary["steps"]
+    assert summary["final_val_loss"] == expected["final_val_loss"]

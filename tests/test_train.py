@@ -1,0 +1,110 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling import train as train_module
+from scaling.record import METRIC_COLUMNS, read_summary
+from scaling.stages.pretrain import pretrain
+from scaling.train import ResumeError, eval_steps
+
+SUMMARY_KEYS = {
+    "status", "n_params", "n_params_nonembed", "n_params_embed", "vocab_size", "tokens", "flops",
+    "final_train_loss", "final_val_loss", "wall_s", "tokens_per_s", "seed", "resumed_from_step",
+    "config",
+}
+
+
+def test_eval_steps_are_log_spaced_and_end_on_the_last_step():
+    steps = eval_steps(1000, 10)
+    assert steps[0] == 1 and steps[-1] == 1000
+    assert steps == sorted(set(steps))
+    gaps = np.diff(steps)
+    assert gaps[-1] > gaps[0]  # denser early, where the curve bends
+    assert eval_steps(7, 20) == list(range(1, 8))
+
+
+def test_a_run_learns_and_leaves_a_complete_record(tiny_config, tmp_path):
+    summary = pretrain(tiny_config(), tmp_path)
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary == read_summary(tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["resumed_from_step"] is None
+    assert summary["tokens"] == summary["steps"] * 8 * 32
+    assert summary["flops"] == summary["tokens"] * summary["flops_per_token"]
+    assert summary["n_params"] == summary["n_params_nonembed"] + summary["n_params_embed"]
+    assert summary["config"]["model"]["d_model"] == 32
+
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert tuple(metrics.columns) == METRIC_COLUMNS
+    assert metrics["step"].iloc[-1] == summary["steps"]
+    assert metrics["val_loss"].iloc[-1] == summary["final_val_loss"]
+    initial = math.log(summary["vocab_size_padded"])
+    assert metrics["val_loss"].iloc[0] > initial - 0.2
+    assert summary["final_val_loss"] < initial - 1.0
+
+
+def test_same_config_and_seed_give_identical_losses(tiny_config, tmp_path):
+    a = pretrain(tiny_config(), tmp_path / "a")
+    b = pretrain(tiny_config(), tmp_path / "b")
+    c = pretrain(tiny_config(seed=1), tmp_path / "c")
+    assert a["final_val_loss"] == b["final_val_loss"]
+    curves = [pd.read_parquet(tmp_path / r / "metrics.parquet") for r in "abc"]
+    cols = ["train_loss", "val_loss", "grad_norm"]
+    pd.testing.assert_frame_equal(curves[0][cols], curves[1][cols])
+    assert c["final_val_loss"] != a["final_val_loss"]
+
+
+def test_a_crashed_run_resumes_to_the_same_result(tiny_config, tmp_path, monkeypatch):
+    reference = pretrain(tiny_config(), tmp_path / "reference")
+    config = tiny_config(checkpoint_every_steps=50)
+
+    original = train_module.make_train_step
+
+    def crash_at_step_120(loss_fn, tx):
+        step = original(loss_fn, tx)
+        calls = {"n": 0}
+
+        def wrapped(state, batch):
+            calls["n"] += 1
+            if calls["n"] == 120:
+                raise RuntimeError("simulated crash")
+            return step(state, batch)
+
+        return wrapped
+
+    monkeypatch.setattr(train_module, "make_train_step", crash_at_step_120)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(config, tmp_path / "run")
+    crashed = read_summary(tmp_path / "run")
+    assert crashed["status"] == "failed" and "simulated crash" in crashed["error"]
+
+    monkeypatch.setattr(train_module, "make_train_step", original)
+    resumed = pretrain(config, tmp_path / "run")
+    assert resumed["resumed_from_step"] == 100
+    assert resumed["final_val_loss"] == reference["final_val_loss"]
+    ref_curve = pd.read_parquet(tmp_path / "reference" / "metrics.parquet")
+    run_curve = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    pd.testing.assert_frame_equal(ref_curve[["step", "train_loss", "val_loss"]],
+                                  run_curve[["step", "train_loss", "val_loss"]])
+
+
+def test_a_finished_run_is_not_trained_again(tiny_config, tmp_path):
+    first = pretrain(tiny_config(), tmp_path)
+    again = pretrain(tiny_config(log_every_steps=3), tmp_path)  # bookkeeping may change
+    assert again == first
+
+
+def test_a_directory_of_another_run_is_refused(tiny_config, tmp_path):
+    pretrain(tiny_config(), tmp_path)
+    with pytest.raises(ResumeError, match=r"train.lr: 0.003 -> 0.001"):
+        pretrain(tiny_config(lr=1e-3), tmp_path)
+
+
+def test_a_diverging_run_ends_with_status_and_step(tiny_config, tmp_path):
+    summary = pretrain(tiny_config(lr=1e30, grad_clip=0.0), tmp_path)
+    assert summary["status"] == "diverged"
+    assert 1 <= summary["diverged_step"] < summary["steps"]
+    assert summary["final_val_loss"] is None
+    assert read_summary(tmp_path)["status"] == "diverged"

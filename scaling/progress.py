@@ -51,6 +51,7 @@ class TrainProgress:
     def eval(self, step: int, val_loss: float) -> None:
         message = f"step {step}/{self.total_steps}  val_loss {val_loss:.4f}"
         if self._bar is not None:
+            self._bar.update(self._task, completed=step)
             self._bar.console.log(message)
         else:
             log.info(message)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,7 @@ METRIC_COLUMNS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "gr
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
     try:
         write(tmp)
         os.replace(tmp, path)

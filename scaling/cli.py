@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,19 +29,32 @@ from scaling.config import (
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
+    """End the command with a one-paragraph error and status 2, no traceback."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def _train_task(cfg: DictConfig) -> None:
+def load_config(cfg: DictConfig) -> Config:
+    """Hydra's config as the typed, validated `Config`, or a clean exit naming the bad field."""
     try:
         reject_unknown_keys(cfg, Config)  # `+model.new_key=1` gets past Hydra's struct check
-        config: Config = validate(OmegaConf.to_object(cfg))
+        config = validate(OmegaConf.to_object(cfg))
     except (ConfigError, OmegaConfBaseException) as error:
-        _fail(str(error))
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+        fail(str(error))
     logging.getLogger("jax").setLevel(logging.WARNING)
+    return config
+
+
+def hydra_entry(task: Callable[[DictConfig], None]) -> None:
+    """Run `task` under Hydra with this project's conf/ and schema (all console scripts)."""
+    register_configs()
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
+
+
+def _train_task(cfg: DictConfig) -> None:
+    config = load_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     from scaling.data import DataError  # after validation: config errors come before JAX loads
     from scaling.record import write_summary
@@ -51,12 +66,11 @@ def _train_task(cfg: DictConfig) -> None:
     except DataError as error:
         write_summary(run_dir, {"status": "failed", "error": f"DataError: {error}",
                                 "config": to_dict(config)})
-        _fail(str(error))
+        fail(str(error))
     except ResumeError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 def train() -> None:
     """`scaling-train [overrides]`: one pretraining run (or a sweep of them with -m)."""
-    register_configs()
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_train_task)()
+    hydra_entry(_train_task)

@@ -6,6 +6,7 @@ or path and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from scaling.config import (
     to_dict,
     validate,
 )
+from scaling.sweep import exclusive_run, register_resolvers
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -49,6 +51,7 @@ def load_config(cfg: DictConfig) -> Config:
 def hydra_entry(task: Callable[[DictConfig], None]) -> None:
     """Run `task` under Hydra with this project's conf/ and schema (all console scripts)."""
     register_configs()
+    register_resolvers()
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
 
 
@@ -61,16 +64,45 @@ def _train_task(cfg: DictConfig) -> None:
     from scaling.stages.pretrain import pretrain
     from scaling.train import ResumeError
 
-    try:
-        pretrain(config, run_dir)
-    except DataError as error:
-        write_summary(run_dir, {"status": "failed", "error": f"DataError: {error}",
-                                "config": to_dict(config)})
-        fail(str(error))
-    except ResumeError as error:
-        fail(str(error))
+    with exclusive_run(run_dir) as ours:
+        if not ours:
+            logging.getLogger("scaling").warning("%s is being trained by another process; "
+                                                 "skipped", run_dir)
+            return
+        try:
+            pretrain(config, run_dir)
+        except DataError as error:
+            write_summary(run_dir, {"status": "failed", "error": f"DataError: {error}",
+                                    "config": to_dict(config)})
+            fail(str(error))
+        except ResumeError as error:
+            fail(str(error))
 
 
 def train() -> None:
     """`scaling-train [overrides]`: one pretraining run (or a sweep of them with -m)."""
     hydra_entry(_train_task)
+
+
+def report(argv: list[str] | None = None) -> None:
+    """`scaling-report SWEEP_DIR`: gather every run below SWEEP_DIR into results.parquet and
+    curves.parquet, and write SWEEP_DIR/report/ (index.html and plots)."""
+    parser = argparse.ArgumentParser(prog="scaling-report", description=report.__doc__)
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        fail(f"{args.sweep_dir} is not a directory")
+
+    from analysis.overview import write_report
+    from scaling.results import write_tables
+
+    collected = write_tables(args.sweep_dir)
+    for problem in collected.problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    if collected.results.empty:
+        fail(f"no run records (summary.json) below {args.sweep_dir}")
+    index = write_report(collected.results, collected.curves, args.sweep_dir / "report",
+                         title=f"Sweep {args.sweep_dir.name}", problems=collected.problems)
+    counts = collected.results["status"].value_counts().to_dict()
+    print(f"{len(collected.results)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
+          f"-> {args.sweep_dir / 'results.parquet'}, {index}")

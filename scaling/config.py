@@ -28,6 +28,8 @@ class ModelConfig:
     d_ff: int | None = None  # None: 4 * d_model
     dtype: str = "auto"  # compute: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
     attention: str = "auto"  # auto (cudnn on GPU with bf16, else xla) | xla | cudnn
+    remat: str = "none"  # recompute blocks in the backward pass: none | full | dots (keep matmuls)
+    scan_layers: bool = False  # one lax.scan over stacked blocks (params under h/) instead of h_{i}
 
     @property
     def ff_dim(self) -> int:
@@ -51,6 +53,7 @@ class TrainConfig:
     """Optimisation and bookkeeping. Defaults follow Kaplan et al. 2020 (Adam, warmup, cosine)."""
 
     tokens: int = 200_000  # token budget D; steps = tokens // (batch_size * n_ctx)
+    budget: float | None = None  # compute budget C (FLOPs) of an IsoFLOP run; see sweeps/isoflop*
     batch_size: int = 16  # sequences per step
     seed: int = 0
     lr: float | None = None  # None: Kaplan's size rule 0.003239 - 0.0001395 * ln(N)
@@ -66,6 +69,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 1000
     checkpoint_every_seconds: float = 600.0
     keep_checkpoints: int = 2
+    grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum sequences each)
+    parallel: str = "none"  # none (one device) | dp (batch over all devices) | fsdp (params too)
+    compile_cache: bool = True  # persistent XLA compilation cache, shared by runs of the same shape
+    compile_cache_dir: str | None = None  # None: <data cache root>/jax
 
 
 @dataclass
@@ -121,6 +128,7 @@ def validate(cfg: Config) -> Config:
            "one of auto, float32, bfloat16")
     _check(m.attention in ("auto", "xla", "cudnn"), "model.attention", m.attention,
            "one of auto, xla, cudnn")
+    _check(m.remat in ("none", "full", "dots"), "model.remat", m.remat, "one of none, full, dots")
 
     _check(d.source in ("stdlib", "files"), "data.source", d.source, "one of stdlib, files")
     _check(d.source != "files" or len(d.paths) > 0, "data.paths", d.paths,
@@ -139,6 +147,8 @@ def validate(cfg: Config) -> Config:
         t.tokens,
         f"at least one batch, train.batch_size * model.n_ctx = {tokens_per_step} tokens",
     )
+    _check(t.budget is None or t.budget > 0, "train.budget", t.budget,
+           "a positive number of FLOPs or null")
     _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a positive number or null")
     _check(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", t.min_lr_ratio, "a value in [0, 1]")
     _check(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", t.warmup_fraction,
@@ -150,6 +160,10 @@ def validate(cfg: Config) -> Config:
     for name in ("eval_count", "eval_batches", "log_every_steps", "checkpoint_every_steps",
                  "keep_checkpoints"):
         _check(getattr(t, name) > 0, f"train.{name}", getattr(t, name), "a positive integer")
+    _check(t.grad_accum > 0 and t.batch_size % t.grad_accum == 0, "train.grad_accum",
+           t.grad_accum, f"a positive divisor of train.batch_size={t.batch_size}")
+    _check(t.parallel in ("none", "dp", "fsdp"), "train.parallel", t.parallel,
+           "one of none, dp, fsdp")
     _check(t.checkpoint_every_seconds > 0, "train.checkpoint_every_seconds",
            t.checkpoint_every_seconds, "a positive number of seconds")
     return cfg

@@ -5,6 +5,10 @@ Module names (`wte`, `wpe`, `h_{i}/ln_1`, `attn/c_attn`, `attn/c_proj`, `ln_2`, 
 checkpoint, so weights export by renaming. Parameters are always float32; `dtype` is the compute
 dtype. The output embedding is the input embedding (tied), over a vocabulary padded to a
 multiple of 64 for the matmul units.
+
+With `scan_layers` the blocks are one `nn.scan` (one compiled block, whatever the depth) and
+their parameters are stacked under `h` with a leading layer axis; `remat` recomputes each
+block's activations in the backward pass instead of storing them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ import jax.numpy as jnp
 VOCAB_MULTIPLE = 64
 LN_EPS = 1e-5
 INIT_STD = 0.02
+
+# What a rematerialised block keeps from its forward pass (`model.remat`).
+REMAT_POLICIES = {
+    "full": None,  # nothing: the backward pass recomputes the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # the weight matmuls
+}
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -38,6 +48,8 @@ class GPTConfig:
     d_ff: int
     dtype: str = "float32"
     attention: str = "xla"
+    remat: str = "none"
+    scan_layers: bool = False
 
     @property
     def vocab_padded(self) -> int:
@@ -107,13 +119,27 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """A pre-LN block, as (x, None) -> (x, None) so that `nn.scan` can carry x through layers."""
+
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, _: None = None) -> tuple[jax.Array, None]:
         dtype = self.cfg.dtype
         x_BxTxD = x_BxTxD + Attention(self.cfg, name="attn")(_layer_norm(dtype, "ln_1")(x_BxTxD))
-        return x_BxTxD + MLP(self.cfg, name="mlp")(_layer_norm(dtype, "ln_2")(x_BxTxD))
+        return x_BxTxD + MLP(self.cfg, name="mlp")(_layer_norm(dtype, "ln_2")(x_BxTxD)), None
+
+
+def _block_class(cfg: GPTConfig) -> type[nn.Module]:
+    """Block, wrapped for `remat` and `scan_layers` as configured."""
+    block = Block
+    if cfg.remat != "none":
+        # Inside a scan, XLA cannot merge the recomputation with the forward pass anyway.
+        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+        block = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                        length=cfg.n_layer)
+    return block
 
 
 class GPT(nn.Module):
@@ -134,8 +160,12 @@ class GPT(nn.Module):
         )
         T = ids_BxT.shape[1]
         x_BxTxD = wte(ids_BxT) + wpe(jnp.arange(T))[None]
-        for i in range(cfg.n_layer):
-            x_BxTxD = Block(cfg, name=f"h_{i}")(x_BxTxD)
+        block = _block_class(cfg)
+        if cfg.scan_layers:
+            x_BxTxD, _ = block(cfg, name="h")(x_BxTxD, None)
+        else:
+            for i in range(cfg.n_layer):
+                x_BxTxD, _ = block(cfg, name=f"h_{i}")(x_BxTxD, None)
         x_BxTxD = _layer_norm(cfg.dtype, "ln_f")(x_BxTxD)
         return wte.attend(x_BxTxD)
 

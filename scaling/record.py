@@ -20,7 +20,7 @@ METRIC_COLUMNS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "gr
                   "tokens_per_s")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
     try:
@@ -37,7 +37,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
             json.dump(summary, f, indent=2, sort_keys=False, allow_nan=True)
             f.write("\n")
 
-    _atomic_write(Path(run_dir) / SUMMARY, write)
+    atomic_write(Path(run_dir) / SUMMARY, write)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -52,4 +52,4 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """One row per evaluation, in the column order of METRIC_COLUMNS."""
     table = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
-    _atomic_write(Path(run_dir) / METRICS, lambda tmp: table.to_parquet(tmp, index=False))
+    atomic_write(Path(run_dir) / METRICS, lambda tmp: table.to_parquet(tmp, index=False))

@@ -1,0 +1,1 @@
+"""Hydra plugins shipped with scaling (found by Hydra through the hydra_plugins namespace)."""

@@ -1,0 +1,152 @@
+"""`hydra/launcher=local`: each run of a sweep in its own process, several at a time.
+
+One process per run because JAX's XLA flags and GPU memory are per process. With GPUs, runs
+take them round-robin (one GPU per run while there are enough; otherwise runs share a GPU
+and each gets an equal fraction of its memory). A run that fails does not stop the others;
+the sweep reports it at the end, as Hydra's basic launcher would.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalLauncherConf:
+    _target_: str = "hydra_plugins.scaling_launcher.local_launcher.LocalLauncher"
+    n_jobs: int = 2  # runs at once
+    gpus: list[int] | None = None  # GPU ids to spread runs over; None: all that nvidia-smi lists
+    memory_fraction: float = 0.9  # of each GPU, split between the runs that share it
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="local", node=LocalLauncherConf,
+                             provider="scaling")
+
+
+def visible_gpus() -> list[int]:
+    """GPU ids this machine offers, without initialising CUDA in the launcher process."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return [int(i) for i in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if i.strip()]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [i for i, line in enumerate(listing.stdout.splitlines()) if line.startswith("GPU")]
+
+
+def slot_env(slot: int, n_jobs: int, gpus: list[int], memory_fraction: float) -> dict[str, str]:
+    """Environment for the run in `slot`: its GPU, and its share of GPU memory if shared."""
+    if not gpus:
+        return {}
+    env = {"CUDA_VISIBLE_DEVICES": str(gpus[slot % len(gpus)])}
+    runs_per_gpu = -(-n_jobs // len(gpus))
+    if runs_per_gpu > 1:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{memory_fraction / runs_per_gpu:.3f}"
+    return env
+
+
+class LocalLauncher(Launcher):
+    def __init__(self, n_jobs: int = 2, gpus: list[int] | None = None,
+                 memory_fraction: float = 0.9) -> None:
+        if n_jobs < 1:
+            raise ValueError(f"hydra.launcher.n_jobs={n_jobs} is invalid: expected >= 1")
+        self.n_jobs = n_jobs
+        self.gpus = list(gpus) if gpus is not None else None
+        self.memory_fraction = memory_fraction
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+
+    def _command(self, overrides: Sequence[str], run_dir: Path) -> list[str]:
+        """The same program, primary config and overrides, as a single run in `run_dir`."""
+        hydra_cfg = self.config.hydra
+        args = [sys.executable, sys.argv[0], "--config-name", hydra_cfg.job.config_name]
+        for source in hydra_cfg.runtime.config_sources:
+            if source.provider == "command-line":
+                args += ["--config-dir", source.path.removeprefix("file://")]
+        overrides = [o for o in overrides if not o.startswith("hydra.sweep.")]
+        return [*args, *overrides, f"hydra.run.dir={run_dir}"]
+
+    def launch(self, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        gpus = self.gpus if self.gpus is not None else visible_gpus()
+        jobs = []
+        for offset, overrides in enumerate(job_overrides):
+            job_config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides))
+            with open_dict(job_config):
+                job_config.hydra.job.id = job_config.hydra.job.num = initial_job_idx + offset
+            run_dir = Path(str(job_config.hydra.sweep.dir)) / str(job_config.hydra.sweep.subdir)
+            jobs.append((list(overrides), job_config, run_dir))
+        log.info("Launching %d runs, %d at a time, %s", len(jobs), self.n_jobs,
+                 f"on GPUs {gpus}" if gpus else "on the CPU")
+        return self._run_all(jobs, gpus)
+
+    def _run_all(self, jobs: list, gpus: list[int]) -> list[JobReturn]:
+        free_slots = list(range(self.n_jobs))
+        running: dict[int, tuple[subprocess.Popen, Any, int, float]] = {}
+        results: dict[int, JobReturn] = {}
+        queue = list(enumerate(jobs))
+        started = time.monotonic()
+        while queue or running:
+            while queue and free_slots:
+                index, (overrides, job_config, run_dir) = queue.pop(0)
+                slot = free_slots.pop(0)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                env = {**os.environ, **slot_env(slot, self.n_jobs, gpus, self.memory_fraction)}
+                with open(run_dir / "launcher.log", "ab") as out:
+                    process = subprocess.Popen(self._command(overrides, run_dir), env=env,
+                                               stdout=out, stderr=subprocess.STDOUT)
+                running[index] = (process, job_config, slot, time.monotonic())
+            time.sleep(0.05)
+            for index, (process, job_config, slot, t0) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[index]
+                free_slots.append(slot)
+                overrides, _, run_dir = jobs[index]
+                results[index] = _job_return(overrides, job_config, run_dir, process.returncode)
+                done = len(results)
+                elapsed = time.monotonic() - started
+                eta = elapsed / done * (len(jobs) - done)
+                log.info("[%d/%d] %s %s in %.0fs (elapsed %.0fs, ETA %.0fs)", done, len(jobs),
+                         run_dir.name, "ok" if process.returncode == 0 else
+                         f"FAILED (exit {process.returncode}, see {run_dir}/launcher.log)",
+                         time.monotonic() - t0, elapsed, eta)
+        return [results[i] for i in range(len(jobs))]
+
+
+def _job_return(overrides: list[str], job_config: DictConfig, run_dir: Path,
+                returncode: int) -> JobReturn:
+    ret = JobReturn(overrides=overrides, cfg=job_config, hydra_cfg=None, working_dir=str(run_dir),
+                    task_name=str(job_config.hydra.job.name))
+    if returncode == 0:
+        ret.status = JobStatus.COMPLETED
+        ret._return_value = None
+    else:
+        ret.status = JobStatus.FAILED
+        ret._return_value = RuntimeError(
+            f"run {run_dir} exited with status {returncode}; its log is {run_dir}/launcher.log: "
+            f"{' '.join(filter_overrides(overrides))}")
+    return ret

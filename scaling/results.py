@@ -1,0 +1,95 @@
+"""Run records → one tidy table per sweep: `results.parquet` (a row per run) and
+`curves.parquet` (a row per evaluation of every run, keyed by `run_id`).
+
+Every run directory below the sweep directory counts, whatever its status: failed and
+diverged runs keep their row with the reason. A directory that is not a readable record is
+reported by path and skipped; it never stops the table from being written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from scaling.record import METRICS, SUMMARY, atomic_write
+from scaling.sweep import flatten
+
+RESULTS = "results.parquet"
+CURVES = "curves.parquet"
+# Short names the analysis tools expect by default (scaling-fit's --N/--D/--C/--loss).
+ALIASES = {"N": "n_params_nonembed", "D": "tokens", "C": "flops", "loss": "final_val_loss",
+           "budget": "train.budget"}
+
+
+@dataclass
+class Collected:
+    results: pd.DataFrame
+    curves: pd.DataFrame
+    problems: list[str] = field(default_factory=list)  # "path: what is wrong"
+
+
+def _run_dirs(sweep_dir: Path) -> list[Path]:
+    """Directories holding a summary, or looking like an unfinished run (Hydra's .hydra/)."""
+    found = {p.parent for p in sweep_dir.rglob(SUMMARY)}
+    found |= {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
+    return sorted(found)
+
+
+def _row(run_dir: Path, sweep_dir: Path) -> dict:
+    with open(run_dir / SUMMARY) as f:
+        summary = json.load(f)
+    if not isinstance(summary, dict) or "status" not in summary:
+        raise ValueError("summary.json has no 'status'")
+    if not isinstance(summary.get("config"), dict):
+        raise ValueError("summary.json has no 'config'")
+    config = flatten(summary.pop("config"))
+    row = {"run_id": run_dir.relative_to(sweep_dir).as_posix(), **summary}
+    for key, value in config.items():
+        row[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+    return row
+
+
+def collect(sweep_dir: Path) -> Collected:
+    """Read every run record below `sweep_dir` into the two tables."""
+    sweep_dir = Path(sweep_dir)
+    rows, curves, problems = [], [], []
+    for run_dir in _run_dirs(sweep_dir):
+        if not (run_dir / SUMMARY).exists():
+            problems.append(f"{run_dir}: no summary.json (never started, or not a run)")
+            continue
+        try:
+            row = _row(run_dir, sweep_dir)
+        except (OSError, ValueError) as error:
+            problems.append(f"{run_dir}: unreadable summary.json ({error})")
+            continue
+        rows.append(row)
+        if (run_dir / METRICS).exists():
+            try:
+                curve = pd.read_parquet(run_dir / METRICS)
+            except (OSError, ValueError) as error:
+                problems.append(f"{run_dir}: unreadable metrics.parquet ({error})")
+                continue
+            curves.append(curve.assign(run_id=row["run_id"]))
+        elif row["status"] == "completed":
+            problems.append(f"{run_dir}: completed but no metrics.parquet")
+
+    results = pd.DataFrame(rows)
+    for alias, column in ALIASES.items():
+        if column in results:
+            results[alias] = results[column]
+    curve_table = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
+        columns=["run_id", "step", "tokens", "flops", "train_loss", "val_loss"])
+    if not curve_table.empty:
+        curve_table = curve_table[["run_id", *[c for c in curve_table if c != "run_id"]]]
+    return Collected(results=results, curves=curve_table, problems=problems)
+
+
+def write_tables(sweep_dir: Path) -> Collected:
+    """Collect and write `results.parquet` and `curves.parquet` into the sweep directory."""
+    collected = collect(sweep_dir)
+    for name, table in ((RESULTS, collected.results), (CURVES, collected.curves)):
+        atomic_write(Path(sweep_dir) / name, lambda tmp, t=table: t.to_parquet(tmp, index=False))
+    return collected

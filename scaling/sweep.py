@@ -1,0 +1,128 @@
+"""What makes a sweep idempotent and safe to run from several processes at once.
+
+- A run's directory name is a pure function of its config (`run_id`), so re-launching a sweep
+  finds every finished run (and skips it) and every interrupted one (and resumes it).
+- A run holds an exclusive lock on its directory while it trains (`exclusive_run`), so two
+  workers of the same sweep never train, checkpoint or record the same run at once.
+- Resolvers derive values from the rest of the config, so a sweep preset states its intent:
+  `${isoflop_tokens:}` gives the token budget that spends `train.budget` FLOPs on this model;
+  `${width_for_params:N}` gives the d_model that puts this depth at N non-embedding params.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that may change without changing a run's results (they do not enter its identity).
+BOOKKEEPING_FIELDS = frozenset({
+    "train.log_every_steps", "train.checkpoint_every_steps", "train.checkpoint_every_seconds",
+    "train.keep_checkpoints", "data.cache_dir",
+})
+IDENTITY_GROUPS = ("model", "data", "train")
+LOCK_FILE = ".lock"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level with dotted keys: {"model": {"d_model": 64}} -> model.d_model."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def identity(config: dict) -> dict[str, Any]:
+    """The flattened config minus bookkeeping: equal identities mean the same run."""
+    flat = flatten({k: config[k] for k in IDENTITY_GROUPS if k in config})
+    return {k: v for k, v in flat.items() if k not in BOOKKEEPING_FIELDS}
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def run_id(config: dict) -> str:
+    """A readable name plus a short hash of the run's identity: `L2-d64-T64-D200k-s0-1a2b3c4d`."""
+    m, t = config["model"], config["train"]
+    digest = hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()
+    readable = f"L{m['n_layer']}-d{m['d_model']}-T{m['n_ctx']}-D{_si(t['tokens'])}-s{t['seed']}"
+    return f"{readable}-{digest[:8]}"
+
+
+def _job_config(root: DictConfig) -> dict:
+    return {k: OmegaConf.to_container(root[k], resolve=True) for k in IDENTITY_GROUPS}
+
+
+def _padded_vocab(data: DictConfig) -> int:
+    from scaling.model import padded_vocab
+
+    return padded_vocab(256 if data.tokenizer == "bytes" else data.vocab_size)
+
+
+def isoflop_tokens(*, _root_: DictConfig) -> int:
+    """Tokens that spend `train.budget` FLOPs on this model, rounded to whole steps."""
+    from scaling.flops import flops_per_token
+    from scaling.model import GPTConfig
+
+    m, t = _root_.model, _root_.train
+    if t.budget is None:
+        raise ValueError("${isoflop_tokens:} needs train.budget (FLOPs) to be set")
+    shape = GPTConfig(vocab_size=_padded_vocab(_root_.data), n_layer=m.n_layer,
+                      d_model=m.d_model, n_head=m.n_head, n_ctx=m.n_ctx,
+                      d_ff=m.d_ff if m.d_ff is not None else 4 * m.d_model)
+    tokens_per_step = t.batch_size * m.n_ctx
+    steps = max(1, round(float(t.budget) / flops_per_token(shape) / tokens_per_step))
+    return steps * tokens_per_step
+
+
+def width_for_params(n_params: float, multiple: int = 16, *, _root_: DictConfig) -> int:
+    """d_model (a multiple of `multiple`) giving 12·n_layer·d² ≈ n_params at this depth."""
+    d = math.sqrt(float(n_params) / (12 * _root_.model.n_layer))
+    return max(multiple, round(d / multiple) * multiple)
+
+
+def register_resolvers() -> None:
+    """Make `${run_id:}`, `${isoflop_tokens:}` and `${width_for_params:N}` usable in configs."""
+    resolvers = {
+        "run_id": lambda *, _root_: run_id(_job_config(_root_)),
+        "isoflop_tokens": isoflop_tokens,
+        "width_for_params": width_for_params,
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
+@contextmanager
+def exclusive_run(run_dir: Path) -> Iterator[bool]:
+    """Yield True while this process alone holds the run, False if another process does.
+
+    The lock is an flock on a file in the run directory: the kernel drops it when the holder
+    exits, killed or not, so a crashed worker never leaves a run locked.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -78,7 +78,10 @@ class LocalLauncher(Launcher):
     def _command(self, overrides: Sequence[str], run_dir: Path) -> list[str]:
         """The same program, primary config and overrides, as a single run in `run_dir`."""
         hydra_cfg = self.config.hydra
-        args = [sys.executable, sys.argv[0], "--config-name", hydra_cfg.job.config_name]
+        # The program as this process was started (a script, `-m module` or `-c code`), with
+        # its own arguments dropped: they come back as this job's overrides.
+        program = sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv) + 1]
+        args = [sys.executable, *program, "--config-name", hydra_cfg.job.config_name]
         for source in hydra_cfg.runtime.config_sources:
             if source.provider == "command-line":
                 args += ["--config-dir", source.path.removeprefix("file://")]

@@ -1,0 +1,90 @@
+"""Run records -> results/curves tables and the report, including broken run directories."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from scaling.record import write_metrics, write_summary
+from scaling.results import collect, write_tables
+
+CONFIG = {"model": {"n_layer": 2, "d_model": 32}, "data": {"paths": ["a/*.txt", "b.md"]},
+          "train": {"tokens": 1000, "budget": None}}
+
+
+def fake_run(run_dir, status="completed", loss=3.0, n=1000, **extra):
+    summary = {"status": status, "n_params_nonembed": n, "tokens": 5000, "flops": 6e9,
+               "final_val_loss": loss, "config": CONFIG, **extra}
+    write_summary(run_dir, summary)
+    curve_end = 4.0 if loss is None else loss
+    rows = [{"step": s, "tokens": 100 * s, "flops": 1e6 * s, "train_loss": curve_end + 1 / s,
+             "val_loss": curve_end + 1 / s, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 1e4}
+            for s in (1, 2, 4)]
+    write_metrics(run_dir, rows)
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    fake_run(tmp_path / "small", loss=3.0, n=1000)
+    fake_run(tmp_path / "big", loss=2.5, n=4000)
+    fake_run(tmp_path / "nested" / "deeper", status="diverged", loss=None, diverged_step=7)
+    write_summary(tmp_path / "crashed", {"status": "failed", "error": "DataError: no files",
+                                         "config": CONFIG})
+    (tmp_path / "unstarted" / ".hydra").mkdir(parents=True)
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "summary.json").write_text("{not json")
+    (tmp_path / "no_config").mkdir()
+    (tmp_path / "no_config" / "summary.json").write_text('{"status": "completed"}')
+    return tmp_path
+
+
+def test_every_readable_run_is_one_row_and_broken_ones_are_named(sweep):
+    collected = collect(sweep)
+    results = collected.results.set_index("run_id")
+    assert sorted(results.index) == ["big", "crashed", "nested/deeper", "small"]
+    assert results.loc["crashed", "error"] == "DataError: no files"
+    assert results.loc["nested/deeper", "diverged_step"] == 7
+    assert results.loc["big", "model.d_model"] == 32
+    assert results.loc["big", "data.paths"] == "a/*.txt,b.md"
+    assert results.loc["big", "N"] == 4000 and results.loc["big", "loss"] == 2.5
+    assert "config" not in results
+    problems = "\n".join(collected.problems)
+    for broken in ("unstarted", "garbage", "no_config"):
+        assert str(sweep / broken) in problems
+    assert sorted(collected.curves["run_id"].unique()) == ["big", "nested/deeper", "small"]
+    assert list(collected.curves.columns[:2]) == ["run_id", "step"]
+
+
+def test_tables_are_written_and_read_back(sweep):
+    write_tables(sweep)
+    results = pd.read_parquet(sweep / "results.parquet")
+    curves = pd.read_parquet(sweep / "curves.parquet")
+    assert len(results) == 4 and len(curves) == 9
+    assert set(results["status"]) == {"completed", "diverged", "failed"}
+
+
+def test_report_command_writes_tables_page_and_plots(sweep):
+    result = subprocess.run([sys.executable, "-c", "from scaling.cli import report; report()",
+                             str(sweep)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "4 runs" in result.stdout
+    assert str(sweep / "garbage") in result.stderr
+    page = (sweep / "report" / "index.html").read_text()
+    for plot in ("loss_vs_N.png", "loss_vs_D.png", "loss_vs_C.png", "curves_tokens.png"):
+        assert (sweep / "report" / plot).stat().st_size > 1000
+        assert plot in page
+    assert "garbage" in page
+
+
+def test_report_on_a_directory_without_runs_fails_clearly(tmp_path):
+    result = subprocess.run([sys.executable, "-c", "from scaling.cli import report; report()",
+                             str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "no run records" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_summary_round_trips_as_json(tmp_path):
+    fake_run(tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"

@@ -1,0 +1,109 @@
+"""Sweep mechanics: config-pure run directories, resolvers, per-run locks, the launcher."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hydra_plugins.scaling_launcher.local_launcher import slot_env
+from scaling.config import register_configs
+from scaling.flops import flops_per_token
+from scaling.model import GPTConfig
+from scaling.sweep import exclusive_run, register_resolvers, run_id
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {
+    "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "n_ctx": 64},
+    "data": {"source": "stdlib", "cache_dir": None},
+    "train": {"tokens": 200_000, "seed": 0, "lr": None, "log_every_steps": 10},
+}
+
+
+def with_change(group: str, key: str, value) -> dict:
+    return {**CONFIG, group: {**CONFIG[group], key: value}}
+
+
+def test_run_id_is_a_readable_pure_function_of_the_config():
+    assert run_id(CONFIG) == run_id({k: dict(v) for k, v in CONFIG.items()})
+    assert run_id(CONFIG).startswith("L2-d64-T64-D200k-s0-")
+    assert run_id(with_change("train", "lr", 1e-3)) != run_id(CONFIG)
+    assert run_id(with_change("data", "source", "files")) != run_id(CONFIG)
+
+
+def test_bookkeeping_keys_do_not_change_the_run_id():
+    assert run_id(with_change("train", "log_every_steps", 1)) == run_id(CONFIG)
+    assert run_id(with_change("data", "cache_dir", "/elsewhere")) == run_id(CONFIG)
+
+
+def compose_preset(name: str, *overrides: str, with_hydra: bool = False):
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "sweeps"), version_base="1.3"):
+        return compose(config_name=name, return_hydra_config=with_hydra, overrides=[
+            f"hydra.searchpath=[file://{ROOT / 'conf'}]", *overrides])
+
+
+@pytest.mark.parametrize("budget", [5e11, 1.5e12])
+def test_isoflop_runs_of_a_budget_spend_it_within_one_percent(budget):
+    for size in ("n100k", "n300k", "n800k"):
+        cfg = compose_preset("isoflop_cpu", f"model={size}", f"train.budget={budget}")
+        m = cfg.model
+        shape = GPTConfig(vocab_size=4096, n_layer=m.n_layer, d_model=m.d_model,
+                          n_head=m.n_head, n_ctx=m.n_ctx, d_ff=4 * m.d_model)
+        steps = cfg.train.tokens // (cfg.train.batch_size * m.n_ctx)
+        flops = steps * cfg.train.batch_size * m.n_ctx * flops_per_token(shape)
+        assert cfg.train.tokens % (cfg.train.batch_size * m.n_ctx) == 0
+        assert abs(flops / budget - 1) < 0.01, (size, flops)
+
+
+def test_shape_preset_holds_n_near_its_target():
+    for depth in (1, 2, 3, 4, 6):
+        m = compose_preset("shape_cpu", f"model.n_layer={depth}").model
+        assert m.d_model % m.n_head == 0
+        assert abs(12 * depth * m.d_model**2 / 3e5 - 1) < 0.25
+
+
+def test_every_preset_composes_with_a_cpu_twin():
+    presets = {p.stem for p in (ROOT / "sweeps").glob("*.yaml")}
+    for name in presets:
+        cfg = compose_preset(name, "train.budget=1e16", with_hydra=True)
+        assert cfg.hydra.sweeper.params, name
+        assert cfg.hydra.sweep.dir == f"runs/{name}"
+    assert {f"{p}_cpu" for p in presets if not p.endswith("_cpu")} <= presets
+
+
+def test_a_run_directory_is_held_by_one_process_at_a_time(tmp_path):
+    with exclusive_run(tmp_path) as first:
+        assert first
+        with exclusive_run(tmp_path) as second:
+            assert not second
+        holder = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; from scaling.sweep import exclusive_run\n"
+             f"with exclusive_run({str(tmp_path)!r}) as ours: sys.exit(0 if ours else 3)"],
+            capture_output=True)
+        assert holder.returncode == 3
+    with exclusive_run(tmp_path) as again:
+        assert again
+
+
+def test_launcher_gives_each_run_a_gpu_and_splits_memory_when_shared():
+    assert slot_env(0, 2, [], 0.9) == {}
+    assert slot_env(1, 2, [0, 1], 0.9) == {"CUDA_VISIBLE_DEVICES": "1"}
+    shared = slot_env(3, 4, [5], 0.9)
+    assert shared == {"CUDA_VISIBLE_DEVICES": "5", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.225"}
+    assert slot_env(2, 4, [0, 1], 0.8)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.400"
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ
+
+
+def test_launcher_configs_compose():
+    local = compose_preset("model_size_cpu", "hydra/launcher=local", "hydra.launcher.n_jobs=3",
+                           with_hydra=True).hydra.launcher
+    assert local._target_.endswith("LocalLauncher") and local.n_jobs == 3
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    slurm = compose_preset("model_size", "hydra/launcher=slurm", with_hydra=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert slurm.gpus_per_node == 1 and slurm.array_parallelism == 32

@@ -1,0 +1,98 @@
+"""Whole sweeps as users launch them: re-launch skips, concurrent workers, kill and re-launch."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+TRAIN = [sys.executable, "-c", "from scaling.cli import train; train()"]
+REPORT = [sys.executable, "-c", "from scaling.cli import report; report()"]
+
+
+def sweep_args(corpus_dir: Path, cache_dir: Path, sweep_dir: Path, widths: str,
+               tokens: int = 30_000) -> list[str]:
+    return [
+        "-m", f"model.d_model={widths}", "model.n_layer=1", "model.n_head=2", "model.n_ctx=32",
+        f"train.tokens={tokens}", "train.batch_size=8", "train.eval_count=5",
+        "train.eval_batches=1", "train.checkpoint_every_steps=20", "data=files",
+        f"data.paths=[{corpus_dir}/*.py]", "data.vocab_size=512", f"data.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+def trained_from_scratch(output: str) -> int:
+    """Runs a worker trained from step 0: each logs its first evaluation exactly once."""
+    return sum(" step 1/" in line and "val_loss" in line for line in output.splitlines())
+
+
+def test_relaunching_a_finished_sweep_skips_every_run(corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "S"
+    args = sweep_args(corpus_dir, cache_dir, sweep, "16,32")
+    t0 = time.perf_counter()
+    first = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    first_s = time.perf_counter() - t0
+    assert first.returncode == 0, first.stderr
+    assert subprocess.run([*REPORT, str(sweep)], capture_output=True).returncode == 0
+    results = pd.read_parquet(sweep / "results.parquet")
+    assert list(results["status"]) == ["completed", "completed"]
+    assert sorted(results["model.d_model"]) == [16, 32]
+    assert (sweep / "report" / "index.html").exists()
+
+    t0 = time.perf_counter()
+    again = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    again_s = time.perf_counter() - t0
+    assert again.returncode == 0, again.stderr
+    assert trained_from_scratch(again.stdout + again.stderr) == 0
+    assert again_s < first_s / 2
+    subprocess.run([*REPORT, str(sweep)], capture_output=True, check=True)
+    assert len(pd.read_parquet(sweep / "results.parquet")) == 2
+
+
+def test_two_concurrent_workers_train_each_run_once(corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "S"
+    args = sweep_args(corpus_dir, cache_dir, sweep, "16,24,32")
+    workers = [subprocess.Popen([*TRAIN, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    subprocess.run([*REPORT, str(sweep)], capture_output=True, check=True)
+    results = pd.read_parquet(sweep / "results.parquet")
+    assert len(results) == 3 and set(results["status"]) == {"completed"}
+    assert results["resumed_from_step"].isna().all()
+    # A run a worker found locked or finished is skipped; none is trained twice.
+    started = sum(trained_from_scratch(o) for o in outputs)
+    relaunch = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    assert started + trained_from_scratch(relaunch.stdout + relaunch.stderr) == 3
+
+
+def test_killed_parallel_sweep_completes_every_run_exactly_once(corpus_dir, cache_dir,
+                                                                tmp_path):
+    sweep = tmp_path / "S"
+    args = [*sweep_args(corpus_dir, cache_dir, sweep, "16,24,32,40", tokens=40_000),
+            "hydra/launcher=local", "hydra.launcher.n_jobs=2"]
+    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        committed = [p for p in sweep.glob("*/checkpoints/*") if p.name.isdigit()]
+        if len(committed) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run([*REPORT, str(sweep)], capture_output=True)
+    before = pd.read_parquet(sweep / "results.parquet") if (sweep / "results.parquet").exists() \
+        else pd.DataFrame({"status": []})
+    assert (before["status"] == "completed").sum() < 4, "the sweep ended before the kill"
+
+    relaunch = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    assert relaunch.returncode == 0, relaunch.stderr
+    subprocess.run([*REPORT, str(sweep)], capture_output=True, check=True)
+    results = pd.read_parquet(sweep / "results.parquet")
+    assert len(results) == 4 and set(results["status"]) == {"completed"}
+    assert results["resumed_from_step"].notna().any()
+    assert len({p.name for p in sweep.iterdir() if p.is_dir() and p.name != "report"}) == 4

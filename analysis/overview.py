@@ -16,8 +16,18 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import ScalarFormatter
 
-SUMMARY_COLUMNS = ["run_id", "status", "N", "D", "C", "loss", "best_val_loss", "epochs",
-                   "tokens_per_s", "wall_s"]
+SUMMARY_COLUMNS = [
+    "run_id",
+    "status",
+    "N",
+    "D",
+    "C",
+    "loss",
+    "best_val_loss",
+    "epochs",
+    "tokens_per_s",
+    "wall_s",
+]
 
 
 def _colors(values: pd.Series) -> dict:
@@ -45,8 +55,9 @@ def plot_loss_vs(results: pd.DataFrame, x: str, color_by: str, path: Path, xlabe
     colors = _colors(results[color_by])
     for value, group in results.groupby(color_by):
         group = group.sort_values(x)
-        ax.plot(group[x], group["loss"], "o-", color=colors[value],
-                label=f"{color_by}={_label(value)}")
+        ax.plot(
+            group[x], group["loss"], "o-", color=colors[value], label=f"{color_by}={_label(value)}"
+        )
     _log_axes(ax, xlabel)
     if 1 < len(colors) <= 12:
         ax.legend(fontsize=7)
@@ -55,8 +66,9 @@ def plot_loss_vs(results: pd.DataFrame, x: str, color_by: str, path: Path, xlabe
     plt.close(fig)
 
 
-def plot_learning_curves(results: pd.DataFrame, curves: pd.DataFrame, x: str, path: Path,
-                         xlabel: str) -> None:
+def plot_learning_curves(
+    results: pd.DataFrame, curves: pd.DataFrame, x: str, path: Path, xlabel: str
+) -> None:
     """Validation loss along training for every run, coloured by N; with x = flops the lower
     envelope of these curves is the compute-efficient frontier."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -67,8 +79,14 @@ def plot_learning_curves(results: pd.DataFrame, curves: pd.DataFrame, x: str, pa
         if run not in n_of_run:
             continue
         n = n_of_run[run]
-        ax.plot(curve[x], curve["val_loss"], "-", color=colors[n], alpha=0.8,
-                label=None if n in labelled else f"N={_label(n)}")
+        ax.plot(
+            curve[x],
+            curve["val_loss"],
+            "-",
+            color=colors[n],
+            alpha=0.8,
+            label=None if n in labelled else f"N={_label(n)}",
+        )
         labelled.add(n)
     if x == "flops" and not curves.empty:
         frontier = curves.sort_values(x)
@@ -97,8 +115,10 @@ def write_overview(results: pd.DataFrame, curves: pd.DataFrame, out_dir: Path) -
             plot_loss_vs(done, x, by, out_dir / name, xlabel)
             plots.append(name)
     if not curves.empty:
-        for x, name, xlabel in (("tokens", "curves_tokens.png", "tokens"),
-                                ("flops", "curves_flops.png", "compute (FLOPs)")):
+        for x, name, xlabel in (
+            ("tokens", "curves_tokens.png", "tokens"),
+            ("flops", "curves_flops.png", "compute (FLOPs)"),
+        ):
             plot_learning_curves(results, curves, x, out_dir / name, xlabel)
             plots.append(name)
 
@@ -111,15 +131,19 @@ def write_overview(results: pd.DataFrame, curves: pd.DataFrame, out_dir: Path) -
         f"<p>{len(results)} runs: "
         + ", ".join(f"{html.escape(str(k))} {v}" for k, v in sorted(counts.items()))
         + f"</p>\n<div>{images}</div>\n"
-        + table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="",
-                        classes="runs")
+        + table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", classes="runs")
         + "</section>"
     )
 
 
-def write_report(results: pd.DataFrame, curves: pd.DataFrame, out_dir: Path,
-                 title: str, problems: list[str] | None = None,
-                 sections: list[str] | None = None) -> Path:
+def write_report(
+    results: pd.DataFrame,
+    curves: pd.DataFrame,
+    out_dir: Path,
+    title: str,
+    problems: list[str] | None = None,
+    sections: list[str] | None = None,
+) -> Path:
     """Write `out_dir/index.html`: the data section, then any further (fit) sections."""
     out_dir = Path(out_dir)
     body = [write_overview(results, curves, out_dir), *(sections or [])]
@@ -138,4 +162,3 @@ def write_report(results: pd.DataFrame, curves: pd.DataFrame, out_dir: Path,
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
-

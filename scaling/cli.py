@@ -89,11 +89,14 @@ def report(argv: list[str] | None = None) -> None:
     curves.parquet, and write SWEEP_DIR/report/ (index.html and plots)."""
     parser = argparse.ArgumentParser(prog="scaling-report", description=report.__doc__)
     parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="K",
+                        help="bootstrap resamples for the fits' intervals (default: none)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         fail(f"{args.sweep_dir} is not a directory")
 
     from analysis.overview import write_report
+    from analysis.report import write_fits
     from scaling.results import write_tables
 
     collected = write_tables(args.sweep_dir)
@@ -101,8 +104,18 @@ def report(argv: list[str] | None = None) -> None:
         print(f"skipped {problem}", file=sys.stderr)
     if collected.results.empty:
         fail(f"no run records (summary.json) below {args.sweep_dir}")
-    index = write_report(collected.results, collected.curves, args.sweep_dir / "report",
-                         title=f"Sweep {args.sweep_dir.name}", problems=collected.problems)
+    results, curves = collected.results, collected.curves
+    completed = results[results["status"] == "completed"]
+    report_dir = args.sweep_dir / "report"
+    fits = write_fits(
+        completed, report_dir, curves=curves[curves["run_id"].isin(completed["run_id"])],
+        columns={"run": "run_id"},
+        curve_columns={"run": "run_id", "S": "step", "D": "tokens", "C": "flops",
+                       "loss": "val_loss"},
+        n_bootstrap=args.bootstrap,
+    )
+    index = write_report(results, curves, report_dir, title=f"Sweep {args.sweep_dir.name}",
+                         problems=collected.problems, sections=[fits])
     counts = collected.results["status"].value_counts().to_dict()
     print(f"{len(collected.results)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
           f"-> {args.sweep_dir / 'results.parquet'}, {index}")

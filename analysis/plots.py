@@ -1,0 +1,180 @@
+"""Figures of fitted laws: data, fit and bootstrap band on log axes.
+
+Built on `matplotlib.figure.Figure`, never pyplot, so no display or global state is
+involved and PNGs are rendered by Agg wherever this runs.
+"""
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from analysis.allocation import compute_optimal, predict
+from analysis.result import Fit
+from analysis.uncertainty import percentile_interval
+
+N_CURVES = 5  # fitted curves drawn at this many quantiles of the other variable
+
+
+def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:
+    """The figure for `fit`, drawn over the table it was fitted on (canonical columns)."""
+    plotters = {
+        "power": _plot_power,
+        "kaplan-nd": _plot_two_variable,
+        "kaplan-ns": _plot_two_variable,
+        "chinchilla": _plot_two_variable,
+        "isoflop": _plot_isoflop,
+        "envelope": _plot_envelope,
+    }
+    return plotters[fit.law](fit, df)
+
+
+def _plot_power(fit: Fit, df: pd.DataFrame) -> Figure:
+    """Loss against x with the fitted law."""
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.subplots()
+    x = fit.variables[0]
+    ax.scatter(df[x], df["loss"], s=12, color="0.3", label="data")
+    _law_line(ax, fit, np.geomspace(df[x].min(), df[x].max(), 200), color="C3", label="fit")
+    _finish(ax, x, "loss", _title(fit))
+    return fig
+
+
+def _plot_two_variable(fit: Fit, df: pd.DataFrame) -> Figure:
+    """Loss against the second variable, coloured by N, with fitted curves at a few N.
+
+    For L(N, D) laws a second panel shows the compute-optimal N and D with their bands.
+    """
+    allocating = fit.law in ("chinchilla", "kaplan-nd")
+    fig = Figure(figsize=(11 if allocating else 6, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2 if allocating else 1, squeeze=False)[0]
+    ax, second = axes[0], fit.variables[1]
+    lnN = np.log10(df["N"])
+    colour = colormaps["viridis"]
+    norm = (lnN - lnN.min()) / max(np.ptp(lnN), 1e-12)
+    ax.scatter(df[second], df["loss"], s=10, c=colour(norm), alpha=0.8)
+    grid = np.geomspace(df[second].min(), df[second].max(), 200)
+    for q in np.linspace(0, 1, N_CURVES):
+        N = float(10 ** np.quantile(lnN, q))
+        _law_line(
+            ax,
+            fit,
+            np.full_like(grid, N),
+            grid,
+            along=grid,
+            color=colour((np.log10(N) - lnN.min()) / max(np.ptp(lnN), 1e-12)),
+            label=f"N = {N:.2g}",
+        )
+    _finish(ax, second, "loss", _title(fit))
+    if allocating:
+        _plot_allocation(axes[1], fit, df)
+    return fig
+
+
+def _plot_allocation(ax: Axes, fit: Fit, df: pd.DataFrame) -> None:
+    """N_opt(C) and D_opt(C) with bootstrap bands, over the table's compute range."""
+    C = 6 * df["N"] * df["D"]
+    table = compute_optimal(fit).at(np.geomspace(C.min(), C.max() * 100, 200))
+    for name, colour in (("N_opt", "C0"), ("D_opt", "C1")):
+        ax.plot(table["C"], table[name], color=colour, label=name)
+        if f"{name}_lo" in table:
+            ax.fill_between(
+                table["C"], table[f"{name}_lo"], table[f"{name}_hi"], color=colour, alpha=0.2
+            )
+    _finish(ax, "C = 6ND (FLOP)", "compute-optimal N, D", "compute-optimal allocation")
+
+
+def _plot_isoflop(fit: Fit, df: pd.DataFrame) -> Figure:
+    """IsoFLOP profiles with their parabolas and vertices, then N* and D* against C."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    budgets = fit.tables["budgets"]
+    colour = colormaps["plasma"]
+    for i, row in enumerate(budgets.itertuples()):
+        c = colour(i / max(len(budgets) - 1, 1))
+        points = df[df["C"] == row.C]
+        left.scatter(points["N"], points["loss"], s=10, color=c)
+        N = np.geomspace(points["N"].min(), points["N"].max(), 100)
+        left.plot(
+            N,
+            row.loss_opt + row.curvature * np.log(N / row.N_opt) ** 2,
+            color=c,
+            label=f"C = {row.C:.1e}",
+        )
+        left.scatter([row.N_opt], [row.loss_opt], marker="x", color="k", zorder=3)
+    _finish(left, "N (parameters)", "loss", "IsoFLOP profiles", log_y=False)
+    C = np.geomspace(budgets["C"].min(), budgets["C"].max(), 100)
+    for name, pre, exp, colour_ in (("N_opt", "k_N", "a", "C0"), ("D_opt", "k_D", "b", "C1")):
+        right.scatter(budgets["C"], budgets[name], color=colour_)
+        _power_line(right, fit, C, pre, exp, colour_, f"{name} ∝ C^{fit.params[exp]:.3f}")
+    _finish(right, "C (FLOP)", "N*, D*", _title(fit))
+    return fig
+
+
+def _plot_envelope(fit: Fit, df: pd.DataFrame) -> Figure:
+    """All learning curves, their lower envelope and its power law; then N_opt against C."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for _, run in df.groupby("run", sort=False):
+        run = run.sort_values("C")
+        left.plot(run["C"], run["loss"], color="0.75", lw=0.8)
+    env = fit.tables["envelope"]
+    left.plot(env["C"], env["loss"], color="k", lw=1.5, label="envelope")
+    _law_line(left, fit, env["C"].to_numpy(), color="C3", label="fit")
+    _finish(left, "C (FLOP)", "loss", _title(fit))
+    inner = env[env["interior"]]
+    right.scatter(inner["C"], inner["N"], s=8, color="C0", label="envelope N")
+    if np.isfinite(fit.params["a"]):
+        _power_line(
+            right, fit, env["C"].to_numpy(), "k_N", "a", "C0", f"N_opt ∝ C^{fit.params['a']:.3f}"
+        )
+    _finish(right, "C (FLOP)", "N_opt", "compute-optimal model size")
+    return fig
+
+
+def _law_line(
+    ax: Axes,
+    fit: Fit,
+    *values: np.ndarray,
+    along: np.ndarray | None = None,
+    color: object,
+    label: str,
+) -> None:
+    """The fitted law (and its bootstrap band) at `values`, plotted against `along`."""
+    table = predict(fit, *values)
+    x = values[0] if along is None else along
+    ax.plot(x, table["loss"], color=color, label=label)
+    if "loss_lo" in table:
+        ax.fill_between(x, table["loss_lo"], table["loss_hi"], color=color, alpha=0.2)
+
+
+def _power_line(
+    ax: Axes, fit: Fit, C: np.ndarray, pre: str, exp: str, color: str, label: str
+) -> None:
+    """y = pre·C^exp and its bootstrap band."""
+    ax.plot(C, fit.params[pre] * C ** fit.params[exp], color=color, label=label)
+    if fit.samples is not None and len(fit.samples) > 1:
+        draws = (
+            fit.samples[pre].to_numpy()[:, None]
+            * C[None, :] ** fit.samples[exp].to_numpy()[:, None]
+        )
+        ax.fill_between(C, *percentile_interval(draws), color=color, alpha=0.2)
+
+
+def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, log_y: bool = True) -> None:
+    """Log axes, labels, title and legend."""
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def _title(fit: Fit) -> str:
+    """The law and its fitted parameters, compactly."""
+    shown = ", ".join(f"{k}={v:.3g}" for k, v in fit.params.items())
+    status = "" if fit.ok else f" [{fit.status}]"
+    return f"{fit.law}: {shown}{status}"

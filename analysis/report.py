@@ -1,0 +1,140 @@
+"""Fit every law a results table supports; write figures, fits.json and an HTML section.
+
+`scaling-report` calls `write_fits` with the results table (one row per run) and,
+when it has them, the learning curves (one row per evaluation of a run), and places the
+returned section after its own overview of the runs.
+"""
+
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.allocation import compute_optimal
+from analysis.api import ALLOCATING, fit_law, required_columns
+from analysis.isoflop import MIN_BUDGET_POINTS
+from analysis.plots import plot_fit
+from analysis.result import Fit
+from analysis.table import FitInputError, select
+
+TITLES = {
+    "power": "Power law L = E + (x_c/x)^α",
+    "kaplan-nd": "Kaplan L(N, D) (eq 1.5)",
+    "kaplan-ns": "Kaplan L(N, S) from learning curves (eq 1.6)",
+    "chinchilla": "Chinchilla Approach 3: L = E + A/N^α + B/D^β",
+    "isoflop": "IsoFLOP profiles (Chinchilla Approach 2)",
+    "envelope": "Envelope of learning curves (Chinchilla Approach 1, Kaplan L(C_min))",
+}
+
+
+def plan_fits(
+    table: pd.DataFrame, curves: pd.DataFrame | None = None
+) -> list[tuple[str, str, pd.DataFrame, dict[str, Any]]]:
+    """(key, law, frame, options) for every fit the tables' columns support.
+
+    IsoFLOP profiles group runs by `budget` (the nominal budget, as sweeps record it) when
+    the table has one, else by C, and are planned when 2 budgets have 3 runs or more.
+    """
+    plans: list[tuple[str, str, pd.DataFrame, dict[str, Any]]] = []
+    has = set(table.columns)
+    plans += [
+        (f"power_{x}", "power", table, {"x": x}) for x in ("N", "D", "C") if {x, "loss"} <= has
+    ]
+    if {"N", "D", "loss"} <= has:
+        plans += [("kaplan-nd", "kaplan-nd", table, {}), ("chinchilla", "chinchilla", table, {})]
+    iso = table
+    if "budget" in has:
+        iso = table[table["budget"].notna()].assign(C=lambda d: d["budget"])
+    if {"N", "C", "loss"} <= set(iso) and (iso["C"].value_counts() >= MIN_BUDGET_POINTS).sum() >= 2:
+        plans.append(("isoflop", "isoflop", iso, {}))
+    if curves is not None:
+        has = set(curves.columns)
+        if {"run", "N", "S", "loss"} <= has:
+            plans.append(("kaplan-ns", "kaplan-ns", curves, {}))
+        if {"run", "N", "C", "loss"} <= has:
+            plans.append(("envelope", "envelope", curves, {}))
+    return plans
+
+
+def write_fits(
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    curves: pd.DataFrame | None = None,
+    columns: Mapping[str, str] | None = None,
+    curve_columns: Mapping[str, str] | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> str:
+    """Run the applicable fits, write `fit_<key>.png` and `fits.json` to `out_dir`, return HTML.
+
+    `columns` and `curve_columns` map canonical names (N, D, C, S, loss, run, budget) to
+    each table's own; curves without N take it from the table by run. Rows without a loss
+    (failed runs, steps without an evaluation) are left out, and the count is shown; pass
+    only the runs that should be fitted. Fits the data cannot support are recorded as
+    skipped with the reason, not raised, so one bad column never costs the rest of the
+    report. Image paths in the HTML are relative to `out_dir`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table, left_out = _canonical(table, columns), 0
+    if curves is not None:
+        curves = _canonical(curves, curve_columns or columns)
+        if "N" not in curves and {"run", "N"} <= set(table) and "run" in curves:
+            curves = curves.merge(table[["run", "N"]].drop_duplicates("run"), on="run")
+        curves, left_out = _with_loss(curves)
+    table, skipped = _with_loss(table)
+    left_out += skipped
+    results: dict[str, Any] = {}
+    parts = ['<section class="scaling-fits">', "<h2>Scaling-law fits</h2>"]
+    if left_out:
+        parts.append(f"<p>{left_out} rows without a loss left out.</p>")
+    for key, law, frame, options in plan_fits(table, curves):
+        title = TITLES[law] + (f" in {options['x']}" if "x" in options else "")
+        parts.append(f"<h3>{html.escape(title)}</h3>")
+        try:
+            data = select(frame, required_columns(law, bootstrap=n_bootstrap > 0, **options))
+            fit = fit_law(data, law, n_bootstrap=n_bootstrap, seed=seed, **options)
+        except FitInputError as error:
+            results[key] = {"law": law, "status": f"skipped: {error}"}
+            parts.append(f"<p>Skipped: {html.escape(str(error))}</p>")
+            continue
+        results[key] = fit.to_dict()
+        if law in ALLOCATING:
+            results[key]["allocation"] = compute_optimal(fit).to_dict()
+        image = f"fit_{key}.png"
+        plot_fit(fit, data).savefig(out / image, dpi=120)
+        parts += [_section(fit), f'<img src="{image}" alt="{html.escape(title)}">']
+    parts.append("</section>")
+    (out / "fits.json").write_text(json.dumps(results, indent=2, allow_nan=False))
+    return "\n".join(parts)
+
+
+def _canonical(df: pd.DataFrame, columns: Mapping[str, str] | None) -> pd.DataFrame:
+    """`df` with its columns renamed to the canonical names `columns` maps them from."""
+    return df.rename(columns={v: k for k, v in (columns or {}).items()})
+
+
+def _with_loss(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows that have a loss, and how many did not."""
+    if "loss" not in df:
+        return df, 0
+    kept = df[df["loss"].notna()]
+    return kept, len(df) - len(kept)
+
+
+def _section(fit: Fit) -> str:
+    """The fit's status line and parameter table."""
+    boot = fit.diagnostics.get("bootstrap")
+    uncertainty = (
+        f"bootstrap over {boot['unit']}, {boot['used']}/{boot['k']} resamples used, "
+        f"{boot['level']:.0%} percentile intervals"
+        if boot
+        else f"standard errors: {fit.diagnostics.get('stderr_method', 'none')}"
+    )
+    line = f"status: {fit.status} · {fit.n_points} points · {uncertainty}"
+    table = fit.summary().to_html(float_format=lambda v: f"{v:.4g}", na_rep="—", border=0)
+    return f"<p>{html.escape(line)}</p>\n{table}"

@@ -1,0 +1,71 @@
+"""Seeded bootstrap over rows, runs and strata."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.api import fit_law
+from analysis.fit import fit_power
+from analysis.uncertainty import bootstrap, percentile_interval, resample
+from tests.analysis.synthetic import TRUE_KAPLAN_NS, kaplan_ns_curves
+
+
+def test_row_resample_keeps_size_and_draws_with_replacement():
+    df = pd.DataFrame({"x": np.arange(100)})
+    out = resample(df, np.random.default_rng(0))
+    assert len(out) == 100 and out["x"].nunique() < 100
+
+
+def test_run_resample_keeps_whole_runs_and_relabels_copies():
+    df = pd.DataFrame({"run": np.repeat(["a", "b", "c"], [2, 3, 4]), "i": np.arange(9)})
+    out = resample(df, np.random.default_rng(1), unit="run")
+    assert out["run"].nunique() == 3  # three draws, each its own label
+    sizes = sorted(out.groupby("run").size().tolist())
+    assert all(size in (2, 3, 4) for size in sizes)
+
+
+def test_strata_resample_keeps_each_stratum_size():
+    df = pd.DataFrame({"C": np.repeat([1.0, 2.0], [3, 7]), "i": np.arange(10)})
+    out = resample(df, np.random.default_rng(2), strata="C")
+    assert out.groupby("C").size().tolist() == [3, 7]
+    assert set(out.loc[out["C"] == 1.0, "i"]) <= {0, 1, 2}
+
+
+def test_percentile_interval_is_the_central_95_percent():
+    lo, hi = percentile_interval(np.arange(1001.0))
+    assert (lo, hi) == pytest.approx((25.0, 975.0))
+
+
+def test_failed_refits_are_counted_not_used():
+    df = pd.DataFrame({"N": np.geomspace(1e6, 1e9, 6), "loss": np.geomspace(4, 2, 6)})
+    fit = fit_power(df, offset=False)
+    out = bootstrap(fit, df, lambda d: fit_power(d.head(2), offset=False), k=10, seed=0)
+    assert out.diagnostics["bootstrap"] == {
+        "k": 10,
+        "used": 0,
+        "failed": 10,
+        "at_bound": 0,
+        "seed": 0,
+        "level": 0.95,
+        "unit": "row",
+    }
+    assert out.intervals == {}
+
+
+def test_kaplan_ns_bootstrap_over_runs_covers_the_truth():
+    fit = fit_law(kaplan_ns_curves(), "kaplan-ns", n_bootstrap=40, seed=0)
+    assert fit.diagnostics["bootstrap"]["unit"] == "run"
+    for name in ("alpha_N", "alpha_S"):
+        lo, hi = fit.intervals[name]
+        assert lo < fit.params[name] < hi
+        assert lo - 0.01 < TRUE_KAPLAN_NS[name] < hi + 0.01, name
+
+
+def test_every_law_bootstraps_with_the_same_seed_to_the_same_draws():
+    df = kaplan_ns_curves()
+    one = fit_law(df, "kaplan-ns", n_bootstrap=4, seed=9).samples
+    two = fit_law(df, "kaplan-ns", n_bootstrap=4, seed=9).samples
+    pd.testing.assert_frame_equal(one, two)
+    assert fit_law(df, "kaplan-ns", n_bootstrap=4, seed=10).samples.iloc[0, 0] != pytest.approx(
+        one.iloc[0, 0], rel=1e-12
+    )

@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, nnls
+from threadpoolctl import threadpool_limits
 
-from analysis.blas import single_threaded
 from analysis.fit import SAME_OPTIMUM_RTOL
 from analysis.result import Fit
 from analysis.table import require_points
@@ -151,7 +151,7 @@ def warm_starts(fit: Fit) -> np.ndarray:
     return np.array([optimum, *fit.diagnostics.get("best_starts", [])], dtype=float)
 
 
-@single_threaded()
+@threadpool_limits.wrap(limits=1, user_api="blas")  # tiny BLAS calls: threads only cost
 def _grid_search(
     data: tuple[np.ndarray, np.ndarray, np.ndarray, float],
     starts: np.ndarray,
@@ -177,7 +177,7 @@ def _grid_search(
     }
 
 
-@single_threaded()
+@threadpool_limits.wrap(limits=1, user_api="blas")  # tiny BLAS calls: threads only cost
 def _varpro(
     data: tuple[np.ndarray, np.ndarray, np.ndarray, float], starts: np.ndarray | None
 ) -> tuple[np.ndarray, dict]:
@@ -238,7 +238,7 @@ def _profiled_theta(
         return np.array([np.log(A), np.log(B), np.log(E), alpha, beta])
 
 
-@single_threaded()
+@threadpool_limits.wrap(limits=1, user_api="blas")  # tiny BLAS calls: threads only cost
 def _restart(theta: np.ndarray, data: tuple[np.ndarray, np.ndarray, np.ndarray, float]) -> float:
     """The summed objective after one more L-BFGS-B run from `theta`.
 

@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 from scipy.optimize import OptimizeResult, least_squares
+from threadpoolctl import threadpool_limits
 
 from analysis import laws
-from analysis.blas import single_threaded
 from analysis.result import Fit
 from analysis.table import FitInputError, require_points
 
@@ -123,7 +123,7 @@ def _nd_starts(N: np.ndarray, D: np.ndarray, lnL: np.ndarray) -> list[list[float
     ]
 
 
-@single_threaded()
+@threadpool_limits.wrap(limits=1, user_api="blas")  # tiny BLAS calls: threads only cost
 def _fit_log_space(
     law: str,
     names: Sequence[str],

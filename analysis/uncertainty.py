@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from analysis.blas import single_threaded
 from analysis.result import Fit
 from analysis.table import FitInputError
 
@@ -37,7 +37,7 @@ def resample(
     return df.iloc[rng.integers(0, len(df), len(df))].reset_index(drop=True)
 
 
-@single_threaded()
+@threadpool_limits.wrap(limits=1, user_api="blas")  # tiny BLAS calls: threads only cost
 def bootstrap(
     fit: Fit,
     df: pd.DataFrame,

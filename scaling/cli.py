@@ -75,7 +75,7 @@ def _train_task(cfg: DictConfig) -> None:
             write_summary(run_dir, {"status": "failed", "error": f"DataError: {error}",
                                     "config": to_dict(config)})
             fail(str(error))
-        except ResumeError as error:
+        except (ConfigError, ResumeError) as error:  # e.g. a batch the devices cannot split
             fail(str(error))
 
 

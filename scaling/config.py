@@ -30,6 +30,7 @@ class ModelConfig:
     attention: str = "auto"  # auto (cudnn on GPU with bf16, else xla) | xla | cudnn
     remat: str = "none"  # recompute blocks in the backward pass: none | full | dots (keep matmuls)
     scan_layers: bool = False  # one lax.scan over stacked blocks (params under h/) instead of h_{i}
+    loss_chunk: int = 0  # tokens per chunk of a fused unembedding + loss; 0: all logits at once
 
     @property
     def ff_dim(self) -> int:
@@ -162,6 +163,11 @@ def validate(cfg: Config) -> Config:
         _check(getattr(t, name) > 0, f"train.{name}", getattr(t, name), "a positive integer")
     _check(t.grad_accum > 0 and t.batch_size % t.grad_accum == 0, "train.grad_accum",
            t.grad_accum, f"a positive divisor of train.batch_size={t.batch_size}")
+    micro_tokens = t.batch_size // t.grad_accum * m.n_ctx
+    _check(m.loss_chunk >= 0 and (m.loss_chunk == 0 or micro_tokens % m.loss_chunk == 0),
+           "model.loss_chunk", m.loss_chunk,
+           f"0 or a divisor of the {micro_tokens} tokens per micro-batch "
+           "(train.batch_size / train.grad_accum * model.n_ctx)")
     _check(t.parallel in ("none", "dp", "fsdp"), "train.parallel", t.parallel,
            "one of none, dp, fsdp")
     _check(t.checkpoint_every_seconds > 0, "train.checkpoint_every_seconds",

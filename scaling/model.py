@@ -50,6 +50,7 @@ class GPTConfig:
     attention: str = "xla"
     remat: str = "none"
     scan_layers: bool = False
+    loss_chunk: int = 0  # tokens per chunk of the fused unembedding + loss; 0: all logits at once
 
     @property
     def vocab_padded(self) -> int:
@@ -143,12 +144,13 @@ def _block_class(cfg: GPTConfig) -> type[nn.Module]:
 
 
 class GPT(nn.Module):
-    """Token ids [B, T] -> logits [B, T, vocab_padded] (in the compute dtype)."""
+    """Token ids [B, T] -> logits [B, T, vocab_padded] (in the compute dtype); with
+    `unembed=False`, the final LayerNorm's output [B, T, d_model] instead."""
 
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, ids_BxT: jax.Array) -> jax.Array:
+    def __call__(self, ids_BxT: jax.Array, unembed: bool = True) -> jax.Array:
         cfg = self.cfg
         wte = nn.Embed(
             cfg.vocab_padded, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
@@ -167,7 +169,7 @@ class GPT(nn.Module):
             for i in range(cfg.n_layer):
                 x_BxTxD, _ = block(cfg, name=f"h_{i}")(x_BxTxD, None)
         x_BxTxD = _layer_norm(cfg.dtype, "ln_f")(x_BxTxD)
-        return wte.attend(x_BxTxD)
+        return wte.attend(x_BxTxD) if unembed else x_BxTxD
 
 
 def init_params(cfg: GPTConfig, seed: int) -> dict:
@@ -182,3 +184,68 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
     log_z_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
     target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
     return jnp.mean(log_z_BxT - target_logit_BxT)
+
+
+def chunked_cross_entropy(x_BxTxD: jax.Array, embedding_VxD: jax.Array, targets_BxT: jax.Array,
+                          chunk: int, dtype: str) -> jax.Array:
+    """`cross_entropy` of the unembedding x @ embedding.T, `chunk` tokens at a time.
+
+    Only one chunk's logits [chunk, V] ever exist. A custom VJP computes each chunk's gradients
+    in the same pass as its loss, so the backward pass does not recompute the logits: the same
+    FLOPs as the dense path, without writing and re-reading all B*T*V logits.
+    """
+    n_tokens, V = targets_BxT.size, embedding_VxD.shape[0]
+
+    def chunks(x_BxTxD, targets_BxT):
+        return x_BxTxD.reshape(-1, chunk, x_BxTxD.shape[-1]), targets_BxT.reshape(-1, chunk)
+
+    def logits_and_loss(x_KxD, w_VxD, t_K):
+        logits_KxV = jnp.dot(x_KxD.astype(dtype), w_VxD.astype(dtype).T).astype(jnp.float32)
+        log_z_K = jax.nn.logsumexp(logits_KxV, axis=-1)
+        target_logit_K = jnp.take_along_axis(logits_KxV, t_K[:, None], axis=-1)[:, 0]
+        return logits_KxV, log_z_K, jnp.sum(log_z_K - target_logit_K)
+
+    @jax.custom_vjp
+    def loss(x_BxTxD, w_VxD, targets_BxT):
+        def add(total, chunk_xt):
+            x_KxD, t_K = chunk_xt
+            return total + logits_and_loss(x_KxD, w_VxD, t_K)[2], None
+
+        total, _ = jax.lax.scan(add, jnp.zeros((), jnp.float32), chunks(x_BxTxD, targets_BxT))
+        return total / n_tokens
+
+    def loss_and_grads(x_BxTxD, w_VxD, targets_BxT):
+        w_c = w_VxD.astype(dtype)
+
+        def add(carry, chunk_xt):
+            total, grad_w_VxD = carry
+            x_KxD, t_K = chunk_xt
+            logits_KxV, log_z_K, loss_sum = logits_and_loss(x_KxD, w_VxD, t_K)
+            # d(mean loss)/d(logits) = (softmax - one_hot) / n, in float32 then the compute dtype
+            g_KxV = (jnp.exp(logits_KxV - log_z_K[:, None])
+                     - jax.nn.one_hot(t_K, V, dtype=jnp.float32)) / n_tokens
+            g_KxV = g_KxV.astype(dtype)
+            grad_w_VxD += jnp.dot(g_KxV.T, x_KxD.astype(dtype), preferred_element_type=jnp.float32)
+            return (total + loss_sum, grad_w_VxD), jnp.dot(g_KxV, w_c)
+
+        init = (jnp.zeros((), jnp.float32), jnp.zeros_like(w_VxD))
+        (total, grad_w_VxD), grad_x = jax.lax.scan(add, init, chunks(x_BxTxD, targets_BxT))
+        grad_x_BxTxD = grad_x.reshape(x_BxTxD.shape).astype(x_BxTxD.dtype)
+        return total / n_tokens, (grad_x_BxTxD, grad_w_VxD)
+
+    def backward(grads, g):
+        grad_x_BxTxD, grad_w_VxD = grads
+        return (g * grad_x_BxTxD).astype(grad_x_BxTxD.dtype), g * grad_w_VxD, None
+
+    loss.defvjp(loss_and_grads, backward)
+    return loss(x_BxTxD, embedding_VxD, targets_BxT)
+
+
+def next_token_loss(cfg: GPTConfig, params: dict, ids_BxT1: jax.Array) -> jax.Array:
+    """Mean loss of predicting ids[:, 1:] from ids[:, :-1]; fused and chunked if cfg.loss_chunk."""
+    inputs_BxT, targets_BxT = ids_BxT1[:, :-1], ids_BxT1[:, 1:]
+    if not cfg.loss_chunk:
+        return cross_entropy(GPT(cfg).apply({"params": params}, inputs_BxT), targets_BxT)
+    x_BxTxD = GPT(cfg).apply({"params": params}, inputs_BxT, unembed=False)
+    return chunked_cross_entropy(x_BxTxD, params["wte"]["embedding"], targets_BxT,
+                                 cfg.loss_chunk, cfg.dtype)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that may change without changing a run's results (they do not enter its identity).
 BOOKKEEPING_FIELDS = frozenset({
     "train.log_every_steps", "train.checkpoint_every_steps", "train.checkpoint_every_seconds",
-    "train.keep_checkpoints", "data.cache_dir",
+    "train.keep_checkpoints", "data.cache_dir", "train.compile_cache", "train.compile_cache_dir",
 })
 IDENTITY_GROUPS = ("model", "data", "train")
 LOCK_FILE = ".lock"

@@ -2,7 +2,8 @@
 checkpoints on two clocks; resume; the run record.
 
 A stage (pretrain now; fine-tune and RLHF later) is a `Stage`: a loss, a batch source and an
-initialisation. Nothing in this module knows which stage it runs.
+initialisation. Nothing in this module knows which stage it runs. The same step runs on one
+device or many (`scaling.parallel`), over the whole batch or micro-batch by micro-batch.
 """
 
 from __future__ import annotations
@@ -20,23 +21,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental.compilation_cache import compilation_cache
 
 from scaling.checkpoint import Checkpointer
 from scaling.config import TrainConfig
 from scaling.flops import mfu
+from scaling.parallel import Placement
 from scaling.progress import TrainProgress
 from scaling.record import read_summary, write_metrics, write_summary
+from scaling.sweep import identity
 
 log = logging.getLogger("scaling")
 
 Params = Any
 LossFn = Callable[[Params, jax.Array], jax.Array]
 
-# Fields that may change between a run and its resumption without changing its results.
-BOOKKEEPING_FIELDS = frozenset({
-    "train.log_every_steps", "train.checkpoint_every_steps", "train.checkpoint_every_seconds",
-    "train.keep_checkpoints", "data.cache_dir",
-})
 
 
 class ResumeError(RuntimeError):
@@ -55,6 +54,18 @@ class Stage:
     tokens_per_step: int
     flops_per_token: int
     record: dict[str, Any] = field(default_factory=dict)  # stage facts for summary.json
+
+
+def use_compile_cache(directory: Path | None) -> None:
+    """Keep compiled programs in `directory` across processes (None: off), small ones too."""
+    jax.config.update("jax_enable_compilation_cache", directory is not None)
+    if directory is None:
+        return
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    if str(directory) != jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        compilation_cache.reset_cache()  # a process opens its cache once: reopen it here
 
 
 def eval_steps(total_steps: int, count: int) -> list[int]:
@@ -98,6 +109,55 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
     return jax.jit(train_step, donate_argnums=0)
 
 
+def accumulate_gradients(loss_fn: LossFn, micro_batches: int) -> LossFn:
+    """`loss_fn` whose gradient is summed over `micro_batches` slices of the batch in turn.
+
+    The loss and gradient are the whole batch's (the mean of equal slices' means), but only one
+    slice's activations are ever in memory. Written as a custom VJP so that the step's
+    `value_and_grad` stays as it is: the forward pass computes each slice's gradient as it
+    goes, and the backward pass only scales their mean.
+    """
+    if micro_batches == 1:
+        return loss_fn
+
+    def slices(batch_BxS: jax.Array) -> jax.Array:
+        # Slice j is rows j, j+k, j+2k, ...: under data parallelism each slice spans every
+        # device's share of the batch, so no slice waits on one device.
+        return batch_BxS.reshape(-1, micro_batches, *batch_BxS.shape[1:]).swapaxes(0, 1)
+
+    def loss_and_grads(params: Params, batch: jax.Array) -> tuple[jax.Array, Params]:
+        def add_slice(grad_sum, micro_batch):
+            loss, grads = jax.value_and_grad(loss_fn)(params, micro_batch)
+            return jax.tree_util.tree_map(jnp.add, grad_sum, grads), loss
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        grad_sum, losses = jax.lax.scan(add_slice, zeros, slices(batch))
+        return jnp.mean(losses), jax.tree_util.tree_map(lambda g: g / micro_batches, grad_sum)
+
+    @jax.custom_vjp
+    def accumulated(params: Params, batch: jax.Array) -> jax.Array:
+        return jnp.mean(jax.lax.map(lambda b: loss_fn(params, b), slices(batch)))
+
+    def backward(grads: Params, g: jax.Array) -> tuple[Params, None]:
+        return jax.tree_util.tree_map(lambda x: g * x, grads), None
+
+    accumulated.defvjp(loss_and_grads, backward)
+    return accumulated
+
+
+def setup(
+    stage: Stage, cfg: TrainConfig, tx: optax.GradientTransformation
+) -> tuple[Placement, dict, Callable]:
+    """The device placement, the initial (placed) state and the jitted step for `cfg`.
+
+    `train` and `scaling-bench` both start here, so the benchmark times the trainer's own step.
+    """
+    placement = Placement.create(cfg.parallel, len(stage.train_batch(0)) // cfg.grad_accum)
+    state = placement.state(_init_state(stage, tx))
+    train_step = make_train_step(accumulate_gradients(stage.loss_fn, cfg.grad_accum), tx)
+    return placement, state, placement.keep_state_sharding(train_step, state)
+
+
 def make_eval(loss_fn: LossFn):
     """Mean loss over all validation batches, in one call."""
 
@@ -107,22 +167,12 @@ def make_eval(loss_fn: LossFn):
     return jax.jit(evaluate)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _check_same_run(saved: dict, current: dict, run_dir: Path) -> None:
-    saved_flat, current_flat = _flatten(saved), _flatten(current)
+    saved_id, current_id = identity(saved), identity(current)
     changed = [
-        f"{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}"
-        for k in sorted(set(saved_flat) | set(current_flat))
-        if k not in BOOKKEEPING_FIELDS and saved_flat.get(k) != current_flat.get(k)
+        f"{k}: {saved_id.get(k)!r} -> {current_id.get(k)!r}"
+        for k in sorted(set(saved_id) | set(current_id))
+        if saved_id.get(k) != current_id.get(k)
     ]
     if changed:
         raise ResumeError(
@@ -189,6 +239,7 @@ def train(
         return previous
 
     started = time.time()
+    placement, state, train_step = setup(stage, cfg, tx)
     summary: dict[str, Any] = {
         "status": "running",
         "stage": stage.name,
@@ -200,12 +251,11 @@ def train(
         "flops": total_steps * stage.tokens_per_step * stage.flops_per_token,
         "seed": seed,
         "device": jax.devices()[0].device_kind,
-        "n_devices": 1,
+        "n_devices": len(placement.devices),
         "resumed_from_step": None,
         "config": config_dict,
     }
 
-    state = _init_state(stage, tx)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
     rows: list[dict[str, Any]] = []
     wall_before = 0.0
@@ -218,9 +268,8 @@ def train(
         log.info("resuming %s from step %d", run_dir, latest)
     write_summary(run_dir, summary)
 
-    train_step = make_train_step(stage.loss_fn, tx)
     evaluate = make_eval(stage.loss_fn)
-    eval_data = jnp.asarray(stage.eval_data)
+    eval_data = jnp.asarray(placement.batch(stage.eval_data, axis=1))
     eval_at = set(eval_steps(total_steps, cfg.eval_count))
     start_step = int(state["step"])
     progress = TrainProgress(total_steps, start_step)
@@ -233,7 +282,7 @@ def train(
     diverged_step = 0
     try:
         for step in range(start_step + 1, total_steps + 1):
-            state, metrics = train_step(state, stage.train_batch(step - 1))
+            state, metrics = train_step(state, placement.batch(stage.train_batch(step - 1)))
             if compile_s is None:  # the first step compiles: keep it out of throughput
                 jax.block_until_ready(metrics)
                 compile_s = clock.seconds()
@@ -265,8 +314,8 @@ def train(
                     "tokens_per_s": eval_meter.rate(step),
                 })
                 eval_meter.mark(step)
-                state["loss_sum"] = jnp.zeros((), jnp.float32)
-                state["loss_count"] = jnp.zeros((), jnp.int32)
+                state["loss_sum"] = jnp.zeros_like(state["loss_sum"])  # placed as before
+                state["loss_count"] = jnp.zeros_like(state["loss_count"])
                 progress.eval(step, val_loss)
                 diverged_step = int(metrics["bad_step"])
                 if diverged_step:
@@ -300,7 +349,7 @@ def train(
         wall_s=wall_before + time.time() - started,
         compile_s=compile_s,
         tokens_per_s=tokens_per_s,
-        mfu=mfu(tokens_per_s, stage.flops_per_token, jax.devices()[:1]) if tokens_per_s else None,
+        mfu=mfu(tokens_per_s, stage.flops_per_token, placement.devices) if tokens_per_s else None,
     )
     write_metrics(run_dir, rows)
     if diverged_step:

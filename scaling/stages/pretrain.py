@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import jax
+import optax
 
 from scaling.config import Config, to_dict
 from scaling.data import Batches, Dataset, eval_windows, load_dataset
+from scaling.data.shards import cache_root
 from scaling.flops import count_params, flops_per_token
 from scaling.model import (
-    GPT,
     GPTConfig,
-    cross_entropy,
     init_params,
+    next_token_loss,
     resolve_attention,
     resolve_dtype,
 )
 from scaling.optim import lr_schedule, make_optimizer, peak_lr
-from scaling.train import Stage, train
+from scaling.train import Stage, train, use_compile_cache
 
 log = logging.getLogger("scaling")
 
@@ -33,17 +34,16 @@ def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
     return GPTConfig(
         vocab_size=vocab_size, n_layer=m.n_layer, d_model=m.d_model, n_head=m.n_head,
         n_ctx=m.n_ctx, d_ff=m.ff_dim, dtype=dtype, attention=resolve_attention(m.attention, dtype),
+        remat=m.remat, scan_layers=m.scan_layers, loss_chunk=m.loss_chunk,
     )
 
 
 def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage:
     t = cfg.train
-    model = GPT(model_cfg)
     batches = Batches(dataset.train, t.batch_size, model_cfg.n_ctx, t.seed)
 
     def loss_fn(params, batch_BxT1):
-        logits_BxTxV = model.apply({"params": params}, batch_BxT1[:, :-1])
-        return cross_entropy(logits_BxTxV, batch_BxT1[:, 1:])
+        return next_token_loss(model_cfg, params, batch_BxT1)
 
     counts = count_params(jax.eval_shape(lambda: init_params(model_cfg, t.seed)))
     tokens_per_step = t.batch_size * model_cfg.n_ctx
@@ -73,8 +73,26 @@ def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage
     )
 
 
-def pretrain(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Prepare the corpus, build the model and train it; returns the run summary."""
+@dataclass(frozen=True)
+class Pretraining:
+    """Everything `train` needs besides the run directory; `scaling-bench` times the same."""
+
+    stage: Stage
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    steps: int
+
+
+def compile_cache_dir(cfg: Config) -> Path | None:
+    """`train.compile_cache_dir`, else `jax/` under the data cache root; None when turned off."""
+    if not cfg.train.compile_cache:
+        return None
+    return Path(cfg.train.compile_cache_dir or cache_root(cfg.data.cache_dir) / "jax")
+
+
+def prepare(cfg: Config) -> Pretraining:
+    """Prepare the corpus, build the model and its stage, and the optimizer."""
+    use_compile_cache(compile_cache_dir(cfg))
     dataset = load_dataset(cfg.data)
     model_cfg = model_config(cfg, dataset.vocab_size)
     stage = pretrain_stage(cfg, dataset, model_cfg)
@@ -87,7 +105,11 @@ def pretrain(cfg: Config, run_dir: Path) -> dict[str, Any]:
         stage.tokens_per_step, peak, model_cfg.dtype, jax.devices()[0].device_kind,
     )
     stage = replace(stage, record={**stage.record, "peak_lr": peak})
-    return train(
-        stage, cfg.train, to_dict(cfg), run_dir, make_optimizer(cfg.train, schedule), schedule,
-        steps, cfg.train.seed,
-    )
+    return Pretraining(stage, make_optimizer(cfg.train, schedule), schedule, steps)
+
+
+def pretrain(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Pretrain as `cfg` says; returns the run summary."""
+    run = prepare(cfg)
+    return train(run.stage, cfg.train, to_dict(cfg), run_dir, run.tx, run.schedule, run.steps,
+                 cfg.train.seed)

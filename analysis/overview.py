@@ -45,6 +45,16 @@ def _log_axes(ax, xlabel: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _save(fig, ax, path: Path, xlabel: str, n_series: int) -> None:
+    """Finish the axes (a legend only when it stays readable) and write the PNG."""
+    _log_axes(ax, xlabel)
+    if 1 < n_series <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _label(value: float) -> str:
     return f"{value:.3g}"
 
@@ -58,12 +68,7 @@ def plot_loss_vs(results: pd.DataFrame, x: str, color_by: str, path: Path, xlabe
         ax.plot(
             group[x], group["loss"], "o-", color=colors[value], label=f"{color_by}={_label(value)}"
         )
-    _log_axes(ax, xlabel)
-    if 1 < len(colors) <= 12:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, xlabel, n_series=len(colors))
 
 
 def plot_learning_curves(
@@ -92,12 +97,7 @@ def plot_learning_curves(
         frontier = curves.sort_values(x)
         envelope = frontier["val_loss"].cummin()
         ax.plot(frontier[x], envelope, "k--", lw=1, label="frontier")
-    _log_axes(ax, xlabel)
-    if 1 < len(labelled) <= 12:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, xlabel, n_series=len(labelled))
 
 
 def write_overview(results: pd.DataFrame, curves: pd.DataFrame, out_dir: Path) -> str:

@@ -60,7 +60,7 @@ def bootstrap(
     for _ in range(k):
         try:
             again = refit(resample(df, rng, unit, strata))
-        except FitInputError:
+        except (FitInputError, np.linalg.LinAlgError):  # a resample the law cannot use
             failed += 1
             continue
         if again.status.startswith("not_converged"):

@@ -1,0 +1,182 @@
+"""Figures of the Kaplan findings report: loss against N with and without embeddings (Kaplan
+Fig. 6), learning curves with the compute-efficient frontier, L(D), L(C) and per-position loss.
+
+Built on `matplotlib.figure.Figure`, never pyplot, like `analysis.plots`.
+"""
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import ScalarFormatter
+
+from analysis.allocation import predict
+from analysis.result import Fit
+
+MARKERS = "osD^vPX*"  # one per D level in the loss-against-N figure
+MAX_LEGEND = 12
+
+
+def loss_vs_params(runs: pd.DataFrame, fit: Fit | None, levels: pd.Series) -> Figure:
+    """Loss against non-embedding N and against all parameters, a colour per depth, a marker
+    per D level (`levels`), and the fitted L(N) on the first panel."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    depth = runs["model.n_layer"] if "model.n_layer" in runs else pd.Series(0, index=runs.index)
+    colours = _distinct_colours(depth)
+    for ax, x, label in (
+        (axes[0], "N", "non-embedding parameters N"),
+        (axes[1], "n_params", "all parameters (embeddings included)"),
+    ):
+        if x not in runs:
+            ax.text(0.5, 0.5, f"no column '{x}'", transform=ax.transAxes, ha="center")
+            continue
+        for (layers, level), group in runs.groupby([depth, levels]):
+            ax.scatter(
+                group[x],
+                group["loss"],
+                s=28,
+                color=colours[layers],
+                marker=MARKERS[int(level) % len(MARKERS)],
+            )
+        _finish(ax, label, "final validation loss (nats/token)")
+    if fit is not None:
+        N = np.geomspace(runs["N"].min(), runs["N"].max(), 100)
+        _law_line(axes[0], fit, N, "C3", f"L(N) fit, α = {fit.params['alpha']:.3f}")
+    handles = []
+    if "model.n_layer" in runs and len(colours) <= MAX_LEGEND:
+        handles += [
+            Line2D([], [], ls="", marker="o", color=c, label=f"n_layer = {v:g}")
+            for v, c in colours.items()
+        ]
+    for level, group in runs.groupby(levels):
+        marker = MARKERS[int(level) % len(MARKERS)]
+        D = group["D"].median()
+        handles.append(Line2D([], [], ls="", marker=marker, color="0.4", label=f"D ≈ {D:.2g}"))
+    if len(handles) <= 2 * MAX_LEGEND:
+        axes[1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        "Kaplan Fig. 6: without embeddings, depths should fall on one curve (colour: n_layer)",
+        fontsize=10,
+    )
+    return fig
+
+
+def learning_curves(
+    curves: pd.DataFrame,
+    x: str,
+    xlabel: str,
+    frontier: pd.DataFrame | None = None,
+    fit: Fit | None = None,
+    fitted: pd.DataFrame | None = None,
+) -> Figure:
+    """Every run's validation loss against `x` (D or C), coloured by N; over compute, the
+    lower envelope (the compute-efficient frontier) and L(C) over the points it was fitted on."""
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    lnN = np.log10(curves.groupby("run")["N"].first())
+    colour = colormaps["viridis"]
+    span = max(float(np.ptp(lnN)), 1e-12)
+    labelled: set[str] = set()
+    for run, curve in curves.groupby("run", sort=False):
+        curve = curve.sort_values(x)
+        label = f"N = {10 ** lnN[run]:.2g}"
+        if label in labelled or len(labelled) >= MAX_LEGEND:
+            label = None
+        labelled.add(label)
+        ax.plot(
+            curve[x],
+            curve["loss"],
+            color=colour((lnN[run] - lnN.min()) / span),
+            lw=0.9,
+            alpha=0.8,
+            label=label,
+        )
+    if frontier is not None:
+        ax.plot(frontier["C"], frontier["loss"], color="k", lw=1.6, ls="--", label="frontier")
+    if fit is not None and fitted is not None:
+        C = np.geomspace(fitted["C"].min(), fitted["C"].max(), 100)
+        _law_line(ax, fit, C, "C3", f"L(C) fit, α_C = {fit.params['alpha']:.3f}")
+    _finish(ax, xlabel, "validation loss (nats/token)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def power_law(
+    points: pd.DataFrame,
+    x: str,
+    fit: Fit,
+    pure: Fit | None,
+    xlabel: str,
+    title: str,
+    context: pd.DataFrame | None = None,
+) -> Figure:
+    """The points a power law was fitted on, its fit, Kaplan's pure form, and any context
+    (other runs, or the rest of the frontier) in grey."""
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    if context is not None and not context.empty:
+        ax.scatter(context[x], context["loss"], s=10, color="0.75", label="not fitted")
+    ax.scatter(points[x], points["loss"], s=18, color="0.2", label="fitted points")
+    grid = np.geomspace(points[x].min(), points[x].max(), 200)
+    _law_line(ax, fit, grid, "C3", _describe(fit))
+    if pure is not None and pure is not fit:
+        _law_line(ax, pure, grid, "C0", _describe(pure), ls="--")
+    _finish(ax, xlabel, "loss (nats/token)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def per_position(positions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
+    """Loss against context position per run (coloured by N), then the ICL score against N."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    lnN = np.log10(positions.groupby("run_id")["N"].first())
+    span = max(float(np.ptp(lnN)), 1e-12)
+    for run, rows in positions.groupby("run_id", sort=False):
+        rows = rows.sort_values("T")
+        c = colormaps["viridis"]((lnN[run] - lnN.min()) / span)
+        left.plot(rows["T"], rows["loss"], color=c, lw=0.9, label=f"N = {10 ** lnN[run]:.2g}")
+    _finish(left, "context position T", "validation loss (nats/token)")
+    if len(lnN) <= MAX_LEGEND:
+        left.legend(fontsize=7)
+    right.scatter(scores["N"], scores["icl_score"], color="C3")
+    right.set_xscale("log")
+    right.axhline(0, color="0.6", lw=0.8)
+    right.set(xlabel="non-embedding parameters N", ylabel="ICL score (nats)")
+    right.set_title("loss(late position) − loss(early position)", fontsize=10)
+    right.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def _distinct_colours(values: pd.Series) -> dict:
+    """One colour per distinct value, along a sequential map."""
+    distinct = sorted(values.dropna().unique())
+    cmap = colormaps["viridis"]
+    return {v: cmap(i / max(len(distinct) - 1, 1)) for i, v in enumerate(distinct)}
+
+
+def _law_line(ax: Axes, fit: Fit, x: np.ndarray, colour: str, label: str, ls: str = "-") -> None:
+    """The fitted law at `x`, with its bootstrap band when it has one."""
+    table = predict(fit, x)
+    ax.plot(x, table["loss"], color=colour, ls=ls, label=label)
+    if "loss_lo" in table:
+        ax.fill_between(x, table["loss_lo"], table["loss_hi"], color=colour, alpha=0.2)
+
+
+def _describe(fit: Fit) -> str:
+    """'offset form, α = …' or 'pure form, α = …'."""
+    form = "offset form" if "E" in fit.params else "pure form (Kaplan's)"
+    return f"{form}, α = {fit.params['alpha']:.3f}"
+
+
+def _finish(ax: Axes, xlabel: str, ylabel: str) -> None:
+    """Log axes with plain numbers on the loss axis (losses span well under a decade)."""
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.grid(True, which="both", alpha=0.3)

@@ -1,0 +1,283 @@
+"""The Kaplan findings report: known exponents recovered from synthetic sweeps, the contract
+keys of its fits.json part, a verdict per finding, and skips instead of errors."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import laws
+from analysis.api import fit_law
+from analysis.kaplan import (
+    FINDINGS,
+    KAPLAN_A_EQ15,
+    VERDICTS,
+    completed_runs,
+    curve_table,
+    finding_batch,
+    law_ns,
+    write_kaplan_report,
+)
+from analysis.uncertainty import bootstrap
+from tests.analysis.synthetic import (
+    TRUE_CHINCHILLA,
+    TRUE_KAPLAN_ND,
+    TRUE_KAPLAN_NS,
+    kaplan_nd_table,
+    kaplan_ns_curves,
+    noisy,
+)
+
+CONTRACT = ("L(N)", "L(D)", "L(C)", "L(N,D)", "N_opt(C)")
+TOKENS_PER_STEP = 2**19
+D_MAX = 1e13  # every size's long run: far past compute-optimal, so L(N) is at its limit
+ALPHA_T, N_CTX = 0.6, 64  # per-position law L(T) = L_final + (T_c/T)^α_T
+
+
+def _size(N: float) -> dict:
+    """A GPT-like shape for N = 12·n_layer·d_model²; all parameters add 4,160 embeddings."""
+    n_layer = int(np.clip(round(np.log2(N / 1e6)), 1, 48))
+    d_model = np.sqrt(N / (12 * n_layer))
+    return {"model.n_layer": n_layer, "model.d_model": d_model, "n_params": N + 4160 * d_model}
+
+
+def _sweep(seed: int = 0, sigma: float = 0.003) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Results, curves and per-position losses of a sweep in a Chinchilla-law world.
+
+    Each of 16 sizes has one run to D_MAX (the L(N) sweep), the largest has 7 more at small
+    D (the L(D) sweep), and two other depths sit at one size (the shape sweep) 0.5% and 1%
+    above the law. A run's curve is the law at the tokens seen so far.
+    """
+    rng = np.random.default_rng(seed)
+    specs = [(N, D_MAX, 1.0, {}) for N in np.geomspace(1e7, 3e10, 16)]
+    specs += [(3e10, D, 1.0, {}) for D in np.geomspace(1e9, 1e12, 7)]
+    N_shape = np.geomspace(1e7, 3e10, 16)[8]
+    specs += [
+        (N_shape * 0.97, D_MAX, 1.005, {"model.n_layer": 20}),
+        (N_shape * 1.03, D_MAX, 1.01, {"model.n_layer": 40}),
+    ]
+    rows, curves, positions = [], [], []
+    for i, (N, D, worse, shape) in enumerate(specs):
+        run = f"run{i}"
+        tokens = np.geomspace(TOKENS_PER_STEP, D, 48)  # from the first step
+        curve = worse * laws.chinchilla(N, tokens, **TRUE_CHINCHILLA)
+        curve = noisy(curve, rng, sigma)
+        steps = tokens / TOKENS_PER_STEP
+        curves.append(
+            pd.DataFrame(
+                {
+                    "run_id": run,
+                    "step": steps,
+                    "tokens": tokens,
+                    "flops": 6 * N * tokens,
+                    "val_loss": curve,
+                }
+            )
+        )
+        loss = float(curve[-1])
+        rows.append(
+            {
+                "run_id": run,
+                "status": "completed",
+                "N": N,
+                "D": D,
+                "C": 6 * N * D,
+                "loss": loss,
+                "best_val_loss": loss,
+                "steps": steps[-1],
+                "epochs": D / 1e14,
+                "model.n_ctx": N_CTX,
+                **_size(N),
+                **shape,
+                "val_loss_other": noisy(np.array(loss + 0.3), rng, sigma),
+            }
+        )
+        T = np.arange(1, N_CTX + 1)
+        T_c = 2 * (N / 1e7) ** 0.2  # larger models gain more from context
+        positions.append(
+            pd.DataFrame({"run_id": run, "position": T - 1, "loss": loss + (T_c / T) ** ALPHA_T})
+        )
+    failed = {"run_id": "failed", "status": "failed", "N": 1e8, "D": 1e9, "loss": np.nan}
+    results = pd.DataFrame([*rows, failed])
+    return results, pd.concat(curves, ignore_index=True), pd.concat(positions, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kaplan")
+    results, curves, positions = _sweep()
+    html, fits = write_kaplan_report(results, curves, out, positions=positions)
+    return out, html, fits
+
+
+def test_power_laws_recover_the_known_exponents(report):
+    _, _, fits = report
+    p = TRUE_CHINCHILLA
+    assert fits["L(N)"]["form"] == "offset"
+    assert fits["L(N)"]["selection"].startswith("common D")
+    assert fits["L(N)"]["alpha"] == pytest.approx(p["alpha"], rel=0.05)
+    assert fits["L(N)"]["alpha"] == fits["L(N)"]["params"]["alpha"]
+    assert fits["L(D)"]["alpha"] == pytest.approx(p["beta"], rel=0.05)
+    assert fits["L(D)"]["N"] == pytest.approx(3e10)
+    # The frontier of L = E + A/N^α + B/D^β is E + K·C^(−αβ/(α+β)).
+    alpha_C = p["alpha"] * p["beta"] / (p["alpha"] + p["beta"])
+    assert fits["L(C)"]["method"].startswith("envelope")
+    assert fits["L(C)"]["alpha"] == pytest.approx(alpha_C, rel=0.05)
+    for key in ("L(N)", "L(D)", "L(C)"):
+        assert fits[key]["status"] in ("ok", "hit_bound:E")
+        assert fits[key]["n_points"] >= 5 and fits[key]["alpha_pure"] > 0
+        assert fits[key]["kaplan"]["alpha"] in (0.076, 0.095, 0.050)
+
+
+def test_compute_optimal_exponent_from_every_route(report):
+    _, _, fits = report
+    a = TRUE_CHINCHILLA["beta"] / (TRUE_CHINCHILLA["alpha"] + TRUE_CHINCHILLA["beta"])
+    n_opt = fits["N_opt(C)"]
+    assert n_opt["a"] is not None and n_opt["method"]
+    assert n_opt["from_chinchilla"]["params"]["a"] == pytest.approx(a, abs=0.02)
+    assert n_opt["from_envelope"]["a"] == pytest.approx(a, abs=0.04)
+    assert (n_opt["kaplan_a"], n_opt["chinchilla_a"]) == (0.73, 0.50)
+    for name in ("alpha_N", "alpha_D", "N_c", "D_c"):
+        assert fits["L(N,D)"][name] > 0
+
+
+def test_every_finding_gets_a_verdict_in_the_json_and_the_html(report):
+    _, html, fits = report
+    json.dumps(fits, allow_nan=False)  # strict JSON, ready for fits.json
+    assert set(CONTRACT) <= set(fits)
+    findings = {f["number"]: f for f in fits["kaplan_findings"]}
+    assert sorted(findings) == list(range(1, 9))
+    for number, title in FINDINGS.items():
+        assert findings[number]["verdict"] in VERDICTS
+        assert f"{number}. {title}: {findings[number]['verdict']}" in html
+    assert html.count("Verdict: <strong>") == 8
+    assert findings[1]["verdict"] == "reproduced"  # depths 1% apart at one N
+    assert findings[1]["numbers"]["equivalent_N_factor"] < 1.2
+    assert findings[2]["verdict"] == "reproduced"
+    assert findings[5]["verdict"] == "reproduced"  # val_loss_other = loss + 0.3
+    assert findings[6]["verdict"] == "reproduced"
+    assert findings[8]["verdict"] == "not measured"  # one batch size throughout
+    assert "batch" in findings[8]["reason"]
+
+
+def test_per_position_law_and_icl_score(report):
+    _, html, fits = report
+    icl = fits["icl"]
+    assert icl["status"] == "ok" and len(icl["runs"]) == 25
+    assert icl["alpha_T_median"] == pytest.approx(ALPHA_T, rel=0.02)
+    assert all(run["icl_score"] < 0 for run in icl["runs"])
+    assert icl["score_slope_per_decade_N"] < 0  # larger models use their context more
+    assert "kaplan_icl.png" in html
+
+
+def test_figures_are_written_and_shown(report):
+    out, html, _ = report
+    for name in (
+        "kaplan_loss_vs_params.png",
+        "kaplan_curves_tokens.png",
+        "kaplan_curves_flops.png",
+        "kaplan_L_D.png",
+        "kaplan_L_C.png",
+        "kaplan_icl.png",
+    ):
+        assert (out / name).stat().st_size > 10_000
+        assert f'src="{name}"' in html
+    assert html.startswith('<section class="kaplan">') and html.endswith("</section>")
+
+
+def test_eq_1_5_grid_recovers_kaplan_and_skips_what_it_lacks(tmp_path):
+    """Kaplan's own constants on an (N, D) grid, without curves, shapes or run ids."""
+    html, fits = write_kaplan_report(kaplan_nd_table(), None, tmp_path, n_bootstrap=4)
+    nd = fits["L(N,D)"]
+    assert nd["status"] == "ok"
+    assert nd["alpha_N"] == pytest.approx(TRUE_KAPLAN_ND["alpha_N"], rel=0.05)
+    assert nd["alpha_D"] == pytest.approx(TRUE_KAPLAN_ND["alpha_D"], rel=0.05)
+    assert nd["diagnostics"]["bootstrap"]["k"] == 4 and "alpha_N" in nd["intervals"]
+    assert fits["N_opt(C)"]["method"] == "kaplan-nd allocation"
+    assert fits["N_opt(C)"]["a"] == pytest.approx(KAPLAN_A_EQ15, abs=0.02)
+    assert fits["L(C)"]["status"] == "skipped: no learning curves"
+    assert fits["L(C)"]["alpha"] is None and fits["L(C)"]["n_points"] == 0
+    verdicts = {f["number"]: f["verdict"] for f in fits["kaplan_findings"]}
+    assert [verdicts[n] for n in (1, 4, 5, 6, 7, 8)] == ["not measured"] * 6
+    assert verdicts[3] == "reproduced"
+    assert "icl" not in fits and "kaplan_curves_flops.png" not in html
+
+
+def test_missing_columns_and_failed_runs_are_skips_not_errors(tmp_path):
+    results = pd.DataFrame({"N": [1e6, 2e6, 4e6, 8e6], "loss": [4.0, 3.8, 3.6, 3.4]})
+    curves = pd.DataFrame({"run_id": ["run0"], "step": [1]})
+    positions = pd.DataFrame({"run_id": ["run0"], "loss": [3.0]})
+    html, fits = write_kaplan_report(results, curves, tmp_path, positions=positions)
+    for key in CONTRACT:
+        assert fits[key]["status"].startswith("skipped"), key
+    assert fits["L(N)"]["status"] == "skipped: L(N) needs column(s) D"
+    assert fits["icl"]["status"] == "skipped: missing column(s) position"
+    reasons = {f["number"]: f["reason"] for f in fits["kaplan_findings"]}
+    assert "curves lack column(s) tokens, flops, val_loss" in reasons[6]
+    assert all(f["verdict"] == "not measured" for f in fits["kaplan_findings"] if f["number"] > 3)
+    assert html.count("Verdict: <strong>") == 8
+
+    failed = pd.DataFrame({"run_id": ["a", "b"], "status": ["failed", "diverged"], "N": [1, 2]})
+    _, fits = write_kaplan_report(failed, None, tmp_path)
+    assert all(fits[key]["status"].startswith("skipped") for key in CONTRACT)
+
+
+def test_an_empty_results_table_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="results table is empty"):
+        write_kaplan_report(pd.DataFrame(), None, tmp_path)
+
+
+def test_learning_curves_recover_eq_1_6():
+    curves = kaplan_ns_curves().rename(columns={"run": "run_id", "S": "step", "loss": "val_loss"})
+    curves = curves.assign(tokens=curves["step"] * 2**19, flops=1.0)
+    runs = completed_runs(curves.drop_duplicates("run_id")[["run_id", "N"]].assign(loss=1.0))
+    fit = law_ns(curve_table(curves.drop(columns="N"), runs)).fit
+    assert fit.ok, fit.status
+    assert fit.params["alpha_N"] == pytest.approx(TRUE_KAPLAN_NS["alpha_N"], rel=0.05)
+    assert fit.params["alpha_S"] == pytest.approx(TRUE_KAPLAN_NS["alpha_S"], rel=0.1)
+
+
+def test_critical_batch_size_from_runs_at_several_batch_sizes():
+    """Kaplan eq 5.4–5.5: S = S_min·(1 + B_crit/B), with B_crit = B_*/L^(1/α_B)."""
+    alpha_B, B_star, alpha_S, S_c = 0.21, 2e8, 0.76, 2.1e3
+    loss = np.geomspace(6.0, 3.2, 80)
+    S_min = S_c * (loss - 3.0) ** (-1 / alpha_S)
+    B_crit = B_star / loss ** (1 / alpha_B)
+    curves = pd.concat(
+        pd.DataFrame(
+            {"run": f"B{B:g}", "N": 1e8, "S": S_min * (1 + B_crit / B), "loss": loss, "C": 1.0}
+        ).assign(D=lambda d, B=B: d["S"] * B)
+        for B in (2**15, 2**17, 2**19, 2**21)
+    )
+    finding = finding_batch(curves, "")
+    assert finding.verdict == "reproduced"
+    assert finding.numbers["alpha_B"] == pytest.approx(alpha_B, rel=0.05)
+    assert finding.numbers["B_star"] == pytest.approx(B_star, rel=0.3)
+
+
+def test_frontier_is_fitted_directly_when_the_envelope_cannot_be(tmp_path):
+    """Three sizes: the envelope's interior is one size, so L(C) uses the frontier itself."""
+    results, curves, _ = _sweep()
+    sizes = np.geomspace(1e7, 3e10, 16)[[0, 8, 15]]
+    kept = results[results["N"].isin(sizes) & (results["D"] == D_MAX)]
+    _, fits = write_kaplan_report(kept, curves[curves["run_id"].isin(kept["run_id"])], tmp_path)
+    lc = fits["L(C)"]
+    assert lc["status"] in ("ok", "hit_bound:E") and lc["alpha"] > 0
+    assert lc["method"].startswith("frontier points from C = ")
+    assert "envelope fit was not used" in lc["method"]
+
+
+def test_a_resample_that_breaks_the_optimiser_is_a_failed_refit():
+    data = completed_runs(kaplan_nd_table())
+    fit = fit_law(data, "kaplan-nd")
+    calls = {"n": 0}
+
+    def flaky(df):
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return fit_law(df, "kaplan-nd")
+
+    fit = bootstrap(fit, data, flaky, k=4, seed=0)
+    assert fit.diagnostics["bootstrap"]["failed"] == 2

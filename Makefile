@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scaling-train model.n_layer=2 model.d_model=64 model.n_head=2 model.n_ctx=64 \
-		train.tokens=200000 train.batch_size=16 hydra.run.dir=runs/demo
+	$(BIN)/scaling-train --config-dir sweeps --config-name demo hydra/launcher=local \
+		hydra.launcher.n_jobs=1
+	$(BIN)/scaling-report runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

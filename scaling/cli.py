@@ -7,6 +7,7 @@ or path and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -95,6 +96,7 @@ def report(argv: list[str] | None = None) -> None:
     if not args.sweep_dir.is_dir():
         fail(f"{args.sweep_dir} is not a directory")
 
+    from analysis.kaplan import write_kaplan_report
     from analysis.overview import write_report
     from analysis.report import write_fits
     from scaling.results import write_tables
@@ -114,8 +116,13 @@ def report(argv: list[str] | None = None) -> None:
                        "loss": "val_loss"},
         n_bootstrap=args.bootstrap,
     )
+    kaplan, kaplan_fits = write_kaplan_report(results, curves, report_dir,
+                                              n_bootstrap=args.bootstrap)
+    fits_json = report_dir / "fits.json"
+    every_fit = {**json.loads(fits_json.read_text()), **kaplan_fits}
+    fits_json.write_text(json.dumps(every_fit, indent=2, allow_nan=False))
     index = write_report(results, curves, report_dir, title=f"Sweep {args.sweep_dir.name}",
-                         problems=collected.problems, sections=[fits])
+                         problems=collected.problems, sections=[kaplan, fits])
     counts = collected.results["status"].value_counts().to_dict()
     print(f"{len(collected.results)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
           f"-> {args.sweep_dir / 'results.parquet'}, {index}")

@@ -116,8 +116,9 @@ def report(argv: list[str] | None = None) -> None:
                        "loss": "val_loss"},
         n_bootstrap=args.bootstrap,
     )
-    kaplan, kaplan_fits = write_kaplan_report(results, curves, report_dir,
-                                              n_bootstrap=args.bootstrap)
+    kaplan, kaplan_fits = write_kaplan_report(
+        results, curves, report_dir, n_bootstrap=args.bootstrap,
+        positions=collected.positions if not collected.positions.empty else None)
     fits_json = report_dir / "fits.json"
     every_fit = {**json.loads(fits_json.read_text()), **kaplan_fits}
     fits_json.write_text(json.dumps(every_fit, indent=2, allow_nan=False))

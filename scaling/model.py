@@ -178,12 +178,23 @@ def init_params(cfg: GPTConfig, seed: int) -> dict:
     return jax.jit(GPT(cfg).init)(jax.random.PRNGKey(seed), ids)["params"]
 
 
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-    """Mean next-token loss in nats, with the softmax in float32 whatever the compute dtype."""
+def token_losses(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Next-token loss in nats at every position, softmax in float32 whatever the compute dtype."""
     logits_BxTxV = logits_BxTxV.astype(jnp.float32)
     log_z_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
     target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-    return jnp.mean(log_z_BxT - target_logit_BxT)
+    return log_z_BxT - target_logit_BxT
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+    """Mean next-token loss in nats."""
+    return jnp.mean(token_losses(logits_BxTxV, targets_BxT))
+
+
+def position_losses(cfg: GPTConfig, params: dict, ids_BxT1: jax.Array) -> jax.Array:
+    """Mean loss at each context position [T]: how loss falls with context (in-context learning)."""
+    logits_BxTxV = GPT(cfg).apply({"params": params}, ids_BxT1[:, :-1])
+    return jnp.mean(token_losses(logits_BxTxV, ids_BxT1[:, 1:]), axis=0)
 
 
 def chunked_cross_entropy(x_BxTxD: jax.Array, embedding_VxD: jax.Array, targets_BxT: jax.Array,

@@ -16,6 +16,7 @@ import pandas as pd
 
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
+POSITIONS = "positions.parquet"
 METRIC_COLUMNS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "grad_norm",
                   "tokens_per_s")
 
@@ -53,3 +54,9 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """One row per evaluation, in the column order of METRIC_COLUMNS."""
     table = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     atomic_write(Path(run_dir) / METRICS, lambda tmp: table.to_parquet(tmp, index=False))
+
+
+def write_positions(run_dir: Path, losses) -> None:
+    """Final validation loss at each context position (1-based), for in-context learning."""
+    table = pd.DataFrame({"position": range(1, len(losses) + 1), "loss": losses})
+    atomic_write(Path(run_dir) / POSITIONS, lambda tmp: table.to_parquet(tmp, index=False))

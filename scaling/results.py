@@ -1,5 +1,6 @@
-"""Run records → one tidy table per sweep: `results.parquet` (a row per run) and
-`curves.parquet` (a row per evaluation of every run, keyed by `run_id`).
+"""Run records → one tidy table per sweep: `results.parquet` (a row per run),
+`curves.parquet` (a row per evaluation of every run, keyed by `run_id`) and
+`positions.parquet` (each run's final validation loss at every context position).
 
 Every run directory below the sweep directory counts, whatever its status: failed and
 diverged runs keep their row with the reason. A directory that is not a readable record is
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from scaling.record import METRICS, SUMMARY, atomic_write
+from scaling.record import METRICS, POSITIONS, SUMMARY, atomic_write
 from scaling.sweep import flatten
 
 RESULTS = "results.parquet"
 CURVES = "curves.parquet"
+
 # Short names the analysis tools expect by default (scaling-fit's --N/--D/--C/--loss).
 ALIASES = {"N": "n_params_nonembed", "D": "tokens", "C": "flops", "loss": "final_val_loss",
            "budget": "train.budget"}
@@ -28,6 +30,7 @@ ALIASES = {"N": "n_params_nonembed", "D": "tokens", "C": "flops", "loss": "final
 class Collected:
     results: pd.DataFrame
     curves: pd.DataFrame
+    positions: pd.DataFrame  # run_id, position, loss
     problems: list[str] = field(default_factory=list)  # "path: what is wrong"
 
 
@@ -55,7 +58,7 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
 def collect(sweep_dir: Path) -> Collected:
     """Read every run record below `sweep_dir` into the two tables."""
     sweep_dir = Path(sweep_dir)
-    rows, curves, problems = [], [], []
+    rows, curves, positions, problems = [], [], [], []
     for run_dir in _run_dirs(sweep_dir):
         if not (run_dir / SUMMARY).exists():
             problems.append(f"{run_dir}: no summary.json (never started, or not a run)")
@@ -66,6 +69,11 @@ def collect(sweep_dir: Path) -> Collected:
             problems.append(f"{run_dir}: unreadable summary.json ({error})")
             continue
         rows.append(row)
+        if (run_dir / POSITIONS).exists():
+            try:
+                positions.append(pd.read_parquet(run_dir / POSITIONS).assign(run_id=row["run_id"]))
+            except (OSError, ValueError) as error:
+                problems.append(f"{run_dir}: unreadable {POSITIONS} ({error})")
         if (run_dir / METRICS).exists():
             try:
                 curve = pd.read_parquet(run_dir / METRICS)
@@ -84,12 +92,16 @@ def collect(sweep_dir: Path) -> Collected:
         columns=["run_id", "step", "tokens", "flops", "train_loss", "val_loss"])
     if not curve_table.empty:
         curve_table = curve_table[["run_id", *[c for c in curve_table if c != "run_id"]]]
-    return Collected(results=results, curves=curve_table, problems=problems)
+    position_table = pd.concat(positions, ignore_index=True) if positions else pd.DataFrame(
+        columns=["run_id", "position", "loss"])
+    return Collected(results=results, curves=curve_table,
+                     positions=position_table[["run_id", "position", "loss"]], problems=problems)
 
 
 def write_tables(sweep_dir: Path) -> Collected:
-    """Collect and write `results.parquet` and `curves.parquet` into the sweep directory."""
+    """Collect and write the three tables into the sweep directory."""
     collected = collect(sweep_dir)
-    for name, table in ((RESULTS, collected.results), (CURVES, collected.curves)):
+    for name, table in ((RESULTS, collected.results), (CURVES, collected.curves),
+                        (POSITIONS, collected.positions)):
         atomic_write(Path(sweep_dir) / name, lambda tmp, t=table: t.to_parquet(tmp, index=False))
     return collected

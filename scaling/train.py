@@ -28,7 +28,7 @@ from scaling.config import TrainConfig
 from scaling.flops import mfu
 from scaling.parallel import Placement
 from scaling.progress import TrainProgress
-from scaling.record import read_summary, write_metrics, write_summary
+from scaling.record import read_summary, write_metrics, write_positions, write_summary
 from scaling.sweep import identity
 
 log = logging.getLogger("scaling")
@@ -54,6 +54,8 @@ class Stage:
     tokens_per_step: int
     flops_per_token: int
     record: dict[str, Any] = field(default_factory=dict)  # stage facts for summary.json
+    # (params, batch) -> mean loss at each position [T], recorded once at the end when given
+    position_loss_fn: Callable[[Params, jax.Array], jax.Array] | None = None
 
 
 def use_compile_cache(directory: Path | None) -> None:
@@ -357,6 +359,10 @@ def train(
                        final_train_loss=None, final_val_loss=None)
         log.warning("loss became non-finite at step %d: run diverged", diverged_step)
     else:
+        if stage.position_loss_fn is not None:
+            per_batch = jax.jit(lambda p, data: jax.lax.map(
+                lambda batch: stage.position_loss_fn(p, batch), data))
+            write_positions(run_dir, np.mean(per_batch(state["params"], eval_data), axis=0))
         final = rows[-1]
         best = min(rows, key=lambda r: r["val_loss"])
         summary.update(

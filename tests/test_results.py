@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from scaling.record import write_metrics, write_summary
+from scaling.record import write_metrics, write_positions, write_summary
 from scaling.results import collect, write_tables
 
 CONFIG = {"model": {"n_layer": 2, "d_model": 32}, "data": {"paths": ["a/*.txt", "b.md"]},
@@ -23,6 +23,8 @@ def fake_run(run_dir, status="completed", loss=3.0, n=1000, **extra):
              "val_loss": curve_end + 1 / s, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 1e4}
             for s in (1, 2, 4)]
     write_metrics(run_dir, rows)
+    if loss is not None:
+        write_positions(run_dir, [loss + 2 / p for p in range(1, 9)])
 
 
 @pytest.fixture
@@ -55,13 +57,16 @@ def test_every_readable_run_is_one_row_and_broken_ones_are_named(sweep):
         assert str(sweep / broken) in problems
     assert sorted(collected.curves["run_id"].unique()) == ["big", "nested/deeper", "small"]
     assert list(collected.curves.columns[:2]) == ["run_id", "step"]
+    assert sorted(collected.positions["run_id"].unique()) == ["big", "small"]
+    assert len(collected.positions) == 16
 
 
 def test_tables_are_written_and_read_back(sweep):
     write_tables(sweep)
     results = pd.read_parquet(sweep / "results.parquet")
     curves = pd.read_parquet(sweep / "curves.parquet")
-    assert len(results) == 4 and len(curves) == 9
+    positions = pd.read_parquet(sweep / "positions.parquet")
+    assert len(results) == 4 and len(curves) == 9 and len(positions) == 16
     assert set(results["status"]) == {"completed", "diverged", "failed"}
 
 
@@ -76,6 +81,8 @@ def test_report_command_writes_tables_page_and_plots(sweep):
         assert (sweep / "report" / plot).stat().st_size > 1000
         assert plot in page
     assert "garbage" in page
+    fits = json.loads((sweep / "report" / "fits.json").read_text())
+    assert {"L(N)", "L(D)", "L(C)", "L(N,D)", "N_opt(C)", "icl"} <= set(fits)
 
 
 def test_report_on_a_directory_without_runs_fails_clearly(tmp_path):

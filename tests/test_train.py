@@ -40,6 +40,10 @@ def test_a_run_learns_and_leaves_a_complete_record(tiny_config, tmp_path):
     assert tuple(metrics.columns) == METRIC_COLUMNS
     assert metrics["step"].iloc[-1] == summary["steps"]
     assert metrics["val_loss"].iloc[-1] == summary["final_val_loss"]
+    positions = pd.read_parquet(tmp_path / "positions.parquet")
+    assert list(positions["position"]) == list(range(1, 33))
+    # More context, lower loss: the first position sees one token, the last 32.
+    assert positions["loss"].iloc[-8:].mean() < positions["loss"].iloc[0]
     initial = math.log(summary["vocab_size_padded"])
     assert metrics["val_loss"].iloc[0] > initial - 0.2
     assert summary["final_val_loss"] < initial - 1.0

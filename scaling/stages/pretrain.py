@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from scaling.model import (
     GPTConfig,
     init_params,
     next_token_loss,
+    position_losses,
     resolve_attention,
     resolve_dtype,
 )
@@ -64,6 +66,7 @@ def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage
     return Stage(
         name="pretrain",
         loss_fn=loss_fn,
+        position_loss_fn=partial(position_losses, model_cfg),
         train_batch=batches,
         eval_data=eval_windows(dataset.val, t.batch_size, model_cfg.n_ctx, t.eval_batches),
         init_params=lambda: init_params(model_cfg, t.seed),

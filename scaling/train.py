@@ -54,8 +54,10 @@ class Stage:
     tokens_per_step: int
     flops_per_token: int
     record: dict[str, Any] = field(default_factory=dict)  # stage facts for summary.json
-    # (params, batch) -> mean loss at each position [T], recorded once at the end when given
+    # (params, batch) -> mean loss at each position [T], recorded once at the end when given,
+    # over its own, larger set of validation batches (per-position means are noisy)
     position_loss_fn: Callable[[Params, jax.Array], jax.Array] | None = None
+    position_data: np.ndarray | None = None  # [k, ...] batches for position_loss_fn
 
 
 def use_compile_cache(directory: Path | None) -> None:
@@ -362,7 +364,8 @@ def train(
         if stage.position_loss_fn is not None:
             per_batch = jax.jit(lambda p, data: jax.lax.map(
                 lambda batch: stage.position_loss_fn(p, batch), data))
-            write_positions(run_dir, np.mean(per_batch(state["params"], eval_data), axis=0))
+            position_data = jnp.asarray(placement.batch(stage.position_data, axis=1))
+            write_positions(run_dir, np.mean(per_batch(state["params"], position_data), axis=0))
         final = rows[-1]
         best = min(rows, key=lambda r: r["val_loss"])
         summary.update(

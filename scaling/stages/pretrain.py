@@ -40,6 +40,11 @@ def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
     )
 
 
+# Validation batches behind the per-position losses: ~1,000 windows at batch 16, where a
+# position's mean over the 8 evaluation batches would be mostly noise.
+POSITION_BATCHES = 64
+
+
 def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage:
     t = cfg.train
     batches = Batches(dataset.train, t.batch_size, model_cfg.n_ctx, t.seed)
@@ -67,6 +72,7 @@ def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage
         name="pretrain",
         loss_fn=loss_fn,
         position_loss_fn=partial(position_losses, model_cfg),
+        position_data=eval_windows(dataset.val, t.batch_size, model_cfg.n_ctx, POSITION_BATCHES),
         train_batch=batches,
         eval_data=eval_windows(dataset.val, t.batch_size, model_cfg.n_ctx, t.eval_batches),
         init_params=lambda: init_params(model_cfg, t.seed),

@@ -28,6 +28,9 @@ BOOKKEEPING_FIELDS = frozenset({
     "train.log_every_steps", "train.checkpoint_every_steps", "train.checkpoint_every_seconds",
     "train.keep_checkpoints", "data.cache_dir", "train.compile_cache", "train.compile_cache_dir",
 })
+# Keys added after runs were first recorded, with their defaults: at its default such a key
+# stays out of the identity, so that the runs recorded before it keep their ids and resume.
+LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": []}
 IDENTITY_GROUPS = ("model", "data", "train")
 LOCK_FILE = ".lock"
 
@@ -46,7 +49,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def identity(config: dict) -> dict[str, Any]:
     """The flattened config minus bookkeeping: equal identities mean the same run."""
     flat = flatten({k: config[k] for k in IDENTITY_GROUPS if k in config})
-    return {k: v for k, v in flat.items() if k not in BOOKKEEPING_FIELDS}
+    return {k: v for k, v in flat.items()
+            if k not in BOOKKEEPING_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
 def _si(x: float) -> str:
@@ -74,20 +78,37 @@ def _padded_vocab(data: DictConfig) -> int:
     return padded_vocab(256 if data.tokenizer == "bytes" else data.vocab_size)
 
 
+def _shape(root: DictConfig):
+    """The model of a (resolved) run config, for counting its FLOPs before it runs."""
+    from scaling.model import GPTConfig
+
+    m = root.model
+    return GPTConfig(vocab_size=_padded_vocab(root.data), n_layer=m.n_layer, d_model=m.d_model,
+                     n_head=m.n_head, n_ctx=m.n_ctx,
+                     d_ff=m.d_ff if m.d_ff is not None else 4 * m.d_model)
+
+
 def isoflop_tokens(*, _root_: DictConfig) -> int:
     """Tokens that spend `train.budget` FLOPs on this model, rounded to whole steps."""
     from scaling.flops import flops_per_token
-    from scaling.model import GPTConfig
 
-    m, t = _root_.model, _root_.train
+    t = _root_.train
     if t.budget is None:
         raise ValueError("${isoflop_tokens:} needs train.budget (FLOPs) to be set")
-    shape = GPTConfig(vocab_size=_padded_vocab(_root_.data), n_layer=m.n_layer,
-                      d_model=m.d_model, n_head=m.n_head, n_ctx=m.n_ctx,
-                      d_ff=m.d_ff if m.d_ff is not None else 4 * m.d_model)
-    tokens_per_step = t.batch_size * m.n_ctx
-    steps = max(1, round(float(t.budget) / flops_per_token(shape) / tokens_per_step))
+    tokens_per_step = t.batch_size * _root_.model.n_ctx
+    steps = max(1, round(float(t.budget) / flops_per_token(_shape(_root_)) / tokens_per_step))
     return steps * tokens_per_step
+
+
+def planned_flops(root: DictConfig) -> int:
+    """Training FLOPs a run config will spend (what the launcher's ETA is weighted by)."""
+    from scaling.flops import flops_per_token
+
+    t = root.train
+    tokens_per_step = int(t.batch_size) * int(root.model.n_ctx)
+    models = int(t.get("replicas", 1))
+    return models * int(t.tokens) // tokens_per_step * tokens_per_step * flops_per_token(
+        _shape(root))
 
 
 def width_for_params(n_params: float, multiple: int = 16, *, _root_: DictConfig) -> int:

@@ -96,3 +96,40 @@ def test_killed_parallel_sweep_completes_every_run_exactly_once(corpus_dir, cach
     assert len(results) == 4 and set(results["status"]) == {"completed"}
     assert results["resumed_from_step"].notna().any()
     assert len({p.name for p in sweep.iterdir() if p.is_dir() and p.name != "report"}) == 4
+
+
+STUDY = """
+defaults:
+  - config
+  - override hydra/sweeper: study
+  - _self_
+model: {n_layer: 1, n_head: 2, n_ctx: 32}
+train: {batch_size: 8, eval_count: 3, eval_batches: 1}
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    grids:
+      sizes: {model.d_model: '16,32', train.tokens: 10000}
+      budgets: {model.d_model: 16, train.tokens: '10000,20000'}
+"""
+
+
+def test_a_study_launches_the_union_of_its_grids_once(corpus_dir, cache_dir, tmp_path):
+    (tmp_path / "study.yaml").write_text(STUDY)
+    sweep = tmp_path / "S"
+    args = ["--config-dir", str(tmp_path), "--config-name", "study", "hydra/launcher=local",
+            "data=files", f"data.paths=[{corpus_dir}/*.py]", "data.vocab_size=512",
+            f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"]
+    first = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    log = first.stdout + first.stderr
+    assert "Study of 3 runs: sizes 2, budgets 2" in log
+    assert "[3/3]" in log  # one progress count for the whole study
+    subprocess.run([*REPORT, str(sweep)], capture_output=True, check=True)
+    results = pd.read_parquet(sweep / "results.parquet")
+    assert sorted(zip(results["model.d_model"], results["tokens"] // 1000, strict=True)) == [
+        (16, 9), (16, 19), (32, 9)]  # whole steps of 256 tokens
+
+    again = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "Launching 0 runs (3 already completed)" in again.stdout + again.stderr

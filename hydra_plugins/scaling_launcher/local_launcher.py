@@ -4,8 +4,14 @@ One process per run because JAX's XLA flags and GPU memory are per process. With
 take them round-robin (one GPU per run while there are enough; otherwise runs share a GPU
 and each gets an equal fraction of its memory). A run that fails does not stop the others;
 the sweep reports it at the end, as Hydra's basic launcher would.
+
+A run whose directory already holds a completed record of the same config is skipped without
+starting a process (importing JAX costs seconds, and a re-launched study may hold hundreds).
+Progress lines weight the ETA by each run's planned FLOPs: a study's runs differ in cost by
+orders of magnitude, so counting runs would mislead.
 """
 
+import json
 import logging
 import os
 import subprocess
@@ -20,7 +26,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from scaling.sweep import identity, planned_flops
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +94,8 @@ class LocalLauncher(Launcher):
             if source.provider == "command-line":
                 args += ["--config-dir", source.path.removeprefix("file://")]
         overrides = [o for o in overrides if not o.startswith("hydra.sweep.")]
-        return [*args, *overrides, f"hydra.run.dir={run_dir}"]
+        # A single run, even where the primary config is a sweep preset (hydra.mode: MULTIRUN)
+        return [*args, *overrides, "hydra.mode=RUN", f"hydra.run.dir={run_dir}"]
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
@@ -102,15 +111,21 @@ class LocalLauncher(Launcher):
                 job_config.hydra.job.id = job_config.hydra.job.num = initial_job_idx + offset
             run_dir = Path(str(job_config.hydra.sweep.dir)) / str(job_config.hydra.sweep.subdir)
             jobs.append((list(overrides), job_config, run_dir))
-        log.info("Launching %d runs, %d at a time, %s", len(jobs), self.n_jobs,
+        results = {i: _job_return(overrides, job_config, run_dir, 0)
+                   for i, (overrides, job_config, run_dir) in enumerate(jobs)
+                   if completed(job_config, run_dir)}
+        log.info("Launching %d runs (%d already completed), %d at a time, %s",
+                 len(jobs) - len(results), len(results), self.n_jobs,
                  f"on GPUs {gpus}" if gpus else "on the CPU")
-        return self._run_all(jobs, gpus)
+        return self._run_all(jobs, gpus, results)
 
-    def _run_all(self, jobs: list, gpus: list[int]) -> list[JobReturn]:
+    def _run_all(self, jobs: list, gpus: list[int],
+                 results: dict[int, JobReturn]) -> list[JobReturn]:
         free_slots = list(range(self.n_jobs))
         running: dict[int, tuple[subprocess.Popen, Any, int, float]] = {}
-        results: dict[int, JobReturn] = {}
-        queue = list(enumerate(jobs))
+        queue = [(i, job) for i, job in enumerate(jobs) if i not in results]
+        cost = {i: float(planned_flops(job_config)) for i, (_, job_config, _) in queue}
+        done_cost, total = 0.0, len(queue)
         started = time.monotonic()
         while queue or running:
             while queue and free_slots:
@@ -130,14 +145,29 @@ class LocalLauncher(Launcher):
                 free_slots.append(slot)
                 overrides, _, run_dir = jobs[index]
                 results[index] = _job_return(overrides, job_config, run_dir, process.returncode)
-                done = len(results)
+                done_cost += cost.pop(index)
+                done = total - len(queue) - len(running)
                 elapsed = time.monotonic() - started
-                eta = elapsed / done * (len(jobs) - done)
-                log.info("[%d/%d] %s %s in %.0fs (elapsed %.0fs, ETA %.0fs)", done, len(jobs),
+                eta = elapsed * sum(cost.values()) / max(done_cost, 1.0)
+                log.info("[%d/%d] %s %s in %.0fs (elapsed %.0fs, ETA %.0fs)", done, total,
                          run_dir.name, "ok" if process.returncode == 0 else
                          f"FAILED (exit {process.returncode}, see {run_dir}/launcher.log)",
                          time.monotonic() - t0, elapsed, eta)
         return [results[i] for i in range(len(jobs))]
+
+
+def completed(job_config: DictConfig, run_dir: Path) -> bool:
+    """Whether `run_dir` holds a completed record of this very config."""
+    try:
+        with open(run_dir / "summary.json") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return False
+    config = {k: OmegaConf.to_container(job_config[k], resolve=True)
+              for k in ("model", "data", "train")}
+    return identity(summary.get("config") or {}) == identity(config)
 
 
 def _job_return(overrides: list[str], job_config: DictConfig, run_dir: Path,

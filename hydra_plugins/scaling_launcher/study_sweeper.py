@@ -1,0 +1,120 @@
+"""`hydra/sweeper=study`: a study is a union of named grids, launched as one sweep.
+
+A scaling study is never one cartesian product: Kaplan's needs an N × D grid, a depth-vs-width
+set at fixed N, a batch-size set at fixed N, IsoFLOP budgets. Hydra's basic sweeper expands one
+product per launch; this sweeper expands each grid of `hydra.sweeper.grids` (the basic sweeper's
+`key: a,b,c` syntax) and launches them all as one batch, so the launcher shows progress and ETA
+for the study as a whole and every run lands in the one sweep directory the report reads.
+
+Command-line overrides apply to every grid: a plain value replaces the grid's values of that
+key, a sweep (`train.seed=0,1`) multiplies every grid. Runs that two grids share (the same run
+directory, which is a pure function of the config) are launched once.
+
+Interpolations in a grid are written escaped, `train.tokens: \\${isoflop_tokens:}`: Hydra
+resolves the sweeper's own config before the sweeper sees it, and these must resolve in each
+run's config instead.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudySweeperConf:
+    _target_: str = "hydra_plugins.scaling_launcher.study_sweeper.StudySweeper"
+    _recursive_: bool = False  # grids reach the sweeper unresolved (see StudySweeper)
+    # grid name -> {config key -> value or comma-separated sweep}; a null grid is left out
+    grids: dict[str, Any] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="study", node=StudySweeperConf,
+                             provider="scaling")
+
+
+def unescape(value: Any) -> str:
+    """A grid value as an override string: `\\${...}` arrives escaped or not, depending on
+    whether Hydra resolved the sweeper's config first (instantiating it) or not (compose)."""
+    return str(value).replace("\\${", "${")
+
+
+def expand_grids(grids: dict[str, dict[str, str] | None], arguments: Sequence[str],
+                 parser: OverridesParser) -> list[tuple[str, list[str]]]:
+    """Every (grid name, job overrides) of the study, grid by grid, in declaration order."""
+    if not grids:
+        raise ValueError("hydra.sweeper.grids is empty: a study needs at least one grid, e.g. "
+                         "grids: {sizes: {model: 'n100k,n300k'}}")
+    common = parser.parse_overrides(list(arguments))
+    common_keys = {o.get_key_element() for o in common}
+    jobs = []
+    for name, grid in grids.items():
+        if grid is None:
+            continue
+        if not isinstance(grid, dict) or not grid:
+            raise ValueError(f"hydra.sweeper.grids.{name}={grid!r} is invalid: expected a "
+                             "non-empty mapping of config keys to values or a,b,c sweeps")
+        own = parser.parse_overrides([f"{key}={unescape(value)}" for key, value in grid.items()])
+        merged = [o for o in own if o.get_key_element() not in common_keys] + common
+        (product,) = BasicSweeper.split_arguments(merged, None)
+        jobs += [(name, overrides) for overrides in product]
+    return jobs
+
+
+class StudySweeper(Sweeper):
+    def __init__(self, grids: DictConfig | dict[str, Any]) -> None:
+        # Unresolved: `${isoflop_tokens:}` in a grid must resolve in each job's config, not here
+        if isinstance(grids, DictConfig):
+            grids = OmegaConf.to_container(grids, resolve=False)
+        self.grids = grids or {}
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Launcher | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _run_dir(self, overrides: list[str]) -> str:
+        job = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        return str(Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir))
+
+    def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+        assert self.config is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        seen: dict[str, str] = {}
+        jobs, per_grid = [], {}
+        for grid, overrides in expand_grids(self.grids, arguments, parser):
+            run_dir = self._run_dir(overrides)  # also fails early on a job that cannot compose
+            per_grid[grid] = per_grid.get(grid, 0) + 1
+            if run_dir in seen:
+                log.info("grid %s: %s is also in grid %s; launched once", grid,
+                         Path(run_dir).name, seen[run_dir])
+                continue
+            seen[run_dir] = grid
+            jobs.append(overrides)
+        log.info("Study of %d runs: %s", len(jobs),
+                 ", ".join(f"{grid} {count}" for grid, count in per_grid.items()))
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        results = self.launcher.launch(jobs, initial_job_idx=0)
+        for result in results:
+            _ = result.return_value  # raises for a failed run, after all have been attempted
+        return [results]

@@ -169,14 +169,15 @@ def write_kaplan_report(
     lns = _guard("L(N,S)", "kaplan-ns", lambda: law_ns(_need(cur, no_curves), **boot))
     n_opt = compute_optimal_exponent(lnd, lc)
     icl = per_position_icl(positions, runs) if positions is not None else None
+    transfer = finding_transfer(runs)
 
-    figures = _figures(out, runs, cur, ln, ld, lc, icl)
+    figures = _figures(out, runs, cur, ln, ld, lc, icl, transfer, curves)
     findings = [
         finding_shape(runs, ln, ld, lc),
         finding_smooth(ln, ld, lc),
         finding_overfitting(lnd, runs),
         finding_learning_curves(lns),
-        finding_transfer(runs),
+        transfer,
         finding_sample_efficiency(cur, ln, no_curves),
         finding_stopping(lc, lnd, runs),
         finding_batch(cur, no_curves),
@@ -673,10 +674,11 @@ def finding_transfer(runs: pd.DataFrame) -> Finding:
         if len(both) < 3:
             numbers[column] = {"status": f"skipped: {len(both)} runs have it"}
             continue
-        slope, _, se, _ = ols(both["loss"].to_numpy(), both[column].to_numpy())
+        slope, intercept, se, _ = ols(both["loss"].to_numpy(), both[column].to_numpy())
         offset = both[column] - both["loss"]
         numbers[column] = {
             "slope": slope,
+            "intercept": intercept,
             "slope_stderr": se,
             "offset_mean": offset.mean(),
             "offset_std": offset.std(ddof=1),
@@ -697,6 +699,21 @@ def finding_transfer(runs: pd.DataFrame) -> Finding:
     verdict = grades[0] if len(set(grades)) == 1 else "partly"
     reason = f"constant offset means d L_transfer / d L = 1 (within {TRANSFER_SLOPE[0]:g})"
     return Finding(5, verdict, evidence, reason, numbers)
+
+
+def transfer_curves(
+    curves: pd.DataFrame | None, runs: pd.DataFrame, column: str
+) -> pd.DataFrame | None:
+    """Completed runs' evaluations with both validation and `column` loss (run_id, N, step,
+    val_loss, column), or None when the curves do not carry `column`."""
+    needed = ["run_id", "val_loss", column]
+    if curves is None or not set(needed) <= set(curves) or "N" not in runs:
+        return None
+    table = curves[[*needed, *(["step"] if "step" in curves else [])]]
+    table = table.merge(runs[["run_id", "N"]], on="run_id")
+    values = table[["val_loss", column]].apply(pd.to_numeric, errors="coerce")
+    table = table.assign(**values)[(np.isfinite(values) & (values > 0)).all(axis=1)]
+    return table if not table.empty else None
 
 
 def finding_sample_efficiency(curves: pd.DataFrame | None, ln: LawFit, no_curves: str) -> Finding:
@@ -876,11 +893,13 @@ FIGURES_OF = {
     2: ("kaplan_L_D.png", "kaplan_L_C.png"),
     3: (),
     4: ("kaplan_curves_tokens.png",),
-    5: (),
+    5: ("kaplan_transfer.png",),
     6: ("kaplan_curves_tokens.png",),
     7: ("kaplan_curves_flops.png",),
     8: (),
 }
+# Figures shown in their own part of the report rather than in the gallery at its top.
+SECTION_FIGURES = ("kaplan_icl.png", "kaplan_transfer.png")
 
 
 def _figures(
@@ -891,6 +910,8 @@ def _figures(
     ld: LawFit,
     lc: LawFit,
     icl: dict[str, Any] | None,
+    transfer: Finding,
+    curves: pd.DataFrame | None,
 ) -> list[str]:
     """Write every figure the data allows; return their file names."""
     figures: dict[str, Figure] = {}
@@ -927,6 +948,10 @@ def _figures(
         )
     if icl is not None and icl.get("status") == "ok":
         figures["kaplan_icl.png"] = kaplan_plots.per_position(icl["table"], icl["scores"])
+    fitted = {c: v for c, v in transfer.numbers.items() if "slope" in v}
+    if fitted and "N" in runs:
+        during = transfer_curves(curves, runs, next(iter(fitted)))
+        figures["kaplan_transfer.png"] = kaplan_plots.transfer(runs, fitted, during)
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110)
     return list(figures)
@@ -958,7 +983,9 @@ def _html(
         _exponent_table(laws, n_opt),
         "<div>"
         + "".join(
-            f'<img src="{e(f)}" alt="{e(f)}" width="520">' for f in figures if f != "kaplan_icl.png"
+            f'<img src="{e(f)}" alt="{e(f)}" width="520">'
+            for f in figures
+            if f not in SECTION_FIGURES
         )
         + "</div>",
         "<h3>The eight findings</h3>",
@@ -980,6 +1007,11 @@ def _html(
         if f.figures:
             links = ", ".join(f'<a href="{e(name)}">{e(name)}</a>' for name in f.figures)
             parts.append(f"<p>Figures: {links}</p>")
+        parts += [
+            f'<img src="{e(name)}" alt="{e(name)}" width="900">'
+            for name in f.figures
+            if name in SECTION_FIGURES
+        ]
     if icl is not None:
         parts.append("<h3>Loss per context position (in-context learning)</h3>")
         if icl.get("status") == "ok":

@@ -1,5 +1,6 @@
 """Figures of the Kaplan findings report: loss against N with and without embeddings (Kaplan
-Fig. 6), learning curves with the compute-efficient frontier, L(D), L(C) and per-position loss.
+Fig. 6), learning curves with the compute-efficient frontier, L(D), L(C), per-position loss,
+and transfer loss against in-distribution loss (Kaplan Fig. 8).
 
 Built on `matplotlib.figure.Figure`, never pyplot, like `analysis.plots`.
 """
@@ -8,6 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
@@ -150,6 +153,59 @@ def per_position(positions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
     right.set(xlabel="non-embedding parameters N", ylabel="ICL score (nats)")
     right.set_title("loss(late position) − loss(early position)", fontsize=10)
     right.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def transfer(
+    runs: pd.DataFrame, fits: dict[str, dict], curves: pd.DataFrame | None = None
+) -> Figure:
+    """Loss on another distribution against in-distribution validation loss (Kaplan Fig. 8).
+
+    Left: each completed run's final losses (`runs`: loss and one column per key of `fits`),
+    coloured by N, a marker per transfer column; the line of slope 1 through the mean offset
+    (a constant offset) and the least-squares line (`fits`: slope, intercept, offset_mean).
+    Right, with `curves` (run_id, N, val_loss and the first column of `fits`): the same
+    during training, a line per run, the final points on top.
+    """
+    panels = 2 if curves is not None else 1
+    fig = Figure(figsize=(6 * panels + 1, 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, panels))
+    norm = LogNorm(runs["N"].min(), max(runs["N"].max(), runs["N"].min() * 1.001))
+    cmap = colormaps["viridis"]
+    ax = axes[0]
+    for i, (column, fit) in enumerate(fits.items()):
+        both = runs[["N", "loss", column]].apply(pd.to_numeric, errors="coerce").dropna()
+        ax.scatter(both["loss"], both[column], c=cmap(norm(both["N"])), s=30,
+                   marker=MARKERS[i % len(MARKERS)], edgecolors="0.2", linewidths=0.4,
+                   label=f"{column} (final)")
+        L = np.linspace(both["loss"].min(), both["loss"].max(), 50)
+        ax.plot(L, L + fit["offset_mean"], color=f"C{2 * i}", ls="--",
+                label=f"slope 1, offset {fit['offset_mean']:.3f}")
+        ax.plot(L, fit["intercept"] + fit["slope"] * L, color=f"C{2 * i + 1}",
+                label=f"fit, slope {fit['slope']:.2f}")
+    ax.set_title("final losses, one point per run", fontsize=10)
+    if curves is not None:
+        column = next(iter(fits))
+        right = axes[1]
+        for _, curve in curves.groupby("run_id", sort=False):
+            curve = curve.sort_values("step") if "step" in curve else curve
+            right.plot(curve["val_loss"], curve[column], color=cmap(norm(curve["N"].iloc[0])),
+                       lw=0.9, alpha=0.8)
+        final = runs[["N", "loss", column]].apply(pd.to_numeric, errors="coerce").dropna()
+        right.scatter(final["loss"], final[column], c=cmap(norm(final["N"])), s=30,
+                      edgecolors="0.2", linewidths=0.4, zorder=3)
+        L = np.linspace(curves["val_loss"].min(), curves["val_loss"].max(), 50)
+        right.plot(L, L + fits[column]["offset_mean"], color="C0", ls="--",
+                   label="slope 1 through the final offset")
+        right.set_title(f"during training ({column}); points: final", fontsize=10)
+    for a in axes:
+        a.set(xlabel="in-distribution validation loss (nats/token)",
+              ylabel="transfer loss (nats/token)")
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=7)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=axes[-1], label="non-embedding parameters N")
+    fig.suptitle("Kaplan Fig. 8: transfer tracks in-distribution loss with a constant offset",
+                 fontsize=10)
     return fig
 
 

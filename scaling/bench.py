@@ -6,7 +6,9 @@ TIMED_STEPS steps between two device syncs, each on its batch gathered from the 
 as in training. It prints `tokens_per_s`, `step_ms`, `mfu` (with its formula; null where the
 device has no known bf16 peak), `flops_per_token`, `n_params`, `vocab_size`, `device`,
 `compile_s` and `peak_mem_gb` (device memory; null on CPUs, which do not report it), with the
-settings that produced them. It writes no run record.
+settings that produced them. With `train.replicas=K` it times the K models' vmapped step:
+`tokens_per_s` and `mfu` count all K models together (`replicas` says how many). It writes no
+run record.
 """
 
 from __future__ import annotations
@@ -38,31 +40,32 @@ def _peak_mem_gb(devices: list[jax.Device]) -> float | None:
 def bench(cfg: Config, warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> dict[str, Any]:
     """Time `steps` training steps of `cfg` after `warmup` (at least 1) untimed ones."""
     import jax
+    import numpy as np
 
     from scaling.flops import MFU_FORMULA, mfu
     from scaling.stages.pretrain import prepare
-    from scaling.train import setup
+    from scaling.train import replica_batch, setup
 
     warmup = max(warmup, 1)
     run = prepare(cfg)
-    stage = run.stage
-    placement, state, train_step = setup(stage, cfg.train, run.tx)
+    replicas, stage = run.replicas, run.replicas[0].stage
+    placement, state, train_step = setup(replicas, cfg.train)
 
     started = time.perf_counter()
-    state, metrics = train_step(state, placement.batch(stage.train_batch(0)))
+    state, metrics = train_step(state, placement.batch(replica_batch(replicas, 0)))
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - started
     for step in range(1, warmup):
-        state, metrics = train_step(state, placement.batch(stage.train_batch(step)))
+        state, metrics = train_step(state, placement.batch(replica_batch(replicas, step)))
     jax.block_until_ready((state, metrics))
 
     started = time.perf_counter()
     for step in range(warmup, warmup + steps):
-        state, metrics = train_step(state, placement.batch(stage.train_batch(step)))
+        state, metrics = train_step(state, placement.batch(replica_batch(replicas, step)))
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - started
 
-    tokens_per_s = steps * stage.tokens_per_step / seconds
+    tokens_per_s = steps * len(replicas) * stage.tokens_per_step / seconds  # all replicas
     m, t = cfg.model, cfg.train
     return {
         "tokens_per_s": tokens_per_s,
@@ -77,11 +80,11 @@ def bench(cfg: Config, warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> 
         "n_devices": len(placement.devices),
         "compile_s": compile_s,
         "peak_mem_gb": _peak_mem_gb(placement.devices),
-        "loss": float(metrics["loss"]),
+        "loss": float(np.mean(metrics["loss"])),  # the replicas' mean
         "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "n_ctx": m.n_ctx,
         "batch_size": t.batch_size, "dtype": stage.record["dtype"],
         "attention": stage.record["attention"], "remat": m.remat, "scan_layers": m.scan_layers,
-        "grad_accum": t.grad_accum, "parallel": t.parallel,
+        "grad_accum": t.grad_accum, "parallel": t.parallel, "replicas": len(replicas),
         "warmup_steps": warmup, "timed_steps": steps,
     }
 

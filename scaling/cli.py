@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from scaling.config import (
     Config,
     ConfigError,
+    is_replica_group,
     register_configs,
     reject_unknown_keys,
     to_dict,
@@ -61,8 +62,8 @@ def _train_task(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     from scaling.data import DataError  # after validation: config errors come before JAX loads
-    from scaling.record import write_summary
-    from scaling.stages.pretrain import pretrain
+    from scaling.record import write_replicas, write_summary
+    from scaling.stages.pretrain import pretrain, pretrain_replicas
     from scaling.train import ResumeError
 
     with exclusive_run(run_dir) as ours:
@@ -70,11 +71,16 @@ def _train_task(cfg: DictConfig) -> None:
             logging.getLogger("scaling").warning("%s is being trained by another process; "
                                                  "skipped", run_dir)
             return
+        group = is_replica_group(config.train)  # records its models beside run_dir
         try:
-            pretrain(config, run_dir)
+            if group:
+                pretrain_replicas(config, run_dir)
+            else:
+                pretrain(config, run_dir)
         except DataError as error:
-            write_summary(run_dir, {"status": "failed", "error": f"DataError: {error}",
-                                    "config": to_dict(config)})
+            failed = {"status": "failed", "error": f"DataError: {error}",
+                      "config": to_dict(config)}
+            (write_replicas if group else write_summary)(run_dir, failed)
             fail(str(error))
         except (ConfigError, ResumeError) as error:  # e.g. a batch the devices cannot split
             fail(str(error))

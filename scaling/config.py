@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, get_type_hints
 
 
@@ -41,8 +41,14 @@ class ModelConfig:
 class DataConfig:
     """Where the tokens come from: a corpus, a tokenizer, a validation split, a cache."""
 
-    source: str = "stdlib"  # stdlib (this interpreter's standard library source) | files
+    # stdlib (this interpreter's standard library source) | python (stdlib + installed
+    # packages) | files
+    source: str = "stdlib"
     paths: list[str] = field(default_factory=list)  # globs, for source=files
+    # A second corpus, only evaluated on (transfer_loss): none | prose (the Python
+    # documentation's prose, pydoc_data) | files
+    transfer: str = "none"
+    transfer_paths: list[str] = field(default_factory=list)  # globs, for transfer=files
     tokenizer: str = "bpe"  # bpe (byte-level BPE trained on the train split) | bytes
     vocab_size: int = 4096  # BPE vocabulary size (the bytes tokenizer is always 256)
     val_fraction: float = 0.05  # share of documents held out for validation
@@ -72,6 +78,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum sequences each)
     parallel: str = "none"  # none (one device) | dp (batch over all devices) | fsdp (params too)
+    # K same-shape models trained at once, vmapped in one step (seeds seed..seed+K-1), each
+    # recorded as its own run; see `replica_configs`
+    replicas: int = 1
+    replica_lr_scales: list[float] = field(default_factory=list)  # []: all at the peak LR; else K
     compile_cache: bool = True  # persistent XLA compilation cache, shared by runs of the same shape
     compile_cache_dir: str | None = None  # None: <data cache root>/jax
 
@@ -131,9 +141,14 @@ def validate(cfg: Config) -> Config:
            "one of auto, xla, cudnn")
     _check(m.remat in ("none", "full", "dots"), "model.remat", m.remat, "one of none, full, dots")
 
-    _check(d.source in ("stdlib", "files"), "data.source", d.source, "one of stdlib, files")
+    _check(d.source in ("stdlib", "python", "files"), "data.source", d.source,
+           "one of stdlib, python, files")
     _check(d.source != "files" or len(d.paths) > 0, "data.paths", d.paths,
            "at least one path or glob when data=files")
+    _check(d.transfer in ("none", "prose", "files"), "data.transfer", d.transfer,
+           "one of none, prose, files")
+    _check(d.transfer != "files" or len(d.transfer_paths) > 0, "data.transfer_paths",
+           d.transfer_paths, "at least one path or glob when data.transfer=files")
     _check(d.tokenizer in ("bpe", "bytes"), "data.tokenizer", d.tokenizer, "one of bpe, bytes")
     _check(257 <= d.vocab_size <= 65535, "data.vocab_size", d.vocab_size,
            "an integer in [257, 65535] for the BPE tokenizer")
@@ -170,9 +185,41 @@ def validate(cfg: Config) -> Config:
            "(train.batch_size / train.grad_accum * model.n_ctx)")
     _check(t.parallel in ("none", "dp", "fsdp"), "train.parallel", t.parallel,
            "one of none, dp, fsdp")
+    _check(t.replicas > 0, "train.replicas", t.replicas, "a positive integer")
+    _check(
+        len(t.replica_lr_scales) in (0, t.replicas) and all(s > 0 for s in t.replica_lr_scales),
+        "train.replica_lr_scales", t.replica_lr_scales,
+        f"[] (every replica at the peak LR) or train.replicas={t.replicas} positive multipliers "
+        "of the peak LR, one per replica",
+    )
+    _check(t.replicas == 1 or t.parallel == "none", "train.replicas", t.replicas,
+           f"1 with train.parallel={t.parallel}: replicas are vmapped on one device, not "
+           "sharded (use train.parallel=none)")
     _check(t.checkpoint_every_seconds > 0, "train.checkpoint_every_seconds",
            t.checkpoint_every_seconds, "a positive number of seconds")
     return cfg
+
+
+def is_replica_group(cfg: TrainConfig) -> bool:
+    """Whether the run trains its models as a group of replicas, each recorded on its own."""
+    return cfg.replicas > 1 or bool(cfg.replica_lr_scales)
+
+
+def replica_configs(cfg: Config, peak_lr: float) -> list[Config]:
+    """The standalone config of each of the `train.replicas` models, `peak_lr` being the run's.
+
+    Replica i is the run with seed train.seed + i and peak LR replica_lr_scales[i] * peak_lr,
+    as an absolute train.lr (left as it was where the scale is 1, so that an unscaled replica
+    of a run on Kaplan's rule is that run), and train.replicas=1: the config that trains the
+    same model alone.
+    """
+    t = cfg.train
+    configs = []
+    for i, scale in enumerate(t.replica_lr_scales or [1.0] * t.replicas):
+        lr = t.lr if scale == 1 else scale * peak_lr
+        configs.append(replace(cfg, train=replace(t, seed=t.seed + i, lr=lr, replicas=1,
+                                                  replica_lr_scales=[])))
+    return configs
 
 
 def to_dict(obj: Any) -> Any:

@@ -36,3 +36,20 @@ def make_optimizer(cfg: TrainConfig, schedule: optax.Schedule) -> optax.Gradient
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw
+
+
+def make_replica_optimizer(
+    cfg: TrainConfig, total_steps: int, peak: float
+) -> optax.GradientTransformation:
+    """`make_optimizer` with the peak LR held in its state, for replicas trained in one step.
+
+    The peak is an `inject_hyperparams` hyperparameter, so that one update vmapped over K
+    replicas' states applies each replica's own. The schedule is the peak times the unit-peak
+    schedule (the same values up to float rounding): optax's schedules take no traced peak.
+    """
+    unit = lr_schedule(cfg, total_steps, 1.0)
+
+    def adamw(peak_lr):
+        return make_optimizer(cfg, lambda count: peak_lr * unit(count))
+
+    return optax.inject_hyperparams(adamw)(peak_lr=peak)

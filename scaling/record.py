@@ -1,5 +1,9 @@
 """The run record: `summary.json` and `metrics.parquet` in the run directory.
 
+A group of replicas (`train.replicas`) records each of its models as such a run, in a
+directory of its own; the group's directory holds its checkpoints and `replicas.json` (the
+replicas' run ids and statuses) instead.
+
 Both are written atomically (temp file, then rename), so a reader (a sweep deciding what to
 skip, the results table) never sees half a record, even when the run is killed mid-write.
 """
@@ -17,6 +21,7 @@ import pandas as pd
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
 POSITIONS = "positions.parquet"
+REPLICAS = "replicas.json"
 METRIC_COLUMNS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "grad_norm",
                   "tokens_per_s")
 
@@ -32,27 +37,46 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+def _write_json(path: Path, content: dict[str, Any]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=False, allow_nan=True)
+            json.dump(content, f, indent=2, sort_keys=False, allow_nan=True)
             f.write("\n")
 
-    atomic_write(Path(run_dir) / SUMMARY, write)
+    atomic_write(path, write)
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The run's summary, or None where there is none yet."""
-    path = Path(run_dir) / SUMMARY
+def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     with open(path) as f:
         return json.load(f)
 
 
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    _write_json(Path(run_dir) / SUMMARY, summary)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary, or None where there is none yet."""
+    return _read_json(Path(run_dir) / SUMMARY)
+
+
+def write_replicas(group_dir: Path, group: dict[str, Any]) -> None:
+    """A group's `replicas.json`: status, config and [{run_id, status}] of its replicas."""
+    _write_json(Path(group_dir) / REPLICAS, group)
+
+
+def read_replicas(group_dir: Path) -> dict[str, Any] | None:
+    """A group's `replicas.json`, or None where there is none."""
+    return _read_json(Path(group_dir) / REPLICAS)
+
+
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """One row per evaluation, in the column order of METRIC_COLUMNS."""
-    table = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    """One row per evaluation: METRIC_COLUMNS, then any other columns of the rows (the losses
+    on extra evaluation sets, `<name>_loss`) in the order they first appear."""
+    extra = [c for c in dict.fromkeys(k for row in rows for k in row) if c not in METRIC_COLUMNS]
+    table = pd.DataFrame(rows, columns=[*METRIC_COLUMNS, *extra])
     atomic_write(Path(run_dir) / METRICS, lambda tmp: table.to_parquet(tmp, index=False))
 
 

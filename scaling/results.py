@@ -4,7 +4,9 @@
 
 Every run directory below the sweep directory counts, whatever its status: failed and
 diverged runs keep their row with the reason. A directory that is not a readable record is
-reported by path and skipped; it never stops the table from being written.
+reported by path and skipped; it never stops the table from being written. The directory of a
+group of replicas (`train.replicas`, holding `replicas.json`) is not a run: its models are
+runs of their own, beside it, and it is skipped silently.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scaling.record import METRICS, POSITIONS, SUMMARY, atomic_write
+from scaling.record import METRICS, POSITIONS, REPLICAS, SUMMARY, atomic_write
 from scaling.sweep import flatten
 
 RESULTS = "results.parquet"
@@ -61,6 +63,8 @@ def collect(sweep_dir: Path) -> Collected:
     rows, curves, positions, problems = [], [], [], []
     for run_dir in _run_dirs(sweep_dir):
         if not (run_dir / SUMMARY).exists():
+            if (run_dir / REPLICAS).exists():
+                continue  # a group of replicas, recorded in their own run directories
             problems.append(f"{run_dir}: no summary.json (never started, or not a run)")
             continue
         try:

@@ -30,7 +30,8 @@ BOOKKEEPING_FIELDS = frozenset({
 })
 # Keys added after runs were first recorded, with their defaults: at its default such a key
 # stays out of the identity, so that the runs recorded before it keep their ids and resume.
-LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": []}
+LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transfer": "none",
+                "data.transfer_paths": []}
 IDENTITY_GROUPS = ("model", "data", "train")
 LOCK_FILE = ".lock"
 
@@ -61,10 +62,13 @@ def _si(x: float) -> str:
 
 
 def run_id(config: dict) -> str:
-    """A readable name plus a short hash of the run's identity: `L2-d64-T64-D200k-s0-1a2b3c4d`."""
+    """A readable name plus a short hash of the run's identity: `L2-d64-T64-D200k-s0-1a2b3c4d`
+    (`...-s0-x8-...` for a group of 8 replicas, whose models are runs of their own)."""
     m, t = config["model"], config["train"]
     digest = hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()
     readable = f"L{m['n_layer']}-d{m['d_model']}-T{m['n_ctx']}-D{_si(t['tokens'])}-s{t['seed']}"
+    if t.get("replicas", 1) > 1:
+        readable += f"-x{t['replicas']}"
     return f"{readable}-{digest[:8]}"
 
 

@@ -4,6 +4,10 @@ checkpoints on two clocks; resume; the run record.
 A stage (pretrain now; fine-tune and RLHF later) is a `Stage`: a loss, a batch source and an
 initialisation. Nothing in this module knows which stage it runs. The same step runs on one
 device or many (`scaling.parallel`), over the whole batch or micro-batch by micro-batch.
+
+A run may train K same-shape models at once (`train.replicas`, each a `Replica`): the same
+step, vmapped over a leading replica axis of the state and of the batch, and the same loop;
+each model is recorded as the run it would have been alone (`train_replicas`).
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,15 @@ from scaling.config import TrainConfig
 from scaling.flops import mfu
 from scaling.parallel import Placement
 from scaling.progress import TrainProgress
-from scaling.record import read_summary, write_metrics, write_positions, write_summary
-from scaling.sweep import identity
+from scaling.record import (
+    read_replicas,
+    read_summary,
+    write_metrics,
+    write_positions,
+    write_replicas,
+    write_summary,
+)
+from scaling.sweep import exclusive_run, identity, run_id
 
 log = logging.getLogger("scaling")
 
@@ -58,6 +69,26 @@ class Stage:
     # over its own, larger set of validation batches (per-position means are noisy)
     position_loss_fn: Callable[[Params, jax.Array], jax.Array] | None = None
     position_data: np.ndarray | None = None  # [k, ...] batches for position_loss_fn
+    # name -> [k, ...] fixed batches of another corpus, scored with loss_fn at every
+    # evaluation as `<name>_loss` (metrics.parquet, and the final value in summary.json)
+    extra_eval: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One of the models a run trains: one for a plain run, K with `train.replicas=K`.
+
+    Replicas share a shape, a loss and the validation data; each has its own stage (its
+    seed's initialisation and batches), optimizer and schedule. One update, the first
+    replica's, steps them all, so their optimizers may differ only in hyperparameters held in
+    the optimizer state (`scaling.optim.make_replica_optimizer`).
+    """
+
+    stage: Stage
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule  # its learning rate, as recorded in metrics.parquet
+    config: dict  # its standalone config, as recorded in summary.json
+    seed: int
 
 
 def use_compile_cache(directory: Path | None) -> None:
@@ -150,25 +181,56 @@ def accumulate_gradients(loss_fn: LossFn, micro_batches: int) -> LossFn:
 
 
 def setup(
-    stage: Stage, cfg: TrainConfig, tx: optax.GradientTransformation
+    replicas: Sequence[Replica], cfg: TrainConfig
 ) -> tuple[Placement, dict, Callable]:
     """The device placement, the initial (placed) state and the jitted step for `cfg`.
 
-    `train` and `scaling-bench` both start here, so the benchmark times the trainer's own step.
+    One replica trains with the plain step. K > 1 replicas stack their states along a new
+    leading axis and train with the same step vmapped over it, on batches [K, B, ...]
+    (`replica_batch`). `train` and `scaling-bench` both start here, so the benchmark times the
+    trainer's own step.
     """
+    stage = replicas[0].stage
     placement = Placement.create(cfg.parallel, len(stage.train_batch(0)) // cfg.grad_accum)
-    state = placement.state(_init_state(stage, tx))
-    train_step = make_train_step(accumulate_gradients(stage.loss_fn, cfg.grad_accum), tx)
+    states = [_init_state(replica.stage, replica.tx) for replica in replicas]
+    state = placement.state(states[0] if len(states) == 1 else _stacked(states))
+    train_step = make_train_step(accumulate_gradients(stage.loss_fn, cfg.grad_accum),
+                                 replicas[0].tx)
+    if len(replicas) > 1:
+        train_step = jax.jit(jax.vmap(train_step), donate_argnums=0)
     return placement, state, placement.keep_state_sharding(train_step, state)
 
 
-def make_eval(loss_fn: LossFn):
-    """Mean loss over all validation batches, in one call."""
+def _stacked(trees: Sequence[Any]) -> Any:
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def replica_batch(replicas: Sequence[Replica], step: int) -> np.ndarray:
+    """Batch `step` of each replica: its own [B, ...] for one, stacked [K, B, ...] for K."""
+    if len(replicas) == 1:
+        return replicas[0].stage.train_batch(step)
+    return np.stack([replica.stage.train_batch(step) for replica in replicas])
+
+
+def _over_replicas(fn: Callable, replicas: int) -> Callable:
+    """(params, data) -> x as (params [K, ...], data) -> x [K, ...] for K > 1 replicas."""
+    return jax.vmap(fn, in_axes=(0, None)) if replicas > 1 else fn
+
+
+def _per_replica(x: Any, replicas: int) -> list[np.ndarray]:
+    """Each replica's entry of a state or metrics value (its K rows for K > 1 replicas)."""
+    x = np.asarray(x)
+    return [x] if replicas == 1 else list(x)
+
+
+def make_eval(loss_fn: LossFn, replicas: int = 1):
+    """Mean loss over all validation batches, in one call; [K] losses for K > 1 replicas,
+    on the same batches."""
 
     def evaluate(params: Params, eval_data: jax.Array) -> jax.Array:
         return jnp.mean(jax.lax.map(lambda batch: loss_fn(params, batch), eval_data))
 
-    return jax.jit(evaluate)
+    return jax.jit(_over_replicas(evaluate, replicas))
 
 
 def _check_same_run(saved: dict, current: dict, run_dir: Path) -> None:
@@ -221,72 +283,168 @@ class _Meter:
         return steps * self.tokens_per_step / seconds if steps > 0 and seconds > 0 else math.nan
 
 
-def train(
-    stage: Stage,
-    cfg: TrainConfig,
-    config_dict: dict,
-    run_dir: Path,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    total_steps: int,
-    seed: int,
-) -> dict[str, Any]:
-    """Train `stage` for `total_steps`, resuming from `run_dir` if it holds a checkpoint.
+def train(replica: Replica, cfg: TrainConfig, run_dir: Path, total_steps: int) -> dict[str, Any]:
+    """Train one model for `total_steps`, resuming from `run_dir` if it holds a checkpoint.
 
     Returns the summary, which is also written to `run_dir/summary.json`.
     """
     run_dir = Path(run_dir)
     previous = read_summary(run_dir)
     if previous is not None and previous.get("status") == "completed":
-        _check_same_run(previous["config"], config_dict, run_dir)
+        _check_same_run(previous["config"], replica.config, run_dir)
         log.info("%s already holds a completed run; nothing to do", run_dir)
         return previous
+    return _train([replica], cfg, replica.config, run_dir, [run_dir], [None], total_steps)[0]
 
+
+def replica_dirs(replicas: Sequence[Replica], group_dir: Path) -> list[Path]:
+    """Where each replica of the group in `group_dir` is recorded: beside it, in the directory
+    its own run would have (the `run_id` of its config)."""
+    return [Path(group_dir).parent / run_id(replica.config) for replica in replicas]
+
+
+def train_replicas(
+    replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, group_dir: Path,
+    total_steps: int,
+) -> list[dict[str, Any]]:
+    """Train the replicas at once and record each as the run it would have been alone.
+
+    `group_dir` holds the group's checkpoints (a killed group resumes like one run) and
+    `replicas.json`: the group's status and config and each replica's run id and status; each
+    replica's record goes to its own directory (`replica_dirs`), locked while the group trains.
+    A completed group trains nothing again, nor does one whose replicas all hold completed
+    records already; a replica recorded as completed before keeps its record. When another
+    process holds a replica's directory, the group is skipped. Returns the replicas' summaries
+    ([] when skipped).
+    """
+    group_dir = Path(group_dir)
+    dirs = replica_dirs(replicas, group_dir)
+    group = read_replicas(group_dir)
+    if group is not None and group["status"] == "completed":
+        _check_same_run(group["config"], config_dict, group_dir)
+        log.info("%s already holds a completed group of replicas; nothing to do", group_dir)
+        return [read_summary(d) for d in dirs]
+    with ExitStack() as locks:
+        busy = [d.name for d in dirs if not locks.enter_context(exclusive_run(d))]
+        if busy:
+            log.warning("%s: replicas %s are being trained by another process; skipped",
+                        group_dir, ", ".join(busy))
+            return []
+        recorded = [read_summary(d) for d in dirs]
+        recorded = [s if s is not None and s.get("status") == "completed" else None
+                    for s in recorded]
+        for replica, d, summary in zip(replicas, dirs, recorded, strict=True):
+            if summary is not None:
+                _check_same_run(summary["config"], replica.config, d)
+        summaries = list(recorded)
+        if not all(recorded):
+            _record_group(group_dir, "running", config_dict, dirs,
+                          [s["status"] if s else "running" for s in recorded])
+            try:
+                summaries = _train(replicas, cfg, config_dict, group_dir, dirs, recorded,
+                                   total_steps, group_name=group_dir.name)
+            except Exception as error:
+                _record_group(group_dir, "failed", config_dict, dirs,
+                              [(read_summary(d) or {"status": "failed"})["status"] for d in dirs],
+                              error=f"{type(error).__name__}: {error}")
+                raise
+        _record_group(group_dir, "completed", config_dict, dirs, [s["status"] for s in summaries])
+        return summaries
+
+
+def _record_group(group_dir: Path, status: str, config_dict: dict, dirs: Sequence[Path],
+                  statuses: Sequence[str], **extra: Any) -> None:
+    write_replicas(group_dir, {
+        "status": status, **extra,
+        "replicas": [{"run_id": d.name, "status": s} for d, s in zip(dirs, statuses, strict=True)],
+        "config": config_dict,
+    })
+
+
+def _see_divergence(diverged: list[int], bad_step: Any) -> None:
+    """Note each replica's first non-finite step (bad_step) the loop had not seen yet."""
+    for i, bad in enumerate(_per_replica(bad_step, len(diverged))):
+        diverged[i] = diverged[i] or int(bad)
+
+
+def _mean_of_training(values: Sequence[Any], diverged: Sequence[int]) -> float:
+    """The mean over the replicas not known to have diverged (what the progress line shows)."""
+    return float(np.mean([v for v, bad in zip(values, diverged, strict=True) if not bad]))
+
+
+def _train(
+    replicas: Sequence[Replica],
+    cfg: TrainConfig,
+    config_dict: dict,
+    run_dir: Path,
+    record_dirs: Sequence[Path],
+    recorded: Sequence[dict | None],
+    total_steps: int,
+    group_name: str | None = None,
+) -> list[dict[str, Any]]:
+    """The loop: train `replicas` for `total_steps`, checkpointing in `run_dir` (and resuming
+    from its latest checkpoint), and record replica i in record_dirs[i], unless recorded[i] is
+    its completed record already (returned as it is).
+
+    A replica whose loss turns non-finite is recorded as diverged, with the evaluations its
+    own run would have made, while the others train on; the loop stops early only when every
+    replica has diverged. `group_name` (a group's directory) goes into each replica's summary.
+    """
+    k = len(replicas)
+    stage = replicas[0].stage  # the shape, loss and validation data of every replica
     started = time.time()
-    placement, state, train_step = setup(stage, cfg, tx)
-    summary: dict[str, Any] = {
+    placement, state, train_step = setup(replicas, cfg)
+    summaries: list[dict[str, Any]] = [{
         "status": "running",
         "stage": stage.name,
-        **stage.record,
+        **replica.stage.record,
         "steps": total_steps,
         "tokens": total_steps * stage.tokens_per_step,
         "tokens_per_step": stage.tokens_per_step,
         "flops_per_token": stage.flops_per_token,
         "flops": total_steps * stage.tokens_per_step * stage.flops_per_token,
-        "seed": seed,
+        "seed": replica.seed,
         "device": jax.devices()[0].device_kind,
         "n_devices": len(placement.devices),
+        "replicas": k,
+        **({"replica": i, "replica_group": group_name} if group_name else {}),
         "resumed_from_step": None,
-        "config": config_dict,
-    }
+        "config": replica.config,
+    } for i, replica in enumerate(replicas)]
+    training = [i for i in range(k) if recorded[i] is None]  # the replicas recorded here
 
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
-    rows: list[dict[str, Any]] = []
+    rows: list[list[dict[str, Any]]] = [[] for _ in replicas]
+    diverged = [0] * k  # each replica's first non-finite step, once the loop has seen it
     wall_before = 0.0
     latest = checkpointer.latest_step()
     if latest is not None:
         state, meta = checkpointer.restore(latest, like=state)
         _check_same_run(meta["config"], config_dict, run_dir)
-        rows, wall_before = meta["rows"], meta["wall_s"]
-        summary["resumed_from_step"] = latest
+        rows = meta["rows"] if k > 1 else [meta["rows"]]  # one model's: as before replicas
+        diverged, wall_before = meta.get("diverged", diverged), meta["wall_s"]
+        for summary in summaries:
+            summary["resumed_from_step"] = latest
         log.info("resuming %s from step %d", run_dir, latest)
-    write_summary(run_dir, summary)
+    for i in training:
+        write_summary(record_dirs[i], summaries[i])
 
-    evaluate = make_eval(stage.loss_fn)
+    evaluate = make_eval(stage.loss_fn, k)
     eval_data = jnp.asarray(placement.batch(stage.eval_data, axis=1))
+    extra_eval = {f"{name}_loss": jnp.asarray(placement.batch(data, axis=1))
+                  for name, data in stage.extra_eval.items()}
     eval_at = set(eval_steps(total_steps, cfg.eval_count))
-    start_step = int(state["step"])
+    start_step = int(np.max(state["step"]))
     progress = TrainProgress(total_steps, start_step)
     clock = _Clock()
-    eval_meter = _Meter(clock, stage.tokens_per_step, start_step)
-    log_meter = _Meter(clock, stage.tokens_per_step, start_step)
+    eval_meter = _Meter(clock, stage.tokens_per_step, start_step)  # each replica's rate
+    log_meter = _Meter(clock, k * stage.tokens_per_step, start_step)  # the group's
     compile_s = None
     last_checkpoint = time.monotonic()
     pending_log = None
-    diverged_step = 0
     try:
         for step in range(start_step + 1, total_steps + 1):
-            state, metrics = train_step(state, placement.batch(stage.train_batch(step - 1)))
+            state, metrics = train_step(state, placement.batch(replica_batch(replicas, step - 1)))
             if compile_s is None:  # the first step compiles: keep it out of throughput
                 jax.block_until_ready(metrics)
                 compile_s = clock.seconds()
@@ -296,33 +454,44 @@ def train(
             if pending_log is not None:  # fetch the last log point only after dispatching
                 logged_step, logged = pending_log
                 pending_log = None
-                progress.update(logged_step, float(logged["loss"]), log_meter.rate(logged_step))
+                progress.update(logged_step,
+                                _mean_of_training(_per_replica(logged["loss"], k), diverged),
+                                log_meter.rate(logged_step))
                 log_meter.mark(logged_step)
-                diverged_step = int(logged["bad_step"])
-                if diverged_step:
+                _see_divergence(diverged, logged["bad_step"])
+                if all(diverged):
                     break
             if step % cfg.log_every_steps == 0:
                 pending_log = (step, metrics)
 
             if step in eval_at:
                 with clock.paused():
-                    val_loss = float(evaluate(state["params"], eval_data))
-                rows.append({
-                    "step": step,
-                    "tokens": step * stage.tokens_per_step,
-                    "flops": step * stage.tokens_per_step * stage.flops_per_token,
-                    "train_loss": float(state["loss_sum"] / state["loss_count"]),
-                    "val_loss": val_loss,
-                    "lr": float(schedule(step - 1)),
-                    "grad_norm": float(metrics["grad_norm"]),
-                    "tokens_per_s": eval_meter.rate(step),
-                })
+                    val_loss = _per_replica(evaluate(state["params"], eval_data), k)
+                    extra = {column: _per_replica(evaluate(state["params"], data), k)
+                             for column, data in extra_eval.items()}
+                train_loss = _per_replica(state["loss_sum"] / state["loss_count"], k)
+                grad_norm = _per_replica(metrics["grad_norm"], k)
+                tokens_per_s = eval_meter.rate(step)
+                for i, replica in enumerate(replicas):
+                    if diverged[i]:  # its own run would have stopped here
+                        continue
+                    rows[i].append({
+                        "step": step,
+                        "tokens": step * stage.tokens_per_step,
+                        "flops": step * stage.tokens_per_step * stage.flops_per_token,
+                        "train_loss": float(train_loss[i]),
+                        "val_loss": float(val_loss[i]),
+                        "lr": float(replica.schedule(step - 1)),
+                        "grad_norm": float(grad_norm[i]),
+                        "tokens_per_s": tokens_per_s,
+                        **{column: float(values[i]) for column, values in extra.items()},
+                    })
                 eval_meter.mark(step)
                 state["loss_sum"] = jnp.zeros_like(state["loss_sum"])  # placed as before
                 state["loss_count"] = jnp.zeros_like(state["loss_count"])
-                progress.eval(step, val_loss)
-                diverged_step = int(metrics["bad_step"])
-                if diverged_step:
+                progress.eval(step, _mean_of_training(val_loss, diverged))
+                _see_divergence(diverged, metrics["bad_step"])
+                if all(diverged):
                     break
             if (
                 step % cfg.checkpoint_every_steps == 0
@@ -330,50 +499,69 @@ def train(
                 or step == total_steps
             ):
                 with clock.paused():
-                    meta = {"rows": rows, "wall_s": wall_before + time.time() - started,
-                            "config": config_dict}
+                    meta = {"rows": rows if k > 1 else rows[0],
+                            "wall_s": wall_before + time.time() - started, "config": config_dict}
+                    if k > 1:
+                        meta["diverged"] = diverged
                     checkpointer.save(step, state, meta)
                 last_checkpoint = time.monotonic()
         else:
-            diverged_step = int(state["bad_step"])
+            _see_divergence(diverged, state["bad_step"])
     except Exception as error:
-        summary.update(status="failed", error=f"{type(error).__name__}: {error}",
-                       wall_s=wall_before + time.time() - started)
-        write_summary(run_dir, summary)
+        for i in training:
+            summaries[i].update(status="failed", error=f"{type(error).__name__}: {error}",
+                                wall_s=wall_before + time.time() - started)
+            write_summary(record_dirs[i], summaries[i])
         raise
     finally:
         progress.close()
         checkpointer.close()
 
-    timed_steps = int(state["step"]) - start_step - 1
+    timed_steps = int(np.max(state["step"])) - start_step - 1
     tokens_per_s = (
         timed_steps * stage.tokens_per_step / clock.seconds() if timed_steps > 0 else None
     )
-    summary.update(
-        wall_s=wall_before + time.time() - started,
-        compile_s=compile_s,
-        tokens_per_s=tokens_per_s,
-        mfu=mfu(tokens_per_s, stage.flops_per_token, placement.devices) if tokens_per_s else None,
-    )
-    write_metrics(run_dir, rows)
-    if diverged_step:
-        summary.update(status="diverged", diverged_step=diverged_step,
-                       final_train_loss=None, final_val_loss=None)
-        log.warning("loss became non-finite at step %d: run diverged", diverged_step)
-    else:
-        if stage.position_loss_fn is not None:
-            per_batch = jax.jit(lambda p, data: jax.lax.map(
-                lambda batch: stage.position_loss_fn(p, batch), data))
-            position_data = jnp.asarray(placement.batch(stage.position_data, axis=1))
-            write_positions(run_dir, np.mean(per_batch(state["params"], position_data), axis=0))
-        final = rows[-1]
-        best = min(rows, key=lambda r: r["val_loss"])
+    wall_s = wall_before + time.time() - started
+    positions = None
+    if stage.position_loss_fn is not None and not all(diverged):
+        per_batch = jax.jit(_over_replicas(lambda p, data: jax.lax.map(
+            lambda batch: stage.position_loss_fn(p, batch), data), k))
+        position_data = jnp.asarray(placement.batch(stage.position_data, axis=1))
+        positions = _per_replica(np.mean(per_batch(state["params"], position_data), axis=-2), k)
+    for i in training:
+        summary, record_dir, replica_rows = summaries[i], record_dirs[i], rows[i]
         summary.update(
-            status="completed",
-            final_train_loss=_finite_or_none(final["train_loss"]),
-            final_val_loss=_finite_or_none(final["val_loss"]),
-            best_val_loss=_finite_or_none(best["val_loss"]),
-            best_val_step=best["step"],
+            wall_s=wall_s,
+            compile_s=compile_s,
+            tokens_per_s=tokens_per_s,
+            mfu=mfu(tokens_per_s, stage.flops_per_token, placement.devices)
+            if tokens_per_s else None,
         )
-    write_summary(run_dir, summary)
-    return summary
+        if group_name:  # the whole group's rate, all replicas together
+            summary.update(
+                group_tokens_per_s=k * tokens_per_s if tokens_per_s else None,
+                group_mfu=mfu(k * tokens_per_s, stage.flops_per_token, placement.devices)
+                if tokens_per_s else None,
+            )
+        write_metrics(record_dir, replica_rows)
+        if diverged[i]:
+            summary.update(status="diverged", diverged_step=diverged[i],
+                           final_train_loss=None, final_val_loss=None,
+                           **dict.fromkeys(extra_eval))
+            log.warning("loss became non-finite at step %d: %s diverged", diverged[i],
+                        record_dir.name)
+        else:
+            if positions is not None:
+                write_positions(record_dir, positions[i])
+            final = replica_rows[-1]
+            best = min(replica_rows, key=lambda r: r["val_loss"])
+            summary.update(
+                status="completed",
+                final_train_loss=_finite_or_none(final["train_loss"]),
+                final_val_loss=_finite_or_none(final["val_loss"]),
+                best_val_loss=_finite_or_none(best["val_loss"]),
+                best_val_step=best["step"],
+                **{column: _finite_or_none(final[column]) for column in extra_eval},
+            )
+        write_summary(record_dir, summary)
+    return [recorded[i] or summaries[i] for i in range(k)]

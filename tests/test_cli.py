@@ -28,6 +28,8 @@ def scaling_train(*overrides: str, **kwargs) -> subprocess.CompletedProcess:
         (["model.d_model=abc"], "model.d_model"),
         (["train.tokens=100"], "train.tokens"),
         (["data=files"], "data.paths"),
+        (["data.transfer=web"], "data.transfer"),
+        (["data.transfer=files"], "data.transfer_paths"),
     ],
 )
 def test_bad_config_fails_fast_naming_the_field(overrides, field, tmp_path):

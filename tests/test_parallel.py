@@ -53,7 +53,7 @@ def _multi_device_worker(corpus_dir: str, cache_dir: str, out_dir: str) -> None:
 
     config = _config(corpus_dir, cache_dir, parallel="fsdp")
     run = prepare(config)
-    _, state, _ = setup(run.stage, config.train, run.tx)
+    _, state, _ = setup(run.replicas, config.train)
     results["specs"] = {
         path: str(tuple(leaf.sharding.spec))
         for path, leaf in (
@@ -149,10 +149,11 @@ def test_accumulated_micro_batches_equal_the_big_batch(corpus_dir, cache_dir):
     for grad_accum in (1, 4):
         config = _config(str(corpus_dir), str(cache_dir), grad_accum=grad_accum)
         run = prepare(config)
-        placement, state, train_step = setup(run.stage, config.train, run.tx)
+        placement, state, train_step = setup(run.replicas, config.train)
         losses = []
         for step in range(3):
-            state, metrics = train_step(state, placement.batch(run.stage.train_batch(step)))
+            batch = run.replicas[0].stage.train_batch(step)
+            state, metrics = train_step(state, placement.batch(batch))
             losses.append(float(metrics["loss"]))
         outcomes.append((losses, float(metrics["grad_norm"]), state["params"]))
     (big_losses, big_norm, big_params), (acc_losses, acc_norm, acc_params) = outcomes

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from hydra_plugins.scaling_launcher.local_launcher import slot_env
+from hydra_plugins.scaling_launcher.study_sweeper import expand_grids
 from scaling.config import register_configs
 from scaling.flops import flops_per_token
 from scaling.model import GPTConfig
-from scaling.sweep import exclusive_run, register_resolvers, run_id
+from scaling.sweep import exclusive_run, planned_flops, register_resolvers, run_id
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -70,10 +73,60 @@ def test_every_preset_composes_with_a_cpu_twin():
     presets = {p.stem for p in (ROOT / "sweeps").glob("*.yaml")}
     for name in presets:
         cfg = compose_preset(name, "train.budget=1e16", with_hydra=True)
-        assert cfg.hydra.sweeper.params, name
+        assert cfg.hydra.sweeper.get("params") or cfg.hydra.sweeper.get("grids"), name
         assert cfg.hydra.sweep.dir == f"runs/{name}"
-    studies = {p for p in presets if not p.endswith("_cpu")} - {"demo"}  # demo is CPU-sized
+    # The demo is CPU-sized, and it is the CPU twin of the GPU Kaplan study.
+    studies = {p for p in presets if not p.endswith("_cpu")} - {"demo", "kaplan_gpu"}
     assert {f"{p}_cpu" for p in studies} <= presets
+
+
+def study_runs(name: str, *arguments: str) -> dict[str, list]:
+    """Each grid of a study preset: the composed config of every run it launches."""
+    sweeper = compose_preset(name, with_hydra=True).hydra.sweeper
+    grids = OmegaConf.to_container(sweeper.grids, resolve=False)
+    runs: dict[str, list] = {}
+    for grid, overrides in expand_grids(grids, arguments, OverridesParser.create()):
+        runs.setdefault(grid, []).append(compose_preset(name, *overrides))
+    return runs
+
+
+def n_nonembed(cfg) -> int:
+    return 12 * cfg.model.n_layer * cfg.model.d_model**2
+
+
+def test_study_grids_expand_separately_and_take_command_line_overrides():
+    grids = {"a": {"model.d_model": "16,32", "train.tokens": 1000},
+             "b": {"model.n_layer": "1,2,3"}, "off": None}
+    jobs = expand_grids(grids, ["train.seed=0,1", "train.tokens=5"], OverridesParser.create())
+    assert [grid for grid, _ in jobs] == ["a"] * 4 + ["b"] * 6
+    assert jobs[0][1] == ["model.d_model=16", "train.seed=0", "train.tokens=5"]
+    assert all("train.tokens=5" in overrides for _, overrides in jobs)
+    with pytest.raises(ValueError, match=r"grids\.a"):
+        expand_grids({"a": {}}, [], OverridesParser.create())
+    with pytest.raises(ValueError, match="at least one grid"):
+        expand_grids({}, [], OverridesParser.create())
+
+
+def test_demo_study_covers_sizes_budgets_shapes_and_batch_sizes():
+    runs = study_runs("demo")
+    assert {g: len(r) for g, r in runs.items()} == {"nd": 12, "shape": 4, "batch": 3}
+    assert {cfg.data.transfer for grid in runs.values() for cfg in grid} == {"prose"}
+    shape = runs["shape"]
+    assert sorted(cfg.model.n_layer for cfg in shape) == [1, 2, 3, 6]
+    assert all(abs(n_nonembed(cfg) / 3.3e5 - 1) < 0.15 for cfg in shape)
+    assert all(cfg.model.d_model % cfg.model.n_head == 0 for cfg in shape)
+    assert {cfg.train.batch_size for cfg in runs["batch"]} == {4, 8, 32}
+
+
+def test_gpu_kaplan_study_spans_the_sizes_and_budgets_the_issue_asks_for():
+    runs = study_runs("kaplan_gpu")
+    sizes = {n_nonembed(cfg) for grid in ("nd", "sizes") for cfg in runs[grid]}
+    assert len(sizes) >= 7 and min(sizes) <= 1.2e5 and max(sizes) >= 3e7
+    assert max(cfg.train.tokens for cfg in runs["nd"]) >= 3e8
+    assert all(cfg.data.source == "python" for grid in runs.values() for cfg in grid)
+    for cfg in runs["isoflop"]:  # each run spends its budget, to within a step
+        assert abs(planned_flops(cfg) / cfg.train.budget - 1) < 0.02
+    assert all(abs(n_nonembed(cfg) / 3e6 - 1) < 0.2 for cfg in runs["shape"])
 
 
 def test_a_run_directory_is_held_by_one_process_at_a_time(tmp_path):

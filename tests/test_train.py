@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -112,3 +113,16 @@ def test_a_diverging_run_ends_with_status_and_step(tiny_config, tmp_path):
     assert 1 <= summary["diverged_step"] < summary["steps"]
     assert summary["final_val_loss"] is None
     assert read_summary(tmp_path)["status"] == "diverged"
+
+
+def test_a_transfer_corpus_is_scored_at_every_evaluation(tiny_config, tmp_path):
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, transfer="prose"))
+    summary = pretrain(cfg, tmp_path)
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert tuple(metrics.columns) == (*METRIC_COLUMNS, "transfer_loss")
+    assert np.isfinite(metrics["transfer_loss"]).all() and (metrics["transfer_loss"] > 0).all()
+    assert summary["transfer_loss"] == metrics["transfer_loss"].iloc[-1]
+    assert metrics["transfer_loss"].iloc[-1] < metrics["transfer_loss"].iloc[0]
+    assert summary["transfer_corpus"] == "prose" and summary["transfer_tokens"] > 10_000
+    assert read_summary(tmp_path)["transfer_loss"] == summary["transfer_loss"]

@@ -28,6 +28,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from scaling.config import is_replica_group
 from scaling.sweep import identity, planned_flops
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,11 @@ class LocalLauncher(Launcher):
 
 
 def completed(job_config: DictConfig, run_dir: Path) -> bool:
-    """Whether `run_dir` holds a completed record of this very config."""
+    """Whether `run_dir` holds a completed record of this very config (a run's summary.json,
+    or the replicas.json of a group of replicas, `train.replicas`)."""
+    record = "replicas.json" if is_replica_group(job_config.train) else "summary.json"
     try:
-        with open(run_dir / "summary.json") as f:
+        with open(run_dir / record) as f:
             summary = json.load(f)
     except (OSError, ValueError):
         return False

@@ -84,3 +84,16 @@ def eval_windows(tokens: np.ndarray, batch_size: int, n_ctx: int, n_batches: int
 def _gather(tokens: np.ndarray, starts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Rows tokens[s : s + len(offsets)] for each start, in one fancy-indexing read."""
     return tokens[starts[:, None] + offsets].astype(np.int32)
+
+
+def transfer_windows(tokens: np.ndarray, batch_size: int, n_ctx: int, n_batches: int) -> np.ndarray:
+    """Fixed batches of the transfer corpus, as `eval_windows`, which must hold one full batch
+    of non-overlapping windows: fewer would score the same text several times."""
+    needed = batch_size * n_ctx + 1
+    if len(tokens) < needed:
+        raise DataError(
+            f"the transfer corpus (data.transfer) has {len(tokens)} tokens, too few for one "
+            f"evaluation batch of batch_size={batch_size} windows of n_ctx+1={n_ctx + 1} tokens "
+            f"(needs {needed}); give it more text or use data.transfer=none"
+        )
+    return eval_windows(tokens, batch_size, n_ctx, n_batches)

@@ -5,6 +5,10 @@ tokenizer.json (BPE only) and meta.json. The name ends in a hash of every docume
 text, the split and tokenizer settings and FORMAT_VERSION, so any change builds a new cache.
 A cache is built in a temporary directory and renamed into place under a file lock: parallel
 runs of a sweep build it once, and a killed build never leaves a directory a later run trusts.
+
+A transfer corpus (data.transfer) is encoded with the dataset's own tokenizer, never one
+trained on it, into `<cache root>/transfer-<kind>-<hash>/` (tokens.npy, meta.json), keyed by
+its documents and the dataset's cache name, and built the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,7 @@ import tokenizers
 
 from scaling.config import DataConfig
 from scaling.data.errors import DataError
-from scaling.data.sources import Corpus, read_corpus, split_documents
+from scaling.data.sources import Corpus, Document, read_corpus, read_transfer, split_documents
 from scaling.data.tokenizer import BPETokenizer, BytesTokenizer, Tokenizer, train_bpe
 
 # Bump when the layout or the meaning of the shards changes, so old caches are not reused.
@@ -47,15 +52,21 @@ class Dataset:
     cache_path: Path
     n_train_docs: int
     n_val_docs: int
+    transfer: np.ndarray | None = None  # the transfer corpus (data.transfer), memory-mapped
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """The corpus of `cfg`, tokenized; builds the cache on first call and reuses it afterwards."""
+    """The corpus of `cfg` (and its transfer corpus, if any), tokenized; builds the caches on
+    first call and reuses them afterwards."""
     corpus = read_corpus(cfg.source, cfg.paths)
     path = cache_root(cfg.cache_dir) / _cache_name(cfg, corpus)
     if not (path / "meta.json").exists():
-        _build_locked(path, cfg, corpus)
-    return _open(path)
+        _build_locked(path, f"{len(corpus.documents)} documents",
+                      lambda tmp: _write(tmp, cfg, corpus))
+    dataset = _open(path)
+    if cfg.transfer == "none":
+        return dataset
+    return replace(dataset, transfer=_load_transfer(cfg, dataset))
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -76,19 +87,25 @@ def _settings(cfg: DataConfig) -> dict:
 
 def _cache_name(cfg: DataConfig, corpus: Corpus) -> str:
     """A readable prefix (source, tokenizer) and a hash of the documents and settings."""
-    h = hashlib.sha256(json.dumps(_settings(cfg), sort_keys=True).encode())
-    for d in corpus.documents:
+    vocab = str(cfg.vocab_size) if cfg.tokenizer == "bpe" else ""
+    return f"{cfg.source}-{cfg.tokenizer}{vocab}-{_digest(_settings(cfg), corpus.documents)}"
+
+
+def _digest(settings: dict, documents: Sequence[Document]) -> str:
+    """16 hex digits of a hash of `settings` and every document's name and text."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for d in documents:
         for part in (d.name, d.text):
             data = part.encode("utf-8")
             # Length-prefixed, so the boundary between name and text is unambiguous.
             h.update(len(data).to_bytes(8, "little"))
             h.update(data)
-    vocab = str(cfg.vocab_size) if cfg.tokenizer == "bpe" else ""
-    return f"{cfg.source}-{cfg.tokenizer}{vocab}-{h.hexdigest()[:16]}"
+    return h.hexdigest()[:16]
 
 
-def _build_locked(path: Path, cfg: DataConfig, corpus: Corpus) -> None:
-    """Build the cache at `path` unless another process does so first; the rename commits it."""
+def _build_locked(path: Path, what: str, write: Callable[[Path], None]) -> None:
+    """Build the cache at `path` with `write(tmp)` unless another process does so first; the
+    rename commits it. `what` says what is built, for the log."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f"{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on a crash
@@ -98,11 +115,11 @@ def _build_locked(path: Path, cfg: DataConfig, corpus: Corpus) -> None:
             shutil.rmtree(stale)  # left by a killed build; safe, we hold the lock
         if path.exists():
             shutil.rmtree(path)  # no meta.json: not a finished cache
-        log.info("building the data cache %s from %d documents", path, len(corpus.documents))
+        log.info("building the data cache %s from %s", path, what)
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()  # unlike tempfile.mkdtemp, honours the umask: a shared cache stays readable
         try:
-            _write(tmp, cfg, corpus)
+            write(tmp)
             os.rename(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -152,6 +169,40 @@ def _write(out: Path, cfg: DataConfig, corpus: Corpus) -> None:
             "tokenizer": round(trained - start, 3),
             "encode": round(time.perf_counter() - trained, 3),
         },
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), "utf-8")
+
+
+def _load_transfer(cfg: DataConfig, dataset: Dataset) -> np.ndarray:
+    """The transfer corpus encoded with `dataset`'s tokenizer, each document followed by eos."""
+    corpus = read_transfer(cfg.transfer, cfg.transfer_paths)
+    settings = {"format": FORMAT_VERSION, "dataset": dataset.cache_path.name}
+    name = f"transfer-{cfg.transfer}-{_digest(settings, corpus.documents)}"
+    path = dataset.cache_path.parent / name
+    if not (path / "meta.json").exists():
+        _build_locked(path, f"{len(corpus.documents)} transfer documents",
+                      lambda tmp: _write_transfer(tmp, cfg, corpus, dataset))
+    return np.load(path / "tokens.npy", mmap_mode="r")
+
+
+def _write_transfer(out: Path, cfg: DataConfig, corpus: Corpus, dataset: Dataset) -> None:
+    """Encode the transfer documents with the dataset's tokenizer; meta.json last."""
+    start = time.perf_counter()
+    tokens = dataset.tokenizer.encode_documents(corpus.documents)
+    np.save(out / "tokens.npy", tokens)
+    meta = {
+        "format": FORMAT_VERSION,
+        "source": {
+            "kind": cfg.transfer,
+            "paths": list(cfg.transfer_paths),
+            "python": sys.version.split()[0],
+            "files": corpus.files,
+        },
+        "dataset": dataset.cache_path.name,  # whose tokenizer encoded it
+        "documents": len(corpus.documents),
+        "tokens": len(tokens),
+        "dtype": str(tokens.dtype),
+        "build_seconds": {"encode": round(time.perf_counter() - start, 3)},
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), "utf-8")
 

@@ -2,15 +2,18 @@
 
 A document is one file (or one line of a .jsonl file) with a stable name; names drive the
 split and, with the contents, the cache key, so the same corpus always yields the same data.
+Besides the training corpus, a transfer corpus (read_transfer) is only ever evaluated on.
 """
 
 from __future__ import annotations
 
+import ast
 import glob
 import hashlib
 import itertools
 import json
 import os
+import sys
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +22,15 @@ from pathlib import Path
 from scaling.data.errors import DataError
 
 SUPPORTED_SUFFIXES = (".jsonl", ".md", ".py", ".txt")
-# Directory names never read from the standard library: tests hold odd encodings and
-# deliberately broken code, and installed packages are not the standard library.
-STDLIB_EXCLUDED_DIRS = frozenset(
-    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-)
+# Directory names never read from an installed tree: tests hold odd encodings and
+# deliberately broken code.
+TEST_DIRS = frozenset({"test", "tests", "idle_test", "__pycache__"})
+# ... nor from the standard library: installed packages are not the standard library, and
+# pydoc_data holds the documentation's prose, which is data.transfer=prose.
+STDLIB_EXCLUDED_DIRS = TEST_DIRS | {"site-packages", "dist-packages", "pydoc_data"}
+SITE_DIRS = ("site-packages", "dist-packages")
+# The documentation's prose that ships with CPython: a dict of topic name -> text.
+PROSE_FILE = "pydoc_data/topics.py"
 
 
 @dataclass(frozen=True)
@@ -48,30 +55,42 @@ class Corpus:
 
 
 def read_corpus(source: str, paths: list[str]) -> Corpus:
-    """Read `source` (stdlib | files); raise DataError if nothing non-empty is found."""
+    """Read `source` (stdlib | python | files); raise DataError if nothing non-empty is found."""
     if source == "stdlib":
         corpus = _stdlib_corpus()
         where = f"the standard library at {sysconfig.get_paths()['stdlib']}"
+    elif source == "python":
+        corpus = _python_corpus(python_roots())
+        where = "the standard library and site-packages directories of this interpreter"
     elif source == "files":
         corpus = _files_corpus(paths)
         where = f"data.paths={paths}"
     else:
-        raise DataError(f"data.source={source!r} is unknown: expected stdlib or files.")
+        raise DataError(f"data.source={source!r} is unknown: expected stdlib, python or files.")
     if not corpus.documents:
         raise DataError(f"the corpus is empty: {len(corpus.files)} files in {where}, no text.")
+    return corpus
+
+
+def read_transfer(transfer: str, paths: list[str]) -> Corpus:
+    """The transfer corpus of `data.transfer` (prose | files), evaluated on, never trained on."""
+    if transfer == "prose":
+        corpus = _prose_corpus()
+    elif transfer == "files":
+        corpus = _files_corpus(paths, key="data.transfer_paths")
+    else:
+        raise DataError(f"data.transfer={transfer!r} is unknown: expected prose or files.")
+    if not corpus.documents:
+        raise DataError(f"the transfer corpus of data.transfer={transfer} is empty: no text.")
     return corpus
 
 
 def _stdlib_corpus() -> Corpus:
     """The running interpreter's standard library: *.py outside tests, valid UTF-8 only."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    names = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in STDLIB_EXCLUDED_DIRS]
-        rel = Path(dirpath).relative_to(root)
-        names += [(rel / f).as_posix() for f in filenames if f.endswith(".py")]
+    names = _python_files(root, STDLIB_EXCLUDED_DIRS)
     documents, files = [], []
-    for name in sorted(names):
+    for name in names:
         try:
             text = (root / name).read_bytes().decode("utf-8")
         except UnicodeDecodeError:
@@ -82,12 +101,111 @@ def _stdlib_corpus() -> Corpus:
     return Corpus(documents, files)
 
 
-def _files_corpus(patterns: list[str]) -> Corpus:
-    """Documents from globs; a file matched by several patterns is read once, named by the first."""
+def _python_files(root: Path, excluded: frozenset[str]) -> list[str]:
+    """Every *.py below `root` outside directories named in `excluded`, relative, sorted."""
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in excluded]
+        rel = Path(dirpath).relative_to(root)
+        names += [(rel / f).as_posix() for f in filenames if f.endswith(".py")]
+    return sorted(names)
+
+
+def python_roots() -> list[tuple[str, Path]]:
+    """(kind, directory) of every tree `data.source=python` reads, in import order.
+
+    The standard library ("stdlib"), then each site-packages directory ("site"): this
+    interpreter's purelib and platlib and any other site-packages or dist-packages on
+    sys.path. A directory reachable under two spellings (a symlink) counts once.
+    """
+    paths = sysconfig.get_paths()
+    site = [p for p in sys.path if p and Path(p).name in SITE_DIRS]
+    site += [paths["purelib"], paths["platlib"]]
+    roots, seen = [], set()
+    for kind, directory in [("stdlib", paths["stdlib"]), *(("site", p) for p in site)]:
+        path = Path(directory)
+        if path.is_dir() and path.resolve() not in seen:
+            seen.add(path.resolve())
+            roots.append((kind, path))
+    return roots
+
+
+def python_files(roots: list[tuple[str, Path]]) -> dict[str, Path]:
+    """Document name -> file for `data.source=python`: `<kind>/<path below its root>`.
+
+    Test directories and __pycache__ are left out (in the standard library also what
+    `stdlib` leaves out). Where two site roots hold the same path, the first on the import
+    path wins: the other is shadowed, so not importable.
+    """
+    files: dict[str, Path] = {}
+    for kind, root in roots:
+        excluded = STDLIB_EXCLUDED_DIRS if kind == "stdlib" else TEST_DIRS
+        for name in _python_files(root, excluded):
+            files.setdefault(f"{kind}/{name}", root / name)
+    return dict(sorted(files.items()))
+
+
+def _python_corpus(roots: list[tuple[str, Path]]) -> Corpus:
+    """Every importable *.py of `roots` (see python_files), valid UTF-8 only, each distinct
+    text once (named by its first name in sorted order), so a package installed twice, or
+    a file vendored verbatim, cannot sit in both splits."""
+    documents, files, seen = [], [], set()
+    for name, path in python_files(roots).items():
+        try:
+            data = path.read_bytes()
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # a dangling link, an unreadable or non-UTF-8 file
+        digest = hashlib.sha256(data).digest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        files.append(name)
+        if text:
+            documents.append(Document(name, text))
+    return Corpus(documents, files)
+
+
+def _prose_corpus() -> Corpus:
+    """The documentation's prose shipped with CPython, one document per topic.
+
+    Read with `ast` from pydoc_data/topics.py, never imported; named `<file>:<topic>`.
+    """
+    path = Path(sysconfig.get_paths()["stdlib"]) / PROSE_FILE
+    if not path.is_file():
+        raise DataError(
+            f"data.transfer=prose reads the Python documentation's prose from {PROSE_FILE} in "
+            f"the standard library, and this interpreter has no {path}; use data.transfer=files "
+            "with data.transfer_paths=[...] instead"
+        )
+    values = [
+        node.value
+        for node in ast.parse(path.read_bytes(), filename=str(path)).body
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["topics"]
+    ]
+    try:
+        topics = ast.literal_eval(values[-1]) if values else None
+    except ValueError:
+        topics = None
+    if not isinstance(topics, dict):
+        raise DataError(f"{path} has no literal dict `topics`; use data.transfer=files instead")
+    documents = [
+        Document(f"{PROSE_FILE}:{name}", text)
+        for name, text in sorted(topics.items())
+        if isinstance(text, str) and text.strip()
+    ]
+    return Corpus(documents, [PROSE_FILE])
+
+
+def _files_corpus(patterns: list[str], key: str = "data.paths") -> Corpus:
+    """Documents from globs; a file matched by several patterns is read once, named by the first.
+
+    `key` is the config field the patterns came from, for error messages.
+    """
     names: dict[str, str] = {}
     for pattern in patterns:
         root = _root(pattern)
-        for path in _expand(pattern):
+        for path in _expand(pattern, key):
             names.setdefault(path, Path(os.path.relpath(path, root)).as_posix())
     documents = [d for path, name in names.items() for d in _read_file(path, name) if d.text]
     return Corpus(documents, list(names))
@@ -103,7 +221,7 @@ def _root(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def _expand(pattern: str) -> list[str]:
+def _expand(pattern: str, key: str) -> list[str]:
     """Files for one entry of data.paths, sorted.
 
     A literal file must exist and have a supported suffix. A glob (or a directory, read as
@@ -115,20 +233,20 @@ def _expand(pattern: str) -> list[str]:
         expanded = os.path.join(expanded, "**", "*")
     elif not glob.has_magic(expanded):
         if not os.path.isfile(expanded):
-            raise DataError(f"data.paths: no such file or directory: {pattern}")
+            raise DataError(f"{key}: no such file or directory: {pattern}")
         if not expanded.lower().endswith(SUPPORTED_SUFFIXES):
             raise DataError(
-                f"data.paths: {pattern} has an unsupported type; supported: "
+                f"{key}: {pattern} has an unsupported type; supported: "
                 f"{', '.join(SUPPORTED_SUFFIXES)}"
             )
         return [os.path.normpath(expanded)]
     matches = [m for m in glob.glob(expanded, recursive=True) if os.path.isfile(m)]
     if not matches:
-        raise DataError(f"data.paths: {pattern} matches no files")
+        raise DataError(f"{key}: {pattern} matches no files")
     supported = [m for m in matches if m.lower().endswith(SUPPORTED_SUFFIXES)]
     if not supported:
         raise DataError(
-            f"data.paths: {pattern} matches {len(matches)} files but none of a supported type "
+            f"{key}: {pattern} matches {len(matches)} files but none of a supported type "
             f"({', '.join(SUPPORTED_SUFFIXES)}), e.g. {sorted(matches)[0]}"
         )
     return sorted(os.path.normpath(m) for m in supported)

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import optax
 
-from scaling.config import Config, to_dict
-from scaling.data import Batches, Dataset, eval_windows, load_dataset
+from scaling.config import Config, is_replica_group, replica_configs, to_dict
+from scaling.data import Batches, Dataset, eval_windows, load_dataset, transfer_windows
 from scaling.data.shards import cache_root
 from scaling.flops import count_params, flops_per_token
 from scaling.model import (
@@ -23,8 +22,8 @@ from scaling.model import (
     resolve_attention,
     resolve_dtype,
 )
-from scaling.optim import lr_schedule, make_optimizer, peak_lr
-from scaling.train import Stage, train, use_compile_cache
+from scaling.optim import lr_schedule, make_optimizer, make_replica_optimizer, peak_lr
+from scaling.train import Replica, Stage, train, train_replicas, use_compile_cache
 
 log = logging.getLogger("scaling")
 
@@ -68,6 +67,12 @@ def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage
         "corpus_cache": dataset.cache_path.name,
         "epochs": batches.epochs(steps),
     }
+    extra_eval = {}
+    if dataset.transfer is not None:
+        extra_eval["transfer"] = transfer_windows(
+            dataset.transfer, t.batch_size, model_cfg.n_ctx, t.eval_batches)
+        record |= {"transfer_corpus": cfg.data.transfer,
+                   "transfer_tokens": int(dataset.transfer.size)}
     return Stage(
         name="pretrain",
         loss_fn=loss_fn,
@@ -79,6 +84,7 @@ def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage
         tokens_per_step=tokens_per_step,
         flops_per_token=flops_per_token(model_cfg),
         record=record,
+        extra_eval=extra_eval,
     )
 
 
@@ -86,9 +92,7 @@ def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage
 class Pretraining:
     """Everything `train` needs besides the run directory; `scaling-bench` times the same."""
 
-    stage: Stage
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
+    replicas: list[Replica]  # the model, or the train.replicas models trained at once
     steps: int
 
 
@@ -99,26 +103,52 @@ def compile_cache_dir(cfg: Config) -> Path | None:
     return Path(cfg.train.compile_cache_dir or cache_root(cfg.data.cache_dir) / "jax")
 
 
+def _replica(cfg: Config, stage: Stage, steps: int, peak: float, lr_in_state: bool) -> Replica:
+    """The model of the standalone config `cfg`, at peak LR `peak`; `lr_in_state` for groups."""
+    schedule = lr_schedule(cfg.train, steps, peak)
+    tx = (make_replica_optimizer(cfg.train, steps, peak) if lr_in_state
+          else make_optimizer(cfg.train, schedule))
+    stage = replace(stage, record={**stage.record, "peak_lr": peak})
+    return Replica(stage, tx, schedule, to_dict(cfg), cfg.train.seed)
+
+
 def prepare(cfg: Config) -> Pretraining:
-    """Prepare the corpus, build the model and its stage, and the optimizer."""
+    """Prepare the corpus, build the model (or each replica) with its stage and optimizer."""
     use_compile_cache(compile_cache_dir(cfg))
     dataset = load_dataset(cfg.data)
     model_cfg = model_config(cfg, dataset.vocab_size)
     stage = pretrain_stage(cfg, dataset, model_cfg)
     steps = cfg.train.tokens // stage.tokens_per_step
-    peak = peak_lr(cfg.train, stage.record["n_params_nonembed"])
-    schedule = lr_schedule(cfg.train, steps, peak)
+    n_nonembed = stage.record["n_params_nonembed"]
+    peak = peak_lr(cfg.train, n_nonembed)
     log.info(
         "pretrain: N=%d non-embedding params (%d total), %d steps of %d tokens, peak lr %.2e, "
-        "%s on %s", stage.record["n_params_nonembed"], stage.record["n_params"], steps,
+        "%s on %s", n_nonembed, stage.record["n_params"], steps,
         stage.tokens_per_step, peak, model_cfg.dtype, jax.devices()[0].device_kind,
     )
-    stage = replace(stage, record={**stage.record, "peak_lr": peak})
-    return Pretraining(stage, make_optimizer(cfg.train, schedule), schedule, steps)
+    if not is_replica_group(cfg.train):
+        return Pretraining([_replica(cfg, stage, steps, peak, lr_in_state=False)], steps)
+    configs = replica_configs(cfg, peak)
+    replicas = [
+        _replica(c, pretrain_stage(c, dataset, model_cfg), steps, peak_lr(c.train, n_nonembed),
+                 lr_in_state=len(configs) > 1)
+        for c in configs
+    ]
+    log.info("%d replicas in one step: seeds %s, peak lrs %s", len(replicas),
+             [r.seed for r in replicas], [f"{r.stage.record['peak_lr']:.2e}" for r in replicas])
+    return Pretraining(replicas, steps)
 
 
 def pretrain(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Pretrain as `cfg` says; returns the run summary."""
+    """Pretrain one model as `cfg` says; returns the run summary."""
+    if is_replica_group(cfg.train):
+        raise ValueError("train.replicas trains a group of models: use pretrain_replicas")
     run = prepare(cfg)
-    return train(run.stage, cfg.train, to_dict(cfg), run_dir, run.tx, run.schedule, run.steps,
-                 cfg.train.seed)
+    return train(run.replicas[0], cfg.train, run_dir, run.steps)
+
+
+def pretrain_replicas(cfg: Config, group_dir: Path) -> list[dict[str, Any]]:
+    """Pretrain the `train.replicas` models of `cfg` at once, each recorded as its own run
+    beside `group_dir` (`scaling.train.train_replicas`); returns their summaries."""
+    run = prepare(cfg)
+    return train_replicas(run.replicas, cfg.train, to_dict(cfg), group_dir, run.steps)

@@ -16,6 +16,7 @@ from analysis.kaplan import (
     completed_runs,
     curve_table,
     finding_batch,
+    finding_transfer,
     law_ns,
     write_kaplan_report,
 )
@@ -180,10 +181,53 @@ def test_figures_are_written_and_shown(report):
         "kaplan_L_D.png",
         "kaplan_L_C.png",
         "kaplan_icl.png",
+        "kaplan_transfer.png",
     ):
         assert (out / name).stat().st_size > 10_000
         assert f'src="{name}"' in html
+    # The transfer plot is shown in the section of finding 5, not in the gallery above.
+    finding_5 = html[html.index("<h4>5. "):html.index("<h4>6. ")]
+    assert 'src="kaplan_transfer.png"' in finding_5
+    assert html.count('src="kaplan_transfer.png"') == 1
     assert html.startswith('<section class="kaplan">') and html.endswith("</section>")
+
+
+def _transfer_sweep(transfer: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Six completed runs with final losses 3.0..2.5, `transfer` their transfer losses, and
+    curves whose transfer loss keeps the final offset all along."""
+    loss = np.linspace(3.0, 2.5, 6)
+    results = pd.DataFrame({"run_id": [f"r{i}" for i in range(6)], "status": "completed",
+                            "N": np.geomspace(1e5, 1e7, 6), "loss": loss,
+                            "transfer_loss": transfer})
+    curves = pd.concat(
+        pd.DataFrame({"run_id": f"r{i}", "step": [1, 10, 100], "tokens": [1e3, 1e4, 1e5],
+                      "flops": [1e9, 1e10, 1e11], "val_loss": L + np.array([2.0, 0.5, 0.0]),
+                      "transfer_loss": T + np.array([2.0, 0.5, 0.0])})
+        for i, (L, T) in enumerate(zip(loss, transfer, strict=True))
+    )
+    return results, curves
+
+
+def test_transfer_with_a_constant_offset_is_reproduced_and_plotted(tmp_path):
+    rng = np.random.default_rng(0)
+    loss = np.linspace(3.0, 2.5, 6)
+    results, curves = _transfer_sweep(loss + 0.4 + rng.normal(0, 0.005, 6))
+    finding = finding_transfer(completed_runs(results))
+    assert finding.verdict == "reproduced"
+    fit = finding.numbers["transfer_loss"]
+    assert fit["slope"] == pytest.approx(1, abs=0.1)
+    assert fit["offset_mean"] == pytest.approx(0.4, abs=0.01)
+    assert fit["intercept"] + fit["slope"] * 2.75 == pytest.approx(3.15, abs=0.01)
+    html, fits = write_kaplan_report(results, curves, tmp_path)
+    assert (tmp_path / "kaplan_transfer.png").stat().st_size > 10_000
+    assert 'src="kaplan_transfer.png"' in html
+    (reported,) = [f for f in fits["kaplan_findings"] if f["number"] == 5]
+    assert reported["figures"] == ["kaplan_transfer.png"]
+
+    doubled, _ = _transfer_sweep(2 * loss)  # the offset grows with the loss: slope 2
+    assert finding_transfer(completed_runs(doubled)).verdict == "not reproduced"
+    html, _ = write_kaplan_report(doubled, None, tmp_path / "no_curves")
+    assert (tmp_path / "no_curves" / "kaplan_transfer.png").exists()
 
 
 def test_eq_1_5_grid_recovers_kaplan_and_skips_what_it_lacks(tmp_path):

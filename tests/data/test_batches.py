@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scaling.data import Batches, DataError, eval_windows
+from scaling.data import Batches, DataError, eval_windows, transfer_windows
 
 
 def windows_of(tokens: np.ndarray, batch: np.ndarray, n_ctx: int) -> list[int]:
@@ -80,3 +80,11 @@ def test_eval_windows_shrink_to_what_the_split_holds():
 def test_eval_windows_need_one_window():
     with pytest.raises(DataError, match=r"validation split has 20 tokens.*n_ctx\+1=21"):
         eval_windows(np.arange(20, dtype=np.uint16), 4, 20, 8)
+
+
+def test_transfer_windows_need_one_full_batch():
+    expected = eval_windows(TOKENS, 4, 16, 3)
+    np.testing.assert_array_equal(transfer_windows(TOKENS, 4, 16, 3), expected)
+    assert transfer_windows(TOKENS[:81], 4, 20, 8).shape == (1, 4, 21)
+    with pytest.raises(DataError, match=r"transfer corpus .* has 80 tokens.*needs 81"):
+        transfer_windows(TOKENS[:80], 4, 20, 8)

@@ -11,6 +11,7 @@ import pytest
 
 from scaling.config import DataConfig
 from scaling.data import DataError, Dataset, load_dataset, shards
+from scaling.data.sources import read_transfer
 
 
 def documents(ds: Dataset, tokens: np.ndarray) -> list[str]:
@@ -95,6 +96,31 @@ def test_missing_path_fails_before_building(data_cfg, tmp_path):
     with pytest.raises(DataError, match=r"no such file or directory: nope\.txt"):
         load_dataset(dataclasses.replace(data_cfg, paths=["nope.txt"]))
     assert not (tmp_path / "cache").exists()
+
+
+def test_transfer_corpus_is_encoded_with_the_runs_own_tokenizer(data_cfg, corpus, monkeypatch):
+    plain = load_dataset(data_cfg)
+    assert plain.transfer is None
+    ds = load_dataset(dataclasses.replace(data_cfg, transfer="prose"))
+    assert ds.cache_path == plain.cache_path  # same shards, same tokenizer
+    assert isinstance(ds.transfer, np.memmap) and int(ds.transfer.max()) < ds.vocab_size
+    assert documents(ds, ds.transfer) == [d.text for d in read_transfer("prose", []).documents]
+    (built,) = [p for p in ds.cache_path.parent.glob("transfer-prose-*") if p.is_dir()]
+    meta = json.loads((built / "meta.json").read_text("utf-8"))
+    assert meta["dataset"] == ds.cache_path.name and meta["tokens"] == len(ds.transfer)
+    files = dataclasses.replace(data_cfg, transfer="files", transfer_paths=["corpus/notes.md"])
+    assert documents(ds, load_dataset(files).transfer) == [corpus["notes.md"]]
+    other = load_dataset(dataclasses.replace(data_cfg, transfer="prose", vocab_size=300))
+    assert len(other.transfer) > len(ds.transfer)  # another tokenizer, another transfer cache
+
+    def no_building(*args):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(shards, "train_bpe", no_building)
+    monkeypatch.setattr(shards, "_write_transfer", no_building)
+    np.testing.assert_array_equal(
+        load_dataset(dataclasses.replace(data_cfg, transfer="prose")).transfer, ds.transfer
+    )
 
 
 def _load_in_child(cfg: DataConfig) -> tuple[str, int, bytes]:

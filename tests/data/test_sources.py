@@ -1,12 +1,20 @@
 """Corpus discovery, jsonl parsing, the errors for bad paths, and the deterministic split."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from scaling.data import DataError
-from scaling.data.sources import Document, read_corpus, split_documents
+from scaling.data import DataError, sources
+from scaling.data.sources import (
+    Document,
+    python_files,
+    python_roots,
+    read_corpus,
+    read_transfer,
+    split_documents,
+)
 
 
 def test_files_corpus_reads_every_supported_file_once_in_sorted_order(corpus):
@@ -120,7 +128,7 @@ def test_stdlib_listing_has_no_tests_and_splits_deterministically():
     assert len(c.files) > 100
     assert c.files == sorted(c.files)
     assert all(f.endswith(".py") for f in c.files)
-    excluded = {"test", "tests", "idle_test", "site-packages", "dist-packages"}
+    excluded = {"test", "tests", "idle_test", "site-packages", "dist-packages", "pydoc_data"}
     assert not [f for f in c.files if excluded & set(f.split("/")[:-1])]
     assert "json/__init__.py" in c.files
     split = split_documents(c.documents, 0.05)
@@ -129,3 +137,58 @@ def test_stdlib_listing_has_no_tests_and_splits_deterministically():
     assert [d.name for d in split.val] == [
         d.name for d in split_documents(read_corpus("stdlib", []).documents, 0.05).val
     ]
+
+
+def test_prose_is_one_document_per_documentation_topic():
+    c = read_transfer("prose", [])
+    names = [d.name for d in c.documents]
+    assert len(names) > 50 and names == sorted(names)
+    assert "pydoc_data/topics.py:assert" in names
+    assert all(d.text.strip() for d in c.documents)
+    assert "assert" in c.documents[names.index("pydoc_data/topics.py:assert")].text
+    assert sum(len(d.text) for d in c.documents) > 100_000
+
+
+def test_missing_prose_file_is_named_with_the_alternative(monkeypatch):
+    monkeypatch.setattr(sources, "PROSE_FILE", "pydoc_data/no_such_topics.py")
+    with pytest.raises(DataError, match=r"no_such_topics\.py.*data\.transfer=files"):
+        read_transfer("prose", [])
+
+
+def test_transfer_files_errors_name_their_own_key(corpus):
+    with pytest.raises(DataError, match=r"data\.transfer_paths: no such file"):
+        read_transfer("files", ["nope.txt"])
+    c = read_transfer("files", ["corpus/notes.md"])
+    assert [d.name for d in c.documents] == ["notes.md"]
+
+
+def test_python_listing_has_stdlib_and_installed_packages_without_tests():
+    files = python_files(python_roots())
+    assert "stdlib/json/__init__.py" in files
+    assert "site/numpy/__init__.py" in files  # a dependency, so installed wherever we run
+    assert {name.split("/")[0] for name in files} == {"stdlib", "site"}
+    skipped = {"test", "tests", "idle_test", "__pycache__", "pydoc_data", "site-packages"}
+    assert not [n for n in files if skipped & set(n.split("/")[1:-1])]
+    assert not [n for n in files if sys.prefix in n or sys.base_prefix in n]
+
+
+def test_python_corpus_drops_shadowed_and_duplicate_files(tmp_path):
+    def tree(root: str, files: dict[str, str]) -> Path:
+        for name, text in files.items():
+            (tmp_path / root / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / root / name).write_text(text)
+        return tmp_path / root
+
+    lib = tree("lib", {"os.py": "import sys\n", "pydoc_data/topics.py": "topics = {}\n",
+                       "test/test_os.py": "x = 1\n"})
+    first = tree("a", {"pkg/x.py": "a = 1\n", "pkg/tests/t.py": "t = 1\n",
+                       "pkg/__pycache__/x.py": "c = 1\n", "pkg/data.txt": "not python\n"})
+    second = tree("b", {"pkg/x.py": "b = 1\n", "other/y.py": "a = 1\n", "other/z.py": "z = 1\n"})
+    roots = [("stdlib", lib), ("site", first), ("site", second)]
+    corpus = sources._python_corpus(roots)
+    texts = {d.name: d.text for d in corpus.documents}
+    # b/pkg/x.py is shadowed by a/pkg/x.py; b/other/y.py repeats a/pkg/x.py's text, and of
+    # the two names the first in sorted order stays.
+    assert texts == {"site/other/y.py": "a = 1\n", "site/other/z.py": "z = 1\n",
+                     "stdlib/os.py": "import sys\n"}
+    assert corpus.files == sorted(texts)

@@ -109,7 +109,7 @@ def test_study_grids_expand_separately_and_take_command_line_overrides():
 
 def test_demo_study_covers_sizes_budgets_shapes_and_batch_sizes():
     runs = study_runs("demo")
-    assert {g: len(r) for g, r in runs.items()} == {"nd": 12, "shape": 4, "batch": 3}
+    assert {g: len(r) for g, r in runs.items()} == {"nd": 12, "shape": 4, "isoflop": 8, "batch": 3}
     assert {cfg.data.transfer for grid in runs.values() for cfg in grid} == {"prose"}
     shape = runs["shape"]
     assert sorted(cfg.model.n_layer for cfg in shape) == [1, 2, 3, 6]

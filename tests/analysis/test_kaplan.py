@@ -18,6 +18,7 @@ from analysis.kaplan import (
     finding_batch,
     finding_transfer,
     law_ns,
+    main_series,
     write_kaplan_report,
 )
 from analysis.uncertainty import bootstrap
@@ -325,3 +326,20 @@ def test_a_resample_that_breaks_the_optimiser_is_a_failed_refit():
 
     fit = bootstrap(fit, data, flaky, k=4, seed=0)
     assert fit.diagnostics["bootstrap"]["failed"] == 2
+
+
+def test_laws_are_fitted_on_one_batch_size_and_one_shape_per_size():
+    def run(run_id, N, D, batch, n_layer, d_model):
+        return {"run_id": run_id, "N": N, "D": D, "tokens_per_step": batch,
+                "model.n_layer": n_layer, "model.d_model": d_model}
+
+    runs = pd.DataFrame([
+        run("n1", 1e5, 1e6, 1024, 2, 64), run("n2", 3e5, 1e6, 1024, 3, 96),
+        run("n3", 8e5, 1e6, 1024, 4, 128), run("n3-short", 8e5, 2.5e5, 1024, 4, 128),
+        run("wide", 3.1e5, 1e6, 1024, 1, 160), run("deep", 2.9e5, 1e6, 1024, 6, 64),
+        run("small-batch", 1e5, 1e6, 256, 2, 64),
+    ])
+    assert sorted(main_series(runs)["run_id"]) == ["n1", "n2", "n3", "n3-short"]
+    # a table without the shape columns keeps every run of the common batch size
+    plain = runs.drop(columns=["model.n_layer", "model.d_model"])
+    assert len(main_series(plain)) == 6

@@ -396,7 +396,8 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
     """N_opt ∝ C^a by three routes: the L(N, D) fit's allocation, the envelope of learning
     curves, and a Chinchilla Approach 3 fit on the same runs. `a` is from the first route
     whose fit is clean (converged inside its bounds, and within 2% rms, or for the envelope,
-    with optimal sizes from 2+ N levels); failing that, the first that converged."""
+    with optimal sizes from 2+ N levels) and whose a lies in (0, 1); failing that, the first
+    that converged."""
     out: dict[str, Any] = {
         "kaplan_a": KAPLAN_A,
         "kaplan_a_eq15": KAPLAN_A_EQ15,
@@ -428,12 +429,15 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
         candidates.append(
             (_tier(fit, clean), "chinchilla allocation", out["from_chinchilla"]["params"]["a"])
         )
+    # a outside (0, 1) shrinks D_opt (or N_opt) as C grows: no allocation, whatever the fit
+    candidates = [(tier if 0 < a < 1 else max(tier, 2), route, a) for tier, route, a in candidates]
     usable = sorted((c for c in candidates if c[0] < 3), key=lambda c: c[0])  # order kept
     if not usable:
         reasons = f"L(N,D): {lnd.skipped or lnd.fit.status}; L(C): {lc.skipped or 'no envelope'}"
         return jsonable(out | {"a": None, "method": None, "status": f"skipped: {reasons}"})
     tier, method, a = usable[0]
-    status = ("ok", "ok, but the fit misses the data by more than 2% rms", "at a bound")[tier]
+    status = ("ok", "ok, but the fit misses the data by more than 2% rms",
+              "at a bound, or a outside (0, 1)")[tier]
     return jsonable(out | {"a": a, "method": method, "status": status})
 
 

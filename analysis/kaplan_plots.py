@@ -13,12 +13,12 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis.allocation import predict
 from analysis.result import Fit
 
-MARKERS = "osD^vPX*"  # one per D level in the loss-against-N figure
+MARKERS = "osD^vPX*hp<>d"  # one per D level in the loss-against-N figure
 MAX_LEGEND = 12
 
 
@@ -235,4 +235,5 @@ def _finish(ax: Axes, xlabel: str, ylabel: str) -> None:
     ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # 2×10⁴ 3×10⁴ … collide under 2 decades
     ax.grid(True, which="both", alpha=0.3)

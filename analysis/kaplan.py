@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy import stats
 
 from analysis import kaplan_plots
 from analysis.allocation import compute_optimal
@@ -173,7 +174,8 @@ def write_kaplan_report(
     icl = per_position_icl(positions, runs) if positions is not None else None
     transfer = finding_transfer(runs)
 
-    figures = _figures(out, runs, cur, ln, ld, lc, icl, transfer, curves)
+    batch = finding_batch(every_curve, no_curves)
+    figures = _figures(out, runs, cur, ln, ld, lc, icl, transfer, curves, every_curve, batch)
     findings = [
         finding_shape(runs, ln, ld, lc),
         finding_smooth(ln, ld, lc),
@@ -182,7 +184,7 @@ def write_kaplan_report(
         transfer,
         finding_sample_efficiency(cur, ln, no_curves),
         finding_stopping(lc, lnd, main),
-        finding_batch(every_curve, no_curves),
+        batch,
     ]
     findings = [
         replace(f, figures=tuple(name for name in FIGURES_OF[f.number] if name in figures))
@@ -258,7 +260,8 @@ def curve_table(curves: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFrame
     table = table.assign(**values)[(np.isfinite(values) & (values > 0)).all(axis=1)]
     if table.empty:
         raise FitInputError("no learning-curve evaluation with a loss belongs to a completed run")
-    return table[["run", "N", "S", "D", "C", "loss", *(["lr"] if "lr" in table else [])]]
+    optional = [c for c in ("lr", "noise_scale") if c in table]
+    return table[["run", "N", "S", "D", "C", "loss", *optional]]
 
 
 def levels(values: pd.Series, ratio: float) -> pd.Series:
@@ -840,11 +843,16 @@ def finding_stopping(lc: LawFit, lnd: LawFit, runs: pd.DataFrame) -> Finding:
 
 
 def finding_batch(curves: pd.DataFrame | None, no_curves: str) -> Finding:
-    """(8) B_crit(L) from runs of one size at several batch sizes: at each loss, steps
-    S = S_min + E_min/B (Kaplan eq 5.4–5.5), so B_crit = E_min/S_min; then
-    B_crit = B_*/L^(1/α_B) across losses."""
+    """(8) B_crit(L) = B_*/L^(1/α_B): from the gradient noise scale where the runs recorded
+    it (`train.noise_scale_batches`, Kaplan §5.1 takes B_crit ≈ B_noise), else from runs of
+    one size at several batch sizes: at each loss, steps S = S_min + E_min/B (Kaplan eq
+    5.4–5.5), so B_crit = E_min/S_min."""
     if curves is None:
         return Finding(8, "not measured", "No learning curves.", no_curves)
+    if "noise_scale" in curves:
+        noise = noise_scale_trend(curves)
+        if noise is not None:
+            return noise
     batch = (curves["D"] / curves["S"]).groupby(curves["run"]).median()
     size = curves.groupby("run")["N"].first()
     varied = [N for N, b in batch.groupby(size) if np.unique(np.round(np.log(b), 3)).size >= 2]
@@ -903,6 +911,54 @@ def finding_batch(curves: pd.DataFrame | None, no_curves: str) -> Finding:
     return Finding(8, "not reproduced", evidence, "B_crit does not grow as the loss falls", numbers)
 
 
+def noise_scale_points(curves: pd.DataFrame) -> pd.DataFrame:
+    """Noise-scale measurements past each run's warmup (the LR at its peak or decaying)."""
+    points = curves[np.isfinite(curves["noise_scale"]) & (curves["noise_scale"] > 0)]
+    if "lr" in points and not points.empty:
+        peak_step = curves.loc[curves.groupby("run")["lr"].idxmax(), ["run", "S"]]
+        points = points.merge(peak_step, on="run", suffixes=("", "_peak"))
+        points = points[points["S"] >= points["S_peak"]].drop(columns="S_peak")
+    return points
+
+
+def noise_scale_trend(curves: pd.DataFrame) -> Finding | None:
+    """B_noise against loss over every evaluation: a robust (Theil–Sen) line in log-log,
+    since single estimates blow up where the true gradient is nearly zero. None when fewer
+    than 10 measurements."""
+    points = noise_scale_points(curves)
+    if len(points) < 10:
+        return None
+    ln_loss, ln_b = np.log(points["loss"].to_numpy()), np.log(points["noise_scale"].to_numpy())
+    slope, intercept, low, high = stats.theilslopes(ln_b, ln_loss)
+    rho = stats.spearmanr(points["loss"], points["noise_scale"]).statistic
+    alpha_B = -1 / slope if slope != 0 else float("nan")
+    numbers = {
+        "method": "gradient noise scale",
+        "alpha_B": alpha_B,
+        "B_star": float(np.exp(intercept)),
+        "slope": slope,
+        "slope_interval": [low, high],
+        "spearman_rho": rho,
+        "n_points": len(points),
+        "n_runs": int(points["run"].nunique()),
+        "kaplan": KAPLAN["B_crit"],
+    }
+    evidence = (
+        f"Gradient noise scale at {len(points)} evaluations of {numbers['n_runs']} runs: "
+        f"{points['noise_scale'].quantile(0.1):.3g}–{points['noise_scale'].quantile(0.9):.3g} "
+        f"tokens (10th–90th percentile); B ∝ L^(−1/α_B) with α_B = {alpha_B:.3f} "
+        f"(Kaplan 0.21), slope {slope:.2f} (95% {low:.2f} to {high:.2f}), Spearman ρ = {rho:.2f}."
+    )
+    if high < 0:
+        return Finding(8, "reproduced", evidence,
+                       "the noise scale grows as the loss falls, as a power", numbers)
+    if slope < 0:
+        return Finding(8, "partly", evidence,
+                       "the trend is right but its interval includes no trend", numbers)
+    return Finding(8, "not reproduced", evidence,
+                   "the noise scale does not grow as the loss falls", numbers)
+
+
 def reach(curve: pd.DataFrame, target: float) -> tuple[float, float]:
     """Steps and tokens at which a curve first reaches `target`, interpolated in log-log
     between evaluations (NaN if it never does)."""
@@ -929,10 +985,10 @@ FIGURES_OF = {
     5: ("kaplan_transfer.png",),
     6: ("kaplan_curves_tokens.png",),
     7: ("kaplan_curves_flops.png",),
-    8: (),
+    8: ("kaplan_noise_scale.png",),
 }
 # Figures shown in their own part of the report rather than in the gallery at its top.
-SECTION_FIGURES = ("kaplan_icl.png", "kaplan_transfer.png")
+SECTION_FIGURES = ("kaplan_icl.png", "kaplan_transfer.png", "kaplan_noise_scale.png")
 
 
 def _figures(
@@ -945,6 +1001,8 @@ def _figures(
     icl: dict[str, Any] | None,
     transfer: Finding,
     curves: pd.DataFrame | None,
+    every_curve: pd.DataFrame | None,
+    batch: Finding,
 ) -> list[str]:
     """Write every figure the data allows; return their file names."""
     figures: dict[str, Figure] = {}
@@ -985,6 +1043,10 @@ def _figures(
     if fitted and "N" in runs:
         during = transfer_curves(curves, runs, next(iter(fitted)))
         figures["kaplan_transfer.png"] = kaplan_plots.transfer(runs, fitted, during)
+    if batch.numbers.get("method") == "gradient noise scale" and every_curve is not None:
+        slope, intercept = batch.numbers["slope"], np.log(batch.numbers["B_star"])
+        figures["kaplan_noise_scale.png"] = kaplan_plots.noise_scale(
+            noise_scale_points(every_curve), slope, intercept)
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110)
     return list(figures)

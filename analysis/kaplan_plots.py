@@ -156,6 +156,28 @@ def per_position(positions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
     return fig
 
 
+def noise_scale(points: pd.DataFrame, slope: float, intercept: float) -> Figure:
+    """The gradient noise scale at every evaluation against the loss there (Kaplan Fig. 10's
+    B_crit(L)), coloured by N, with the robust power-law line B = B_*·L^slope."""
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    norm = LogNorm(points["N"].min(), max(points["N"].max(), points["N"].min() * 1.001))
+    ax.scatter(points["loss"], points["noise_scale"], c=colormaps["viridis"](norm(points["N"])),
+               s=18, edgecolors="0.2", linewidths=0.3)
+    L = np.geomspace(points["loss"].min(), points["loss"].max(), 50)
+    ax.plot(L, np.exp(intercept) * L**slope, color="C3",
+            label=f"B_noise ∝ L^{slope:.2f} (Theil–Sen)")
+    ax.set(xscale="log", yscale="log", xlabel="validation loss (nats/token)",
+           ylabel="gradient noise scale B_simple (tokens)")
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.colorbar(ScalarMappable(norm, colormaps["viridis"]), ax=ax,
+                 label="non-embedding parameters N")
+    ax.set_title("critical batch size: grows as the loss falls (Kaplan: L^-4.8)", fontsize=10)
+    return fig
+
+
 def transfer(
     runs: pd.DataFrame, fits: dict[str, dict], curves: pd.DataFrame | None = None
 ) -> Figure:

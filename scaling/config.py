@@ -78,6 +78,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum sequences each)
     parallel: str = "none"  # none (one device) | dp (batch over all devices) | fsdp (params too)
+    # record the gradient noise scale B_simple (tokens) at every evaluation, from this many
+    # training batches split into micro-batches (McCandlish et al. 2018); 0: off
+    noise_scale_batches: int = 0
     # K same-shape models trained at once, vmapped in one step (seeds seed..seed+K-1), each
     # recorded as its own run; see `replica_configs`
     replicas: int = 1
@@ -195,6 +198,11 @@ def validate(cfg: Config) -> Config:
     _check(t.replicas == 1 or t.parallel == "none", "train.replicas", t.replicas,
            f"1 with train.parallel={t.parallel}: replicas are vmapped on one device, not "
            "sharded (use train.parallel=none)")
+    _check(t.noise_scale_batches >= 0, "train.noise_scale_batches", t.noise_scale_batches,
+           "a non-negative integer (0: off)")
+    _check(t.noise_scale_batches == 0 or t.batch_size % 2 == 0, "train.batch_size",
+           t.batch_size, "an even number of sequences when train.noise_scale_batches > 0 "
+           "(the noise scale compares half-batch and whole-batch gradients)")
     _check(t.checkpoint_every_seconds > 0, "train.checkpoint_every_seconds",
            t.checkpoint_every_seconds, "a positive number of seconds")
     return cfg

@@ -31,7 +31,7 @@ BOOKKEEPING_FIELDS = frozenset({
 # Keys added after runs were first recorded, with their defaults: at its default such a key
 # stays out of the identity, so that the runs recorded before it keep their ids and resume.
 LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transfer": "none",
-                "data.transfer_paths": []}
+                "data.transfer_paths": [], "train.noise_scale_batches": 0}
 IDENTITY_GROUPS = ("model", "data", "train")
 LOCK_FILE = ".lock"
 

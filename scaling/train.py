@@ -233,6 +233,70 @@ def make_eval(loss_fn: LossFn, replicas: int = 1):
     return jax.jit(_over_replicas(evaluate, replicas))
 
 
+def noise_scale_micro_batches(batch_size: int) -> int:
+    """Slices of a batch behind the noise scale: 4 where the batch divides, else 2."""
+    return 4 if batch_size % 4 == 0 else 2
+
+
+def make_gradient_norms(loss_fn: LossFn, micro_batches: int, replicas: int = 1):
+    """(params, batches [n, B, ...]) -> [mean |g_slice|², mean |g_batch|²] over the n batches.
+
+    Each batch is cut into `micro_batches` slices of B/micro_batches rows; g_slice is one
+    slice's gradient, g_batch their mean (the batch's). The two numbers give the gradient noise
+    scale (`noise_scale`). With K > 1 replicas: [K, 2], each replica on its own batches.
+    """
+
+    def square(tree: Params) -> jax.Array:
+        return sum(jnp.vdot(x, x).real for x in jax.tree_util.tree_leaves(tree))
+
+    def norms(params: Params, batches: jax.Array) -> jax.Array:
+        def one(batch: jax.Array) -> jax.Array:
+            slices = batch.reshape(micro_batches, -1, *batch.shape[1:])
+
+            def add(carry, micro_batch):
+                grad_sum, slice_squares = carry
+                grads = jax.grad(loss_fn)(params, micro_batch)
+                return (jax.tree_util.tree_map(jnp.add, grad_sum, grads),
+                        slice_squares + square(grads)), None
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            (grad_sum, slice_squares), _ = jax.lax.scan(add, (zeros, 0.0), slices)
+            mean = jax.tree_util.tree_map(lambda g: g / micro_batches, grad_sum)
+            return jnp.stack([slice_squares / micro_batches, square(mean)])
+
+        return jnp.mean(jax.lax.map(one, batches), axis=0)
+
+    return jax.jit(jax.vmap(norms) if replicas > 1 else norms)
+
+
+def noise_scale(slice_square: float, batch_square: float, slice_rows: int, micro_batches: int,
+                tokens_per_row: int) -> float:
+    """The simple gradient noise scale B_simple = tr(Σ) / |G|², in tokens (McCandlish et al.
+    2018, App. A): unbiased |G|² and tr(Σ) from the squared gradient norms at two batch sizes.
+    Kaplan et al. 2020 (§5.1) take it as the critical batch size. NaN where the estimates are
+    not positive (too few batches for the noise)."""
+    small, big = slice_rows, slice_rows * micro_batches
+    true_square = (big * batch_square - small * slice_square) / (big - small)
+    trace = (slice_square - batch_square) / (1 / small - 1 / big)
+    if true_square <= 0 or trace <= 0:
+        return math.nan
+    return trace / true_square * tokens_per_row
+
+
+def _noise_scales(gradient_norms: Callable, params: Params, replicas: Sequence[Replica],
+                  placement: Placement, step: int, n_batches: int,
+                  micro_batches: int) -> list[float]:
+    """Each replica's noise scale at `step`, from its next `n_batches` training batches."""
+    batches = np.stack([replica_batch(replicas, step + j) for j in range(n_batches)])
+    if len(replicas) > 1:
+        batches = batches.swapaxes(0, 1)  # [K, n, B, ...]
+    norms = _per_replica(gradient_norms(params, placement.batch(batches, axis=batches.ndim - 2)),
+                         len(replicas))
+    rows, tokens_per_row = batches.shape[-2], batches.shape[-1] - 1
+    return [noise_scale(float(s), float(b), rows // micro_batches, micro_batches, tokens_per_row)
+            for s, b in norms]
+
+
 def _check_same_run(saved: dict, current: dict, run_dir: Path) -> None:
     saved_id, current_id = identity(saved), identity(current)
     changed = [
@@ -434,6 +498,8 @@ def _train(
     extra_eval = {f"{name}_loss": jnp.asarray(placement.batch(data, axis=1))
                   for name, data in stage.extra_eval.items()}
     eval_at = set(eval_steps(total_steps, cfg.eval_count))
+    micro_batches = noise_scale_micro_batches(len(stage.train_batch(0)))
+    gradient_norms = make_gradient_norms(stage.loss_fn, micro_batches, k)
     start_step = int(np.max(state["step"]))
     progress = TrainProgress(total_steps, start_step)
     clock = _Clock()
@@ -469,6 +535,10 @@ def _train(
                     val_loss = _per_replica(evaluate(state["params"], eval_data), k)
                     extra = {column: _per_replica(evaluate(state["params"], data), k)
                              for column, data in extra_eval.items()}
+                    if cfg.noise_scale_batches:
+                        extra["noise_scale"] = _noise_scales(
+                            gradient_norms, state["params"], replicas, placement, step,
+                            cfg.noise_scale_batches, micro_batches)
                 train_loss = _per_replica(state["loss_sum"] / state["loss_count"], k)
                 grad_norm = _per_replica(metrics["grad_norm"], k)
                 tokens_per_s = eval_meter.rate(step)

@@ -126,3 +126,21 @@ def test_a_transfer_corpus_is_scored_at_every_evaluation(tiny_config, tmp_path):
     assert metrics["transfer_loss"].iloc[-1] < metrics["transfer_loss"].iloc[0]
     assert summary["transfer_corpus"] == "prose" and summary["transfer_tokens"] > 10_000
     assert read_summary(tmp_path)["transfer_loss"] == summary["transfer_loss"]
+
+
+def test_the_noise_scale_estimator_recovers_a_known_gradient_noise():
+    # E|g_b|^2 = |G|^2 + tr(S)/b: with |G|^2 = 1 and tr(S) = 100 per row, B_simple = 100 rows
+    small, big = 1 + 100 / 4, 1 + 100 / 16
+    assert train_module.noise_scale(small, big, 4, 4, tokens_per_row=32) == pytest.approx(3200)
+    assert math.isnan(train_module.noise_scale(1.0, 1.0, 4, 4, 32))  # no noise measured
+
+
+def test_the_gradient_noise_scale_is_recorded_at_every_evaluation(tiny_config, tmp_path):
+    summary = pretrain(tiny_config(noise_scale_batches=2), tmp_path)
+    assert summary["status"] == "completed"
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert tuple(metrics.columns) == (*METRIC_COLUMNS, "noise_scale")
+    measured = metrics["noise_scale"].dropna()
+    assert len(measured) >= len(metrics) // 2 and (measured > 0).all()
+    # a training batch is 256 tokens: the measured noise scale is of that order, not 0 or 1e9
+    assert 1 < measured.median() < 1e6

@@ -343,3 +343,20 @@ def test_laws_are_fitted_on_one_batch_size_and_one_shape_per_size():
     # a table without the shape columns keeps every run of the common batch size
     plain = runs.drop(columns=["model.n_layer", "model.d_model"])
     assert len(main_series(plain)) == 6
+
+
+def test_the_critical_batch_size_trend_is_read_from_the_gradient_noise_scale():
+    rng = np.random.default_rng(0)
+    loss = np.geomspace(6.0, 3.0, 40)
+    curves = pd.DataFrame({
+        "run": np.repeat(["a", "b"], 20), "N": np.repeat([1e5, 1e6], 20),
+        "S": np.tile(np.arange(1, 21), 2), "loss": loss, "lr": 1e-3,
+        # Kaplan's form, B_crit = B_* / L^(1/0.2), with lognormal scatter and one blow-up
+        "noise_scale": 2e8 / loss**5 * np.exp(rng.normal(0, 0.2, 40)),
+    })
+    curves.loc[7, "noise_scale"] = 1e12
+    finding = finding_batch(curves, "")
+    assert finding.verdict == "reproduced"
+    assert finding.numbers["alpha_B"] == pytest.approx(0.2, rel=0.15)
+    flat = curves.assign(noise_scale=5e4 * np.exp(rng.normal(0, 0.2, 40)))
+    assert finding_batch(flat, "").verdict != "reproduced"

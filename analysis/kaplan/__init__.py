@@ -1,0 +1,182 @@
+"""Kaplan et al. 2020 on a sweep's tables: L(N), L(D), L(C), L(N, D), L(N, S), the
+compute-optimal exponent, and a verdict on each of the paper's eight qualitative findings.
+
+`write_kaplan_report` returns an HTML section and a dict for `fits.json`. Conventions are
+Kaplan's: N counts non-embedding parameters, C is the run's training FLOPs, losses are in
+nats/token. Every law or finding the tables cannot support is recorded as skipped or "not
+measured" with the reason, never raised; only an empty results table is an error.
+
+The package: `constants` (Kaplan's numbers; the verdict thresholds are imported from
+there), `tables` (which rows each fit reads), `fits` (the laws), `icl` (loss per context
+position), `findings` and `batch` (the verdicts), `section` (figures and HTML); this module
+ties them together.
+"""
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.kaplan.batch import finding_batch, noise_scale_points, noise_scale_trend
+from analysis.kaplan.constants import (
+    CHINCHILLA_A,
+    FINDINGS,
+    KAPLAN,
+    KAPLAN_A,
+    KAPLAN_A_EQ15,
+    KAPLAN_STOP_GAP,
+    VERDICTS,
+)
+from analysis.kaplan.findings import (
+    Finding,
+    finding_learning_curves,
+    finding_overfitting,
+    finding_sample_efficiency,
+    finding_shape,
+    finding_smooth,
+    finding_stopping,
+    finding_transfer,
+    reach,
+    shape_groups,
+)
+from analysis.kaplan.fits import (
+    LawFit,
+    after_warmup,
+    compute_optimal_exponent,
+    law_c,
+    law_d,
+    law_n,
+    law_nd,
+    law_ns,
+)
+from analysis.kaplan.icl import per_position_icl
+from analysis.kaplan.section import FIGURES_OF, _figures, _html
+from analysis.kaplan.tables import (
+    completed_runs,
+    curve_table,
+    levels,
+    main_series,
+    transfer_curves,
+)
+from analysis.result import jsonable
+from analysis.table import FitInputError
+
+__all__ = [
+    "CHINCHILLA_A",
+    "FINDINGS",
+    "KAPLAN",
+    "KAPLAN_A",
+    "KAPLAN_A_EQ15",
+    "KAPLAN_STOP_GAP",
+    "VERDICTS",
+    "Finding",
+    "LawFit",
+    "after_warmup",
+    "completed_runs",
+    "compute_optimal_exponent",
+    "curve_table",
+    "finding_batch",
+    "finding_learning_curves",
+    "finding_overfitting",
+    "finding_sample_efficiency",
+    "finding_shape",
+    "finding_smooth",
+    "finding_stopping",
+    "finding_transfer",
+    "law_c",
+    "law_d",
+    "law_n",
+    "law_nd",
+    "law_ns",
+    "levels",
+    "main_series",
+    "noise_scale_points",
+    "noise_scale_trend",
+    "per_position_icl",
+    "reach",
+    "shape_groups",
+    "transfer_curves",
+    "write_kaplan_report",
+]
+
+
+def write_kaplan_report(
+    results: pd.DataFrame,
+    curves: pd.DataFrame | None,
+    out_dir: str | Path,
+    *,
+    positions: pd.DataFrame | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> tuple[str, dict[str, Any]]:
+    """Fit Kaplan's laws, judge the eight findings, write `kaplan_*.png` into `out_dir`.
+
+    `results` has one row per run (run_id, status, N, n_params, D, C, loss, best_val_loss,
+    model.n_layer, ...), `curves` one row per evaluation (run_id, step, tokens, flops,
+    val_loss, lr), `positions` the validation loss per context position (run_id, position,
+    loss). Only completed runs count. Returns the HTML section (image paths relative to
+    `out_dir`) and a dict for fits.json with keys "L(N)", "L(D)", "L(C)", "L(N,D)",
+    "N_opt(C)", "L(N,S)", "kaplan_findings" and, with `positions`, "icl".
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = completed_runs(results)
+    main = main_series(runs)
+    boot = {"n_bootstrap": n_bootstrap, "seed": seed}
+    try:
+        cur, every_curve, no_curves = curve_table(curves, main), curve_table(curves, runs), ""
+    except FitInputError as error:
+        cur, every_curve, no_curves = None, None, str(error)
+
+    ln = _guard("L(N)", "power", lambda: law_n(main, **boot))
+    ld = _guard("L(D)", "power", lambda: law_d(main, **boot))
+    lc = _guard("L(C)", "envelope", lambda: law_c(_need(cur, no_curves), **boot))
+    lnd = _guard("L(N,D)", "kaplan-nd", lambda: law_nd(main, **boot))
+    lns = _guard("L(N,S)", "kaplan-ns", lambda: law_ns(_need(cur, no_curves), **boot))
+    n_opt = compute_optimal_exponent(lnd, lc)
+    icl = per_position_icl(positions, runs) if positions is not None else None
+    transfer = finding_transfer(runs)
+
+    batch = finding_batch(every_curve, no_curves)
+    figures = _figures(out, runs, cur, ln, ld, lc, icl, transfer, curves, every_curve, batch)
+    findings = [
+        finding_shape(runs, ln, ld, lc),
+        finding_smooth(ln, ld, lc),
+        finding_overfitting(lnd, main),
+        finding_learning_curves(lns),
+        transfer,
+        finding_sample_efficiency(cur, ln, no_curves),
+        finding_stopping(lc, lnd, main),
+        batch,
+    ]
+    findings = [
+        replace(f, figures=tuple(name for name in FIGURES_OF[f.number] if name in figures))
+        for f in findings
+    ]
+    out_dict: dict[str, Any] = {law.key: law.to_dict() for law in (ln, ld, lc)}
+    out_dict["L(N,D)"] = lnd.to_dict() | {
+        name: lnd.fit.params[name] if lnd.fit else None
+        for name in ("alpha_N", "alpha_D", "N_c", "D_c")
+    }
+    out_dict["N_opt(C)"] = n_opt
+    out_dict["L(N,S)"] = lns.to_dict()
+    out_dict["kaplan_findings"] = [f.to_dict() for f in findings]
+    if icl is not None:
+        out_dict["icl"] = jsonable({k: v for k, v in icl.items() if k not in ("table", "scores")})
+    return _html(runs, (ln, ld, lc, lnd, lns), n_opt, findings, figures, icl), out_dict
+
+
+def _guard(key: str, law: str, build: Callable[[], LawFit]) -> LawFit:
+    """The law, or a skipped record with the reason when the data cannot support it."""
+    try:
+        return build()
+    except FitInputError as error:
+        return LawFit(key, law, skipped=str(error))
+
+
+def _need(table: pd.DataFrame | None, reason: str) -> pd.DataFrame:
+    if table is None:
+        raise FitInputError(reason)
+    return table

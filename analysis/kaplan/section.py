@@ -1,0 +1,217 @@
+"""The Kaplan part of the report: the figures (drawn by `analysis.kaplan_plots`) and
+the HTML section with the exponents against Kaplan's and one part per finding. Kept
+apart so the fits and verdicts never depend on how they are shown. Not named `html`,
+which would shadow the standard library module it uses.
+"""
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import kaplan_plots
+from analysis.kaplan.batch import noise_scale_points
+from analysis.kaplan.constants import CHINCHILLA_A, D_LEVEL_RATIO, KAPLAN, KAPLAN_A, KAPLAN_A_EQ15
+from analysis.kaplan.findings import Finding
+from analysis.kaplan.fits import LawFit
+from analysis.kaplan.tables import levels, main_series, transfer_curves
+from analysis.result import Fit
+
+FIGURES_OF = {
+    1: ("kaplan_loss_vs_params.png",),
+    2: ("kaplan_L_D.png", "kaplan_L_C.png"),
+    3: (),
+    4: ("kaplan_curves_tokens.png",),
+    5: ("kaplan_transfer.png",),
+    6: ("kaplan_curves_tokens.png",),
+    7: ("kaplan_curves_flops.png",),
+    8: ("kaplan_noise_scale.png",),
+}
+# Figures shown in their own part of the report rather than in the gallery at its top.
+SECTION_FIGURES = ("kaplan_icl.png", "kaplan_transfer.png", "kaplan_noise_scale.png")
+
+
+def _figures(
+    out: Path,
+    runs: pd.DataFrame,
+    cur: pd.DataFrame | None,
+    ln: LawFit,
+    ld: LawFit,
+    lc: LawFit,
+    icl: dict[str, Any] | None,
+    transfer: Finding,
+    curves: pd.DataFrame | None,
+    every_curve: pd.DataFrame | None,
+    batch: Finding,
+) -> list[str]:
+    """Write every figure the data allows; return their file names."""
+    figures: dict[str, Figure] = {}
+    if {"N", "D", "loss"} <= set(runs) and not runs.empty:
+        figures["kaplan_loss_vs_params.png"] = kaplan_plots.loss_vs_params(
+            runs, ln.fit, levels(runs["D"], D_LEVEL_RATIO)
+        )
+    if cur is not None:
+        figures["kaplan_curves_tokens.png"] = kaplan_plots.learning_curves(cur, "D", "tokens D")
+        figures["kaplan_curves_flops.png"] = kaplan_plots.learning_curves(
+            cur, "C", "compute C (FLOP)", lc.frontier, lc.fit, lc.points
+        )
+    if ld.fit is not None:
+        others = runs[~runs["run_id"].isin(ld.info["run_ids"])]
+        figures["kaplan_L_D.png"] = kaplan_plots.power_law(
+            ld.points,
+            "D",
+            ld.fit,
+            ld.pure,
+            "tokens D",
+            f"L(D), early-stopped, N = {ld.info['N']:.3g} (grey: other sizes)",
+            others.assign(loss=others["early_loss"]),
+        )
+    if lc.fit is not None and lc.frontier is not None:
+        rest = lc.frontier[~lc.frontier["C"].isin(lc.points["C"])]
+        figures["kaplan_L_C.png"] = kaplan_plots.power_law(
+            lc.points,
+            "C",
+            lc.fit,
+            lc.pure,
+            "compute C (FLOP)",
+            "L(C) on the compute-efficient frontier (grey: not fitted)",
+            rest,
+        )
+    if icl is not None and icl.get("status") == "ok":
+        figures["kaplan_icl.png"] = kaplan_plots.per_position(icl["table"], icl["scores"])
+    fitted = {c: v for c, v in transfer.numbers.items() if "slope" in v}
+    if fitted and "N" in runs:
+        during = transfer_curves(curves, runs, next(iter(fitted)))
+        figures["kaplan_transfer.png"] = kaplan_plots.transfer(runs, fitted, during)
+    if batch.numbers.get("method") == "gradient noise scale" and every_curve is not None:
+        slope, intercept = batch.numbers["slope"], np.log(batch.numbers["B_star"])
+        figures["kaplan_noise_scale.png"] = kaplan_plots.noise_scale(
+            noise_scale_points(every_curve), slope, intercept)
+    for name, figure in figures.items():
+        figure.savefig(out / name, dpi=110)
+    return list(figures)
+
+
+def _html(
+    runs: pd.DataFrame,
+    laws: tuple[LawFit, ...],
+    n_opt: dict[str, Any],
+    findings: list[Finding],
+    figures: list[str],
+    icl: dict[str, Any] | None,
+) -> str:
+    """The section: the exponents against Kaplan's, the figures, then one part per finding."""
+    e = html.escape
+    main_count = len(main_series(runs))
+    span = ", ".join(
+        f"{c} ×{runs[c].max() / runs[c].min():.3g}"
+        for c in ("N", "D", "C")
+        if c in runs and len(runs) and runs[c].min() > 0
+    )
+    parts = [
+        '<section class="kaplan">',
+        "<h2>Kaplan et al. 2020: laws and findings</h2>",
+        f"<p>{len(runs)} completed runs ({e(span)}); the laws are fitted on the "
+        f"{main_count} of one batch size and one shape per size (the others are batch-size and "
+        "depth variations, for findings 8 and 1). N counts non-embedding parameters, C "
+        "the training FLOPs, losses are nats/token. Kaplan's constants hold for WebText2 with "
+        "GPT-2's 50,257-token BPE and N up to 1.5e9; compare exponents, not constants, and "
+        "mind the range.</p>",
+        "<h3>Exponents against Kaplan's</h3>",
+        _exponent_table(laws, n_opt),
+        "<div>"
+        + "".join(
+            f'<img src="{e(f)}" alt="{e(f)}" width="520">'
+            for f in figures
+            if f not in SECTION_FIGURES
+        )
+        + "</div>",
+        "<h3>The eight findings</h3>",
+        "<table><tr><th>#</th><th>finding</th><th>verdict</th></tr>"
+        + "".join(
+            f"<tr><td>{f.number}</td><td>{e(f.title)}</td><td>{e(f.verdict)}</td></tr>"
+            for f in findings
+        )
+        + "</table>",
+    ]
+    for f in findings:
+        parts += [
+            f"<h4>{f.number}. {e(f.title)}: {e(f.verdict)}</h4>",
+            f"<p>{e(f.evidence)}</p>",
+            f'<p class="verdict">Verdict: <strong>{e(f.verdict)}</strong>'
+            + (f" ({e(f.reason)})" if f.reason else "")
+            + ".</p>",
+        ]
+        if f.figures:
+            links = ", ".join(f'<a href="{e(name)}">{e(name)}</a>' for name in f.figures)
+            parts.append(f"<p>Figures: {links}</p>")
+        parts += [
+            f'<img src="{e(name)}" alt="{e(name)}" width="900">'
+            for name in f.figures
+            if name in SECTION_FIGURES
+        ]
+    if icl is not None:
+        parts.append("<h3>Loss per context position (in-context learning)</h3>")
+        if icl.get("status") == "ok":
+            slope = icl.get("score_slope_per_decade_N")
+            parts.append(
+                f"<p>{e(icl['definition'])}. Median α_T = {_num(icl['alpha_T_median'])}; ICL "
+                f"score changes by {_num(slope)} nats per decade of N (more negative: the "
+                "model uses its context more).</p>"
+                + pd.DataFrame(icl["runs"]).to_html(
+                    index=False, float_format=lambda v: f"{v:.4g}", border=0
+                )
+                + '<img src="kaplan_icl.png" alt="per-position loss" width="900">'
+            )
+        else:
+            parts.append(f"<p>{e(icl['status'])}</p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _exponent_table(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> str:
+    """One row per fitted constant: ours (with interval), how it was fitted, Kaplan's."""
+    rows = []
+    for law in laws:
+        names = {"L(N,D)": ("alpha_N", "alpha_D"), "L(N,S)": ("alpha_N", "alpha_S")}
+        for name in names.get(law.key, ("alpha",)):
+            if law.fit is None:
+                kaplan = _num(KAPLAN[law.key][name])
+                rows.append((law.key, name, "—", f"skipped: {law.skipped}", "", kaplan))
+                continue
+            value = _num(law.fit.params[name]) + _interval(law.fit, name)
+            how = (
+                f"{law.info.get('form', law.law)}; {law.fit.n_points} points; "
+                f"rms {law.rms():.2%}; {law.fit.status}"
+            )
+            pure = _num(law.pure.params["alpha"]) if law.pure is not None else ""
+            rows.append((law.key, name, value, how, pure, _num(KAPLAN[law.key][name])))
+    rows.append(
+        (
+            "N_opt ∝ C^a",
+            "a",
+            _num(n_opt.get("a")),
+            str(n_opt.get("method") or n_opt["status"]),
+            "",
+            f"{KAPLAN_A} (eq 1.5 with Kaplan's constants: {KAPLAN_A_EQ15:.3f}; Chinchilla "
+            f"{CHINCHILLA_A})",
+        )
+    )
+    header = ("law", "constant", "ours", "fit", "ours, pure form", "Kaplan")
+    return pd.DataFrame(rows, columns=header).to_html(index=False, border=0, escape=True)
+
+
+def _interval(fit: Fit, name: str) -> str:
+    if name not in fit.intervals:
+        return ""
+    lo, hi = fit.intervals[name]
+    return f" [{lo:.3g}, {hi:.3g}]"
+
+
+def _num(value: Any) -> str:
+    if value is None or not np.isfinite(value):
+        return "—"
+    return f"{value:.3g}"

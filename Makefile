@@ -17,7 +17,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/scaling-train --config-dir sweeps --config-name demo hydra/launcher=local \
-		hydra.launcher.n_jobs=1
+		hydra.launcher.n_jobs=2
 	$(BIN)/scaling-report runs/demo
 
 test: $(STAMP)

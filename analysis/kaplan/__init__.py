@@ -165,7 +165,7 @@ def write_kaplan_report(
     out_dict["kaplan_findings"] = [f.to_dict() for f in findings]
     if icl is not None:
         out_dict["icl"] = jsonable({k: v for k, v in icl.items() if k not in ("table", "scores")})
-    return _html(runs, (ln, ld, lc, lnd, lns), n_opt, findings, figures, icl), out_dict
+    return _html(runs, len(main), (ln, ld, lc, lnd, lns), n_opt, findings, figures, icl), out_dict
 
 
 def _guard(key: str, law: str, build: Callable[[], LawFit]) -> LawFit:

@@ -17,7 +17,7 @@ from analysis.kaplan.batch import noise_scale_points
 from analysis.kaplan.constants import CHINCHILLA_A, D_LEVEL_RATIO, KAPLAN, KAPLAN_A, KAPLAN_A_EQ15
 from analysis.kaplan.findings import Finding
 from analysis.kaplan.fits import LawFit
-from analysis.kaplan.tables import levels, main_series, transfer_curves
+from analysis.kaplan.tables import levels, transfer_curves
 from analysis.result import Fit
 
 FIGURES_OF = {
@@ -97,6 +97,7 @@ def _figures(
 
 def _html(
     runs: pd.DataFrame,
+    main_count: int,
     laws: tuple[LawFit, ...],
     n_opt: dict[str, Any],
     findings: list[Finding],
@@ -105,7 +106,6 @@ def _html(
 ) -> str:
     """The section: the exponents against Kaplan's, the figures, then one part per finding."""
     e = html.escape
-    main_count = len(main_series(runs))
     span = ", ".join(
         f"{c} ×{runs[c].max() / runs[c].min():.3g}"
         for c in ("N", "D", "C")

@@ -148,12 +148,7 @@ def _write(out: Path, cfg: DataConfig, corpus: Corpus) -> None:
     np.save(out / "val.npy", val)
     meta = {
         "format": FORMAT_VERSION,
-        "source": {
-            "kind": cfg.source,
-            "paths": list(cfg.paths),
-            "python": sys.version.split()[0],
-            "files": corpus.files,
-        },
+        "source": _source_meta(cfg.source, cfg.paths, corpus),
         "tokenizer": {
             "kind": cfg.tokenizer,
             "requested_vocab_size": _settings(cfg)["vocab_size"],
@@ -185,6 +180,12 @@ def _load_transfer(cfg: DataConfig, dataset: Dataset) -> np.ndarray:
     return np.load(path / "tokens.npy", mmap_mode="r")
 
 
+def _source_meta(kind: str, paths: list[str], corpus: Corpus) -> dict:
+    """Where a cached corpus came from, for its meta.json."""
+    return {"kind": kind, "paths": list(paths), "python": sys.version.split()[0],
+            "files": corpus.files}
+
+
 def _write_transfer(out: Path, cfg: DataConfig, corpus: Corpus, dataset: Dataset) -> None:
     """Encode the transfer documents with the dataset's tokenizer; meta.json last."""
     start = time.perf_counter()
@@ -192,12 +193,7 @@ def _write_transfer(out: Path, cfg: DataConfig, corpus: Corpus, dataset: Dataset
     np.save(out / "tokens.npy", tokens)
     meta = {
         "format": FORMAT_VERSION,
-        "source": {
-            "kind": cfg.transfer,
-            "paths": list(cfg.transfer_paths),
-            "python": sys.version.split()[0],
-            "files": corpus.files,
-        },
+        "source": _source_meta(cfg.transfer, cfg.transfer_paths, corpus),
         "dataset": dataset.cache_path.name,  # whose tokenizer encoded it
         "documents": len(corpus.documents),
         "tokens": len(tokens),

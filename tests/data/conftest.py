@@ -7,6 +7,9 @@ import pytest
 
 from scaling.config import DataConfig
 
+# Every character besides "\n" and "\r" at which str.splitlines() breaks a line: text to a
+# JSON Lines or text reader.
+SPLITLINES_ONLY = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
 JAPANESE = "吾輩は猫である。名前はまだ無い。\nどこで生れたかとんと見当がつかぬ。\n"
 
 

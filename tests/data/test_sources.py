@@ -15,6 +15,7 @@ from scaling.data.sources import (
     read_transfer,
     split_documents,
 )
+from tests.data.conftest import JSONL_TEXTS, SPLITLINES_ONLY, corpus_texts
 
 
 def test_files_corpus_reads_every_supported_file_once_in_sorted_order(corpus):
@@ -57,6 +58,45 @@ def test_bad_jsonl_line_names_file_and_line(corpus, line, reason):
         read_corpus("files", ["bad.jsonl"])
 
 
+@pytest.mark.parametrize("sep", SPLITLINES_ONLY, ids=ascii)
+def test_jsonl_strings_keep_the_characters_splitlines_breaks_at(corpus, sep):
+    texts = [f"before{sep}after", f"{sep}", f"a{sep}{sep}b"]
+    # Written raw: json.dumps escapes the C0 ones (\v, \f, \x1c-\x1e), but corpora hold them raw.
+    Path("sep.jsonl").write_text("".join(f'{{"text": "{t}"}}\n' for t in texts), "utf-8")
+    c = read_corpus("files", ["sep.jsonl"])
+    assert [(d.name, d.text) for d in c.documents] == [
+        (f"sep.jsonl:{i}", t) for i, t in enumerate(texts, start=1)
+    ]
+
+
+def test_crlf_and_bom_files_read_as_lf_files(corpus):
+    jsonl = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in JSONL_TEXTS)
+    plain = corpus_texts()["notes.md"]
+    for name, head, newline in [("lf", "", "\n"), ("crlf", "", "\r\n"), ("bom", "\ufeff", "\r\n")]:
+        Path(name).mkdir()
+        for suffix, text in [("jsonl", jsonl), ("md", plain)]:
+            Path(name, f"x.{suffix}").write_bytes((head + text.replace("\n", newline)).encode())
+    lf, crlf, bom = ([(d.name, d.text) for d in read_corpus("files", [d]).documents]
+                     for d in ("lf", "crlf", "bom"))
+    assert crlf == bom == lf
+    records = [(f"x.jsonl:{i}", t) for i, t in enumerate(JSONL_TEXTS, start=1)]
+    assert lf == [*records, ("x.md", plain)]
+
+
+def test_malformed_jsonl_line_after_a_line_separator_names_its_physical_line(corpus):
+    first = json.dumps({"text": "one\u2028two\u2029three\x85four"}, ensure_ascii=False)
+    Path("ls.jsonl").write_text(f'{first}\n{{"text": "ok"}}\n{{oops\n', "utf-8")
+    with pytest.raises(DataError, match=r"^ls\.jsonl:3: malformed JSON"):
+        read_corpus("files", ["ls.jsonl"])
+
+
+def test_invalid_utf8_in_jsonl_names_file_and_line(corpus):
+    good = '{"text": "\u2028"}\n{"text": "ok"}\n'.encode()
+    Path("bad.jsonl").write_bytes(good + b'{"text": "\xff"}\n')
+    with pytest.raises(DataError, match=r"^bad\.jsonl:3: not valid UTF-8"):
+        read_corpus("files", ["bad.jsonl"])
+
+
 def test_missing_path_is_named(corpus):
     with pytest.raises(DataError, match=r"no such file or directory: corpus/missing\.txt"):
         read_corpus("files", ["corpus/a.py", "corpus/missing.txt"])
@@ -82,7 +122,7 @@ def test_directory_is_read_recursively(corpus):
 
 def test_non_utf8_file_is_named(corpus):
     Path("latin1.txt").write_bytes("café".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1\.txt is not valid UTF-8"):
+    with pytest.raises(DataError, match=r"latin1\.txt:1: not valid UTF-8"):
         read_corpus("files", ["latin1.txt"])
 
 

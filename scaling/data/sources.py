@@ -202,17 +202,26 @@ def _prose_corpus() -> Corpus:
 
 
 def _files_corpus(patterns: list[str], key: str = "data.paths") -> Corpus:
-    """Documents from globs; a file matched by several patterns is read once, named by the first.
+    """Documents from the files of globs (see file_names); `key` names their config field."""
+    names = file_names(patterns, key)
+    documents = [d for path, name in names.items() for d in _read_file(path, name) if d.text]
+    return Corpus(documents, list(names))
 
-    `key` is the config field the patterns came from, for error messages.
+
+def file_names(
+    patterns: list[str], key: str, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES
+) -> dict[str, str]:
+    """File path -> name (relative to its pattern's root) for the files of `patterns` that end
+    in one of `suffixes`, in order; a file matched by several patterns is named by the first.
+
+    Raises DataError naming `key` (the config field) for a pattern that finds nothing usable.
     """
     names: dict[str, str] = {}
     for pattern in patterns:
         root = _root(pattern)
-        for path in _expand(pattern, key):
+        for path in _expand(pattern, key, suffixes):
             names.setdefault(path, Path(os.path.relpath(path, root)).as_posix())
-    documents = [d for path, name in names.items() for d in _read_file(path, name) if d.text]
-    return Corpus(documents, list(names))
+    return names
 
 
 def _root(pattern: str) -> str:
@@ -225,10 +234,10 @@ def _root(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def _expand(pattern: str, key: str) -> list[str]:
+def _expand(pattern: str, key: str, suffixes: tuple[str, ...]) -> list[str]:
     """Files for one entry of data.paths, sorted.
 
-    A literal file must exist and have a supported suffix. A glob (or a directory, read as
+    A literal file must exist and have one of `suffixes`. A glob (or a directory, read as
     `dir/**/*`) keeps the supported files it matches and skips the rest, so a mixed folder
     works; it is an error only if it matches nothing or nothing supported.
     """
@@ -238,20 +247,20 @@ def _expand(pattern: str, key: str) -> list[str]:
     elif not glob.has_magic(expanded):
         if not os.path.isfile(expanded):
             raise DataError(f"{key}: no such file or directory: {pattern}")
-        if not expanded.lower().endswith(SUPPORTED_SUFFIXES):
+        if not expanded.lower().endswith(suffixes):
             raise DataError(
                 f"{key}: {pattern} has an unsupported type; supported: "
-                f"{', '.join(SUPPORTED_SUFFIXES)}"
+                f"{', '.join(suffixes)}"
             )
         return [os.path.normpath(expanded)]
     matches = [m for m in glob.glob(expanded, recursive=True) if os.path.isfile(m)]
     if not matches:
         raise DataError(f"{key}: {pattern} matches no files")
-    supported = [m for m in matches if m.lower().endswith(SUPPORTED_SUFFIXES)]
+    supported = [m for m in matches if m.lower().endswith(suffixes)]
     if not supported:
         raise DataError(
             f"{key}: {pattern} matches {len(matches)} files but none of a supported type "
-            f"({', '.join(SUPPORTED_SUFFIXES)}), e.g. {sorted(matches)[0]}"
+            f"({', '.join(suffixes)}), e.g. {sorted(matches)[0]}"
         )
     return sorted(os.path.normpath(m) for m in supported)
 
@@ -294,7 +303,7 @@ def split_documents(documents: list[Document], val_fraction: float) -> Split:
     rule "by_text_tail": every document's last `val_fraction` of text is held out, cut at the
     line boundary nearest to that point when one leaves both parts non-empty.
     """
-    held_out = [_hash_fraction(d.name) < val_fraction for d in documents]
+    held_out = [hash_fraction(d.name) < val_fraction for d in documents]
     if 0 < sum(held_out) < len(documents):
         return Split(
             train=[d for d, h in zip(documents, held_out, strict=True) if not h],
@@ -309,7 +318,8 @@ def split_documents(documents: list[Document], val_fraction: float) -> Split:
     return Split(train, val, "by_text_tail")
 
 
-def _hash_fraction(name: str) -> float:
+def hash_fraction(name: str) -> float:
+    """The first 8 bytes of sha256(name) as a fraction of 2**64: a name's place in a split."""
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2**64
 
 

@@ -1,11 +1,11 @@
 """Corpus files → tokenizer → cached token shards → batches."""
 
-from scaling.data.batches import Batches, eval_windows, transfer_windows
+from scaling.data.batches import Batches, PairBatches, eval_pairs, eval_windows, transfer_windows
 from scaling.data.errors import DataError
 from scaling.data.shards import Dataset, load_dataset
 from scaling.data.tokenizer import Tokenizer
 
 __all__ = [
-    "Batches", "DataError", "Dataset", "Tokenizer", "eval_windows", "load_dataset",
-    "transfer_windows",
+    "Batches", "DataError", "Dataset", "PairBatches", "Tokenizer", "eval_pairs", "eval_windows",
+    "load_dataset", "transfer_windows",
 ]

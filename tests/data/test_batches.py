@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from scaling.data import Batches, DataError, eval_windows, transfer_windows
+from scaling.data import (
+    Batches,
+    DataError,
+    PairBatches,
+    eval_pairs,
+    eval_windows,
+    transfer_windows,
+)
 
 
 def windows_of(tokens: np.ndarray, batch: np.ndarray, n_ctx: int) -> list[int]:
@@ -88,3 +95,57 @@ def test_transfer_windows_need_one_full_batch():
     assert transfer_windows(TOKENS[:81], 4, 20, 8).shape == (1, 4, 21)
     with pytest.raises(DataError, match=r"transfer corpus .* has 80 tokens.*needs 81"):
         transfer_windows(TOKENS[:80], 4, 20, 8)
+
+
+def pairs(m: int, n_ctx: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """m rows whose tokens and weights all equal the row number (to tell rows apart)."""
+    tokens = np.repeat(np.arange(m, dtype=np.int32)[:, None], n_ctx + 1, axis=1)
+    weights = np.repeat(np.arange(m, dtype=np.float32)[:, None], n_ctx, axis=1)
+    return tokens, weights
+
+
+def test_pair_batches_are_a_pure_function_of_seed_and_step():
+    tokens, weights = pairs(10)
+    a, b = PairBatches(tokens, weights, 4, seed=1), PairBatches(tokens, weights, 4, seed=1)
+    b(57)
+    for step in (0, 3, 57, 2):
+        for x, y in zip(a(step), b(step), strict=True):
+            np.testing.assert_array_equal(x, y)
+    batch_tokens, batch_weights = a(0)
+    assert (batch_tokens.shape, batch_tokens.dtype) == ((4, 7), np.int32)
+    assert (batch_weights.shape, batch_weights.dtype) == ((4, 6), np.float32)
+    np.testing.assert_array_equal(batch_weights, batch_tokens[:, :6])
+    assert not np.array_equal(a(0)[0], PairBatches(tokens, weights, 4, seed=2)(0)[0])
+
+
+def test_pair_batches_visit_every_row_once_per_epoch_in_the_windows_order():
+    tokens, weights = pairs(10)
+    batches = PairBatches(tokens, weights, 4, seed=3)
+    rows = [int(r) for step in range(5) for r in batches(step)[0][:, 0]]  # two epochs
+    assert sorted(rows[:10]) == sorted(rows[10:]) == list(range(10))
+    assert batches.epochs(5) == 2.0
+    # The same order as Batches over as many windows: one shuffle rule for both.
+    windows = Batches(np.arange(10 * 6 + 1, dtype=np.uint16), 4, 6, seed=3)
+    assert rows == [int(w) for step in range(5) for w in windows(step)[:, 0] // 6]
+
+
+def test_pair_batches_need_one_batch_of_rows():
+    with pytest.raises(DataError, match=r"has 3 examples .* batch_size=4"):
+        PairBatches(*pairs(3), 4, seed=0)
+    with pytest.raises(DataError, match="seed=-1 must be non-negative"):
+        PairBatches(*pairs(8), 4, seed=-1)
+
+
+def test_eval_pairs_spread_over_the_rows_and_pad_at_weight_zero():
+    tokens, weights = pairs(100)
+    out_tokens, out_weights = eval_pairs(tokens, weights, 8, 3)
+    assert out_tokens.shape == (3, 8, 7) and out_weights.shape == (3, 8, 6)
+    rows = out_tokens[:, :, 0].ravel()
+    assert (np.diff(rows) > 0).all() and rows[-1] > 90
+    few_tokens, few_weights = eval_pairs(*pairs(10), 4, 8)
+    assert few_tokens.shape == (3, 4, 7)  # 10 rows: 2 full batches and 2 rows of padding
+    assert few_tokens[:, :, 0].ravel().tolist() == [*range(10), 0, 1]
+    np.testing.assert_array_equal(few_weights.reshape(12, 6)[:10], pairs(10)[1])
+    assert (few_weights.reshape(12, 6)[10:] == 0).all()
+    with pytest.raises(DataError, match="validation split has no examples"):
+        eval_pairs(*pairs(0), 4, 8)

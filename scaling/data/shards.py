@@ -6,6 +6,11 @@ text, the split and tokenizer settings and FORMAT_VERSION, so any change builds 
 A cache is built in a temporary directory and renamed into place under a file lock: parallel
 runs of a sweep build it once, and a killed build never leaves a directory a later run trusts.
 
+A fine-tuning corpus can be encoded with a parent run's tokenizer instead of one trained on
+it (load_dataset's `tokenizer_from`): its name then says `<source>-inherited-<hash>`, the hash
+keyed by the parent cache's name instead of the tokenizer settings, and the cache holds a copy
+of the parent's tokenizer.json, so it opens on its own.
+
 A transfer corpus (data.transfer) is encoded with the dataset's own tokenizer, never one
 trained on it, into `<cache root>/transfer-<kind>-<hash>/` (tokens.npy, meta.json), keyed by
 its documents and the dataset's cache name, and built the same way.
@@ -36,6 +41,8 @@ from scaling.data.tokenizer import BPETokenizer, BytesTokenizer, Tokenizer, trai
 
 # Bump when the layout or the meaning of the shards changes, so old caches are not reused.
 FORMAT_VERSION = 1
+# In the name of a cache encoded with another cache's tokenizer (load_dataset's tokenizer_from).
+INHERITED = "-inherited-"
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +62,21 @@ class Dataset:
     transfer: np.ndarray | None = None  # the transfer corpus (data.transfer), memory-mapped
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+def load_dataset(cfg: DataConfig, tokenizer_from: Dataset | None = None) -> Dataset:
     """The corpus of `cfg` (and its transfer corpus, if any), tokenized; builds the caches on
-    first call and reuses them afterwards."""
+    first call and reuses them afterwards.
+
+    With `tokenizer_from` (a parent run's dataset), both splits are encoded with its tokenizer
+    and no tokenizer is trained: cfg.tokenizer and cfg.vocab_size are ignored, and the result's
+    vocab_size and eos_id are the parent's. Raises DataError for an unreadable corpus, or one
+    too small to split.
+    """
     corpus = read_corpus(cfg.source, cfg.paths)
-    path = cache_root(cfg.cache_dir) / _cache_name(cfg, corpus)
+    path = cache_root(cfg.cache_dir) / _cache_name(cfg, corpus, tokenizer_from)
     if not (path / "meta.json").exists():
-        _build_locked(path, f"{len(corpus.documents)} documents",
-                      lambda tmp: _write(tmp, cfg, corpus))
+        what = f"{len(corpus.documents)} documents" + (
+            f" with the tokenizer of {tokenizer_from.cache_path.name}" if tokenizer_from else "")
+        _build_locked(path, what, lambda tmp: _write(tmp, cfg, corpus, tokenizer_from))
     dataset = _open(path)
     if cfg.transfer == "none":
         return dataset
@@ -75,20 +89,49 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(root).expanduser()
 
 
-def _settings(cfg: DataConfig) -> dict:
+def open_dataset(cfg: DataConfig, cache_name: str) -> Dataset:
+    """A parent run's dataset by the cache name its summary recorded (`corpus_cache`), without
+    its transfer corpus; `cfg` is the parent's data config.
+
+    Opens `<cache root>/<cache_name>` if it is there; else rebuilds it with load_dataset(cfg).
+    Raises DataError naming both names when the rebuilt cache has another name (the corpus or
+    its settings changed since the parent ran), or when a missing cache was encoded with an
+    earlier run's tokenizer, which `cfg` does not name.
+    """
+    path = cache_root(cfg.cache_dir) / cache_name
+    if (path / "meta.json").exists():
+        return _open(path)
+    if INHERITED in cache_name:
+        raise DataError(
+            f"the parent run's data cache {cache_name} is not in {path.parent}, and it cannot "
+            "be rebuilt from its data config: it was encoded with an earlier run's tokenizer"
+        )
+    rebuilt = load_dataset(replace(cfg, transfer="none"))
+    if rebuilt.cache_path.name != cache_name:
+        raise DataError(
+            f"the parent run's data cache {cache_name} is not in {path.parent}, and its data "
+            f"config now builds {rebuilt.cache_path.name}: its corpus or settings changed"
+        )
+    return rebuilt
+
+
+def _settings(cfg: DataConfig, tokenizer_from: Dataset | None = None) -> dict:
     """Everything besides the documents that determines the shards' contents."""
-    return {
-        "format": FORMAT_VERSION,
-        "tokenizer": cfg.tokenizer,
-        "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else BytesTokenizer.vocab_size,
-        "val_fraction": cfg.val_fraction,
-    }
+    if tokenizer_from is not None:
+        tokenizer = {"tokenizer_from": tokenizer_from.cache_path.name}
+    else:
+        vocab = cfg.vocab_size if cfg.tokenizer == "bpe" else BytesTokenizer.vocab_size
+        tokenizer = {"tokenizer": cfg.tokenizer, "vocab_size": vocab}
+    return {"format": FORMAT_VERSION, **tokenizer, "val_fraction": cfg.val_fraction}
 
 
-def _cache_name(cfg: DataConfig, corpus: Corpus) -> str:
+def _cache_name(cfg: DataConfig, corpus: Corpus, tokenizer_from: Dataset | None = None) -> str:
     """A readable prefix (source, tokenizer) and a hash of the documents and settings."""
+    digest = _digest(_settings(cfg, tokenizer_from), corpus.documents)
+    if tokenizer_from is not None:
+        return f"{cfg.source}{INHERITED}{digest}"
     vocab = str(cfg.vocab_size) if cfg.tokenizer == "bpe" else ""
-    return f"{cfg.source}-{cfg.tokenizer}{vocab}-{_digest(_settings(cfg), corpus.documents)}"
+    return f"{cfg.source}-{cfg.tokenizer}{vocab}-{digest}"
 
 
 def _digest(settings: dict, documents: Sequence[Document]) -> str:
@@ -126,8 +169,9 @@ def _build_locked(path: Path, what: str, write: Callable[[Path], None]) -> None:
             raise
 
 
-def _write(out: Path, cfg: DataConfig, corpus: Corpus) -> None:
-    """Split, train the tokenizer on the train split only, encode both splits; meta.json last."""
+def _write(out: Path, cfg: DataConfig, corpus: Corpus, tokenizer_from: Dataset | None) -> None:
+    """Split, train the tokenizer on the train split only (or take `tokenizer_from`'s), encode
+    both splits; meta.json last."""
     split = split_documents(corpus.documents, cfg.val_fraction)
     if not split.train or not split.val:
         raise DataError(
@@ -135,12 +179,7 @@ def _write(out: Path, cfg: DataConfig, corpus: Corpus) -> None:
             f"{cfg.val_fraction}: the {'train' if not split.train else 'validation'} split is empty"
         )
     start = time.perf_counter()
-    tokenizer: Tokenizer
-    if cfg.tokenizer == "bpe":
-        tokenizer = train_bpe(split.train, cfg.vocab_size)
-        tokenizer.save(out / "tokenizer.json")
-    else:
-        tokenizer = BytesTokenizer()
+    tokenizer, tokenizer_meta = _tokenizer(out, cfg, split.train, tokenizer_from)
     trained = time.perf_counter()
     train = tokenizer.encode_documents(split.train)
     val = tokenizer.encode_documents(split.val)
@@ -149,13 +188,7 @@ def _write(out: Path, cfg: DataConfig, corpus: Corpus) -> None:
     meta = {
         "format": FORMAT_VERSION,
         "source": _source_meta(cfg.source, cfg.paths, corpus),
-        "tokenizer": {
-            "kind": cfg.tokenizer,
-            "requested_vocab_size": _settings(cfg)["vocab_size"],
-            "vocab_size": tokenizer.vocab_size,
-            "eos_id": tokenizer.eos_id,
-            "tokenizers_version": tokenizers.__version__,
-        },
+        "tokenizer": tokenizer_meta,
         "split": {"val_fraction": cfg.val_fraction, "rule": split.rule},
         "documents": {"train": len(split.train), "val": len(split.val)},
         "tokens": {"train": len(train), "val": len(val)},
@@ -166,6 +199,31 @@ def _write(out: Path, cfg: DataConfig, corpus: Corpus) -> None:
         },
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), "utf-8")
+
+
+def _tokenizer(
+    out: Path, cfg: DataConfig, train: list[Document], tokenizer_from: Dataset | None
+) -> tuple[Tokenizer, dict]:
+    """The tokenizer of the cache being built in `out`, saved there if BPE, and its meta.json
+    entry: `tokenizer_from`'s (its file copied), else per cfg, trained on `train` only."""
+    if tokenizer_from is not None:
+        parent = tokenizer_from.cache_path
+        if (parent / "tokenizer.json").exists():
+            shutil.copyfile(parent / "tokenizer.json", out / "tokenizer.json")
+        return tokenizer_from.tokenizer, {**_read_meta(parent)["tokenizer"], "from": parent.name}
+    tokenizer: Tokenizer
+    if cfg.tokenizer == "bpe":
+        tokenizer = train_bpe(train, cfg.vocab_size)
+        tokenizer.save(out / "tokenizer.json")
+    else:
+        tokenizer = BytesTokenizer()
+    return tokenizer, {
+        "kind": cfg.tokenizer,
+        "requested_vocab_size": _settings(cfg)["vocab_size"],
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "tokenizers_version": tokenizers.__version__,
+    }
 
 
 def _load_transfer(cfg: DataConfig, dataset: Dataset) -> np.ndarray:
@@ -205,7 +263,7 @@ def _write_transfer(out: Path, cfg: DataConfig, corpus: Corpus, dataset: Dataset
 
 def _open(path: Path) -> Dataset:
     """A finished cache as a Dataset with memory-mapped splits."""
-    meta = json.loads((path / "meta.json").read_text("utf-8"))
+    meta = _read_meta(path)
     tokenizer: Tokenizer = (
         BPETokenizer.load(path / "tokenizer.json")
         if meta["tokenizer"]["kind"] == "bpe"
@@ -221,3 +279,7 @@ def _open(path: Path) -> Dataset:
         n_train_docs=meta["documents"]["train"],
         n_val_docs=meta["documents"]["val"],
     )
+
+
+def _read_meta(path: Path) -> dict:
+    return json.loads((path / "meta.json").read_text("utf-8"))

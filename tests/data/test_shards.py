@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import multiprocessing
+import shutil
 import time
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 
 from scaling.config import DataConfig
-from scaling.data import DataError, Dataset, load_dataset, shards
-from scaling.data.sources import read_transfer
+from scaling.data import DataError, Dataset, load_dataset, open_dataset, shards
+from scaling.data.sources import read_corpus, read_transfer, split_documents
 
 
 def documents(ds: Dataset, tokens: np.ndarray) -> list[str]:
@@ -121,6 +122,75 @@ def test_transfer_corpus_is_encoded_with_the_runs_own_tokenizer(data_cfg, corpus
     np.testing.assert_array_equal(
         load_dataset(dataclasses.replace(data_cfg, transfer="prose")).transfer, ds.transfer
     )
+
+
+def finetune_corpus(data_cfg: DataConfig) -> DataConfig:
+    """Another small corpus beside the conftest one; its config asks for a tokenizer that
+    tokenizer_from must override."""
+    Path("ft").mkdir()
+    for i in range(12):
+        Path(f"ft/doc{i}.txt").write_text(f"Fine-tuning text {i}: 猫 and dogs.\n" * (i + 1))
+    return dataclasses.replace(data_cfg, paths=["ft/*.txt"], tokenizer="bytes", vocab_size=999)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "bytes"])
+def test_corpus_encoded_with_a_parents_tokenizer(data_cfg, kind, monkeypatch):
+    parent = load_dataset(dataclasses.replace(data_cfg, tokenizer=kind))
+    cfg = finetune_corpus(data_cfg)
+
+    def no_training(*args):
+        raise AssertionError("a tokenizer was trained")
+
+    monkeypatch.setattr(shards, "train_bpe", no_training)
+    child = load_dataset(cfg, tokenizer_from=parent)
+    assert "-inherited-" in child.cache_path.name
+    assert (child.vocab_size, child.eos_id) == (parent.vocab_size, parent.eos_id)
+    split = split_documents(read_corpus("files", cfg.paths).documents, cfg.val_fraction)
+    for tokens, docs in ((child.train, split.train), (child.val, split.val)):
+        expected = [i for d in docs for i in [*parent.tokenizer.encode(d.text), parent.eos_id]]
+        assert np.asarray(tokens).tolist() == expected
+    meta = json.loads((child.cache_path / "meta.json").read_text("utf-8"))
+    assert meta["tokenizer"]["from"] == parent.cache_path.name
+    assert meta["tokenizer"]["kind"] == kind
+    parent_file = parent.cache_path / "tokenizer.json"
+    assert (child.cache_path / "tokenizer.json").exists() == parent_file.exists()
+    if parent_file.exists():
+        assert (child.cache_path / "tokenizer.json").read_bytes() == parent_file.read_bytes()
+
+    def no_building(*args):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(shards, "_write", no_building)
+    again = load_dataset(cfg, tokenizer_from=parent)
+    assert again.cache_path == child.cache_path
+    np.testing.assert_array_equal(again.train, child.train)
+    text = "Fine-tuning 猫"
+    assert again.tokenizer.encode(text) == parent.tokenizer.encode(text)  # opens on its own
+
+
+def test_inherited_cache_follows_the_parent(data_cfg):
+    cfg = finetune_corpus(data_cfg)
+    bpe = load_dataset(cfg, tokenizer_from=load_dataset(data_cfg))
+    other = load_dataset(cfg, tokenizer_from=load_dataset(dataclasses.replace(data_cfg,
+                                                                              vocab_size=300)))
+    assert other.cache_path != bpe.cache_path and other.vocab_size == 300
+
+
+def test_open_dataset_by_cache_name_rebuilds_or_names_the_change(data_cfg):
+    ds = load_dataset(data_cfg)
+    name = ds.cache_path.name
+    train = np.array(ds.train)
+    opened = open_dataset(dataclasses.replace(data_cfg, transfer="prose"), name)
+    assert opened.cache_path == ds.cache_path and opened.transfer is None
+    shutil.rmtree(ds.cache_path)  # a cleaned cache is rebuilt from the parent's config
+    np.testing.assert_array_equal(open_dataset(data_cfg, name).train, train)
+    shutil.rmtree(ds.cache_path)
+    Path("corpus/a.py").write_text("changed = True\n" * 50)
+    with pytest.raises(DataError, match=rf"cache {name} is not in .*, and its data config now "
+                                        r"builds files-bpe400-[0-9a-f]{16}: its corpus"):
+        open_dataset(data_cfg, name)
+    with pytest.raises(DataError, match=r"files-inherited-0123 is not in .* earlier run's"):
+        open_dataset(data_cfg, "files-inherited-0123")
 
 
 def _load_in_child(cfg: DataConfig) -> tuple[str, int, bytes]:

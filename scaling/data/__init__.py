@@ -1,11 +1,22 @@
-"""Corpus files → tokenizer → cached token shards → batches."""
+"""Corpus files → tokenizer → cached token shards → batches; prompt/response pairs for SFT."""
 
 from scaling.data.batches import Batches, PairBatches, eval_pairs, eval_windows, transfer_windows
 from scaling.data.errors import DataError
+from scaling.data.pairs import (
+    Example,
+    PairSplit,
+    PairWindows,
+    encode_examples,
+    read_jsonl_pairs,
+    read_pairs,
+    sft_stdlib,
+    split_pairs,
+)
 from scaling.data.shards import Dataset, load_dataset, open_dataset
 from scaling.data.tokenizer import Tokenizer
 
 __all__ = [
-    "Batches", "DataError", "Dataset", "PairBatches", "Tokenizer", "eval_pairs", "eval_windows",
-    "load_dataset", "open_dataset", "transfer_windows",
+    "Batches", "DataError", "Dataset", "Example", "PairBatches", "PairSplit", "PairWindows",
+    "Tokenizer", "encode_examples", "eval_pairs", "eval_windows", "load_dataset", "open_dataset",
+    "read_jsonl_pairs", "read_pairs", "sft_stdlib", "split_pairs", "transfer_windows",
 ]

@@ -1,8 +1,10 @@
 """Typed run configuration: the Hydra schema, and the checks Hydra's types cannot express.
 
 The dataclasses are registered in Hydra's ConfigStore, so an unknown key or a wrong type fails
-at launch with the key's name. `validate` then checks values (positive sizes, divisibility,
-budgets) and raises `ConfigError` naming the field, before any data is read or JAX is touched.
+at launch with the key's name. An int field also takes a float that is a whole number
+(`train.tokens=1e6`), as scaling papers write D. `validate` then checks values (positive sizes,
+divisibility, budgets) and raises `ConfigError` naming the field, before any data is read or JAX
+is touched.
 """
 
 from __future__ import annotations
@@ -97,10 +99,41 @@ class Config:
 
 
 def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore as `base_config` (conf/config.yaml extends it)."""
+    """Put the schema in Hydra's ConfigStore as `base_config` (conf/config.yaml extends it), its
+    int fields taking whole-number floats (`accept_whole_floats`)."""
     from hydra.core.config_store import ConfigStore
 
+    accept_whole_floats()
     ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def accept_whole_floats() -> None:
+    """Let every int config field take a float that is a whole number: 1e6 is 1000000.
+
+    Hydra's override grammar and OmegaConf's YAML read `1e6` and `2.5e5` as floats, and
+    OmegaConf's IntegerNode refuses any float, so `train.tokens=1e6` (D as scaling papers write
+    it) would stop the launch. OmegaConf has no hook for a type's conversion, so this wraps
+    IntegerNode's converter: the one place every int value passes, from the command line, a sweep's
+    `hydra.sweeper.params`, a study's grids or a YAML file, before `--cfg job` prints it or a run
+    directory is named after it. A fraction (`1.5e0`) is still refused there, naming the field.
+    """
+    from omegaconf.errors import ValidationError
+    from omegaconf.nodes import IntegerNode
+
+    convert = IntegerNode._validate_and_convert_impl
+    if getattr(convert, "accepts_whole_floats", False):
+        return
+
+    def validate_and_convert(node: IntegerNode, value: Any) -> int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValidationError("Value $VALUE is not a whole number: an int field takes "
+                                      "1000000, 1e6 or 2.5e5, not a fraction")
+            value = int(value)
+        return convert(node, value)
+
+    validate_and_convert.accepts_whole_floats = True
+    IntegerNode._validate_and_convert_impl = validate_and_convert
 
 
 def reject_unknown_keys(node: Mapping[str, Any], schema: type, prefix: str = "") -> None:

@@ -11,6 +11,7 @@ from analysis.api import ALLOCATING, LAWS, fit_law, required_columns
 from analysis.plots import plot_fit
 from analysis.result import Fit
 from analysis.table import CANONICAL, FLOPS_PER_TOKEN, FitInputError, derive, load_table, select
+from scaling.console import exit_status
 
 
 def _flops_per_token(value: str) -> float | None:
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `scaling-fit`; exit code 2 with a one-line message on bad input."""
+    """Entry point of `scaling-fit`: 0; or one line on stderr and exit code 2 on bad input, 1 on
+    a bug (`scaling.console`, the policy of every console script)."""
     args = build_parser().parse_args(argv)
     try:
         data = _prepare(args)
@@ -89,21 +91,20 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             level=args.level,
         )
-    except FitInputError as error:
-        print(f"scaling-fit: error: {error}", file=sys.stderr)
-        return 2
-    allocation = (
-        compute_optimal(fit, args.flops_per_token or FLOPS_PER_TOKEN)
-        if args.law in ALLOCATING
-        else None
-    )
-    if args.json:
-        out = fit.to_dict() | ({"allocation": allocation.to_dict()} if allocation else {})
-        print(json.dumps(out, allow_nan=False))
-    else:
-        print(_describe(fit, allocation.to_dict() if allocation else None))
-    if args.plot:
-        plot_fit(fit, data).savefig(args.plot, dpi=120)
+        allocation = (
+            compute_optimal(fit, args.flops_per_token or FLOPS_PER_TOKEN)
+            if args.law in ALLOCATING
+            else None
+        )
+        if args.json:
+            out = fit.to_dict() | ({"allocation": allocation.to_dict()} if allocation else {})
+            print(json.dumps(out, allow_nan=False))
+        else:
+            print(_describe(fit, allocation.to_dict() if allocation else None))
+        if args.plot:
+            plot_fit(fit, data).savefig(args.plot, dpi=120)
+    except Exception as error:
+        return exit_status(error, "scaling-fit", (FitInputError,))
     return 0
 
 

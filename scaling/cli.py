@@ -1,21 +1,25 @@
 """Console entry points: Hydra parses and type-checks the config, we validate it, then hand over.
 
-Errors a user can fix (a bad config value, missing data) print one paragraph naming the field
-or path and exit with status 2, without a traceback.
+Errors a user can fix (a bad config value, missing data) print one line naming the field or path
+and exit with status 2, without a traceback; `scaling.console` is that policy, Hydra's own errors
+included.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -28,15 +32,30 @@ from scaling.config import (
     to_dict,
     validate,
 )
+from scaling.console import (
+    USER_ERROR,
+    ArgumentParser,
+    UsageError,
+    debugging,
+    describe,
+    exit_status,
+    listing,
+    one_line,
+    print_error,
+)
 from scaling.sweep import exclusive_run, register_resolvers
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def fail(message: str) -> NoReturn:
-    """End the command with a one-paragraph error and status 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    """End the command at once with a one-line error and status 2, no traceback.
+
+    A SystemExit, so that Hydra's job runner does not hold it back until the rest of a sweep has
+    run, as it does with exceptions.
+    """
+    print_error(message)
+    sys.exit(USER_ERROR)
 
 
 def load_config(cfg: DictConfig) -> Config:
@@ -45,16 +64,49 @@ def load_config(cfg: DictConfig) -> Config:
         reject_unknown_keys(cfg, Config)  # `+model.new_key=1` gets past Hydra's struct check
         config = validate(OmegaConf.to_object(cfg))
     except (ConfigError, OmegaConfBaseException) as error:
-        fail(str(error))
+        fail(describe(error))
     logging.getLogger("jax").setLevel(logging.WARNING)
     return config
 
 
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
 def hydra_entry(task: Callable[[DictConfig], None]) -> None:
-    """Run `task` under Hydra with this project's conf/ and schema (all console scripts)."""
+    """Run `task` under Hydra with this project's conf/ and schema (all console scripts); any
+    error, Hydra's own included, ends the command as `scaling.console.exit_status` says."""
     register_configs()
     register_resolvers()
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)()
+
+    @functools.wraps(task)
+    def reported(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except Exception as error:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # Hydra keeps it with the run's result: the sweep goes on and ends failed
+            # Reported here, a run's error comes without Hydra's "Error executing job" line.
+            sys.exit(exit_status(error))
+
+    # HYDRA_FULL_ERROR=1 is Hydra's documented switch to raise an error instead of printing it
+    # (several lines and a hint, exit 1). The runs a launcher starts inherit it, so SCALING_DEBUG
+    # carries the user's own choice of tracebacks to them.
+    with _environ(HYDRA_FULL_ERROR="1", SCALING_DEBUG="1" if debugging() else "0"):
+        try:
+            hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(reported)()
+        except Exception as error:
+            sys.exit(exit_status(error))
 
 
 def _train_task(cfg: DictConfig) -> None:
@@ -94,13 +146,20 @@ def train() -> None:
 def report(argv: list[str] | None = None) -> None:
     """`scaling-report SWEEP_DIR`: gather every run below SWEEP_DIR into results.parquet and
     curves.parquet, and write SWEEP_DIR/report/ (index.html and plots)."""
-    parser = argparse.ArgumentParser(prog="scaling-report", description=report.__doc__)
+    try:
+        _report(argv)
+    except Exception as error:
+        sys.exit(exit_status(error, "scaling-report"))
+
+
+def _report(argv: list[str] | None) -> None:
+    parser = ArgumentParser(prog="scaling-report", description=report.__doc__)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--bootstrap", type=int, default=0, metavar="K",
                         help="bootstrap resamples for the fits' intervals (default: none)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
-        fail(f"{args.sweep_dir} is not a directory")
+        raise UsageError(f"{args.sweep_dir} is not a directory")
 
     from analysis.kaplan import write_kaplan_report
     from analysis.overview import write_report
@@ -108,10 +167,12 @@ def report(argv: list[str] | None = None) -> None:
     from scaling.results import write_tables
 
     collected = write_tables(args.sweep_dir)
-    for problem in collected.problems:
-        print(f"skipped {problem}", file=sys.stderr)
+    # One line however many directories are broken; the report lists every one.
+    skipped = (f"skipped {len(collected.problems)} run directories: "
+               f"{listing(collected.problems, 2, sep='; ')}" if collected.problems else "")
     if collected.results.empty:
-        fail(f"no run records (summary.json) below {args.sweep_dir}")
+        raise UsageError(f"no run records (summary.json) below {args.sweep_dir}"
+                         + (f"; {skipped}" if skipped else ""))
     results, curves = collected.results, collected.curves
     completed = results[results["status"] == "completed"]
     report_dir = args.sweep_dir / "report"
@@ -130,6 +191,8 @@ def report(argv: list[str] | None = None) -> None:
     fits_json.write_text(json.dumps(every_fit, indent=2, allow_nan=False))
     index = write_report(results, curves, report_dir, title=f"Sweep {args.sweep_dir.name}",
                          problems=collected.problems, sections=[kaplan, fits])
+    if skipped:
+        print(one_line(f"{skipped} (all listed in {index})"), file=sys.stderr)
     counts = collected.results["status"].value_counts().to_dict()
     print(f"{len(collected.results)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
           f"-> {args.sweep_dir / 'results.parquet'}, {index}")

@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, get_type_hints
 
+from scaling.console import UsageError, listing, suggestion
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError):
     """A config value is invalid; the message names the field and what was expected."""
 
 
@@ -141,10 +143,9 @@ def reject_unknown_keys(node: Mapping[str, Any], schema: type, prefix: str = "")
     declared = get_type_hints(schema)
     for key in node:
         if key not in declared:
-            raise ConfigError(
-                f"{prefix}{key} is not a config key: expected one of "
-                f"{', '.join(prefix + name for name in declared)}."
-            )
+            hint = (suggestion(key, list(declared), prefix) or
+                    f"; {schema.__name__} has {listing([prefix + name for name in declared])}")
+            raise ConfigError(f"{prefix}{key} is not a config key{hint}")
         if is_dataclass(declared[key]):
             reject_unknown_keys(node[key], declared[key], f"{prefix}{key}.")
 

@@ -13,6 +13,9 @@ directory, which is a pure function of the config) are launched once.
 Interpolations in a grid are written escaped, `train.tokens: \\${isoflop_tokens:}`: Hydra
 resolves the sweeper's own config before the sweeper sees it, and these must resolve in each
 run's config instead.
+
+Every job's config is composed before any is launched, so a bad grid value stops the study at
+once with one line naming the grid and the key (`hydra.sweeper.grids.nd: train.tokens: ...`).
 """
 
 import logging
@@ -26,10 +29,14 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
+from hydra.errors import HydraException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from scaling.console import UsageError, describe
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ def expand_grids(grids: dict[str, dict[str, str] | None], arguments: Sequence[st
                  parser: OverridesParser) -> list[tuple[str, list[str]]]:
     """Every (grid name, job overrides) of the study, grid by grid, in declaration order."""
     if not grids:
-        raise ValueError("hydra.sweeper.grids is empty: a study needs at least one grid, e.g. "
+        raise UsageError("hydra.sweeper.grids is empty: a study needs at least one grid, e.g. "
                          "grids: {sizes: {model: 'n100k,n300k'}}")
     common = parser.parse_overrides(list(arguments))
     common_keys = {o.get_key_element() for o in common}
@@ -65,9 +72,13 @@ def expand_grids(grids: dict[str, dict[str, str] | None], arguments: Sequence[st
         if grid is None:
             continue
         if not isinstance(grid, dict) or not grid:
-            raise ValueError(f"hydra.sweeper.grids.{name}={grid!r} is invalid: expected a "
+            raise UsageError(f"hydra.sweeper.grids.{name}={grid!r} is invalid: expected a "
                              "non-empty mapping of config keys to values or a,b,c sweeps")
-        own = parser.parse_overrides([f"{key}={unescape(value)}" for key, value in grid.items()])
+        try:
+            own = parser.parse_overrides([f"{key}={unescape(value)}"
+                                          for key, value in grid.items()])
+        except HydraException as error:
+            raise UsageError(f"hydra.sweeper.grids.{name}: {describe(error)}") from error
         merged = [o for o in own if o.get_key_element() not in common_keys] + common
         (product,) = BasicSweeper.split_arguments(merged, None)
         jobs += [(name, overrides) for overrides in product]
@@ -100,7 +111,10 @@ class StudySweeper(Sweeper):
         seen: dict[str, str] = {}
         jobs, per_grid = [], {}
         for grid, overrides in expand_grids(self.grids, arguments, parser):
-            run_dir = self._run_dir(overrides)  # also fails early on a job that cannot compose
+            try:  # compose every job before launching any: a bad value ends the study at once
+                run_dir = self._run_dir(overrides)
+            except (HydraException, OmegaConfBaseException) as error:
+                raise UsageError(f"hydra.sweeper.grids.{grid}: {describe(error)}") from error
             per_grid[grid] = per_grid.get(grid, 0) + 1
             if run_dir in seen:
                 log.info("grid %s: %s is also in grid %s; launched once", grid,

@@ -1,5 +1,6 @@
 """Compute-optimal N and D from a fitted L(N, D), and loss predictions, with bootstrap bands."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -8,7 +9,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from analysis import laws
-from analysis.result import Fit, jsonable
+from analysis.result import Fit, jsonable, worst_status
 from analysis.table import FLOPS_PER_TOKEN
 from analysis.uncertainty import LEVEL, percentile_interval
 
@@ -19,17 +20,36 @@ def allocation_params(law: str, params: dict[str, float]) -> dict[str, float]:
     Chinchilla (Hoffmann eq 4): G = (αA/(βB))^(1/(α+β)), a = β/(α+β).
     Kaplan eq 1.5, with p = α_N/α_D: G = (p·N_c^p/D_c)^(1/(1+p)), a = 1/(1+p).
     """
-    if law == "chinchilla":
-        alpha, beta = params["alpha"], params["beta"]
-        G = (alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
-        a = beta / (alpha + beta)
-    elif law == "kaplan-nd":
-        p = params["alpha_N"] / params["alpha_D"]
-        G = np.exp((np.log(p) + p * np.log(params["N_c"]) - np.log(params["D_c"])) / (1 + p))
-        a = 1 / (1 + p)
-    else:
-        raise ValueError(f"compute-optimal allocation needs an L(N, D) law, not {law!r}")
+    p = {k: np.float64(v) for k, v in params.items()}  # a degenerate fit's 0 gives inf, not a raise
+    with np.errstate(all="ignore"):
+        if law == "chinchilla":
+            alpha, beta = p["alpha"], p["beta"]
+            G = (alpha * p["A"] / (beta * p["B"])) ** (1 / (alpha + beta))
+            a = beta / (alpha + beta)
+        elif law == "kaplan-nd":
+            ratio = p["alpha_N"] / p["alpha_D"]
+            G = np.exp((np.log(ratio) + ratio * np.log(p["N_c"]) - np.log(p["D_c"])) / (1 + ratio))
+            a = 1 / (1 + ratio)
+        else:
+            raise ValueError(f"compute-optimal allocation needs an L(N, D) law, not {law!r}")
     return {"G": float(G), "a": float(a), "b": float(1 - a)}
+
+
+def misallocation(exponents: Mapping[str, float]) -> str:
+    """`degenerate: …` naming each exponent of N_opt ∝ C^a, D_opt ∝ C^b outside (0, 1), else "".
+
+    With C = k·N·D, a + b = 1: an exponent outside (0, 1) makes the other negative, so
+    N_opt or D_opt would shrink as compute grows, which no loss that falls in both N and D
+    allows (Hoffmann et al. 2022 eq 4: a = β/(α+β)). It comes from optima the data did not
+    bracket, not from the law.
+    """
+    outside = [f"{name} = {value:.3g}" for name, value in exponents.items() if not 0 < value < 1]
+    if not outside:
+        return ""
+    return (
+        f"degenerate: {', '.join(outside)} outside (0, 1): N_opt or D_opt would shrink as "
+        "compute grows"
+    )
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,7 @@ class Allocation:
     samples: pd.DataFrame | None
     flops_per_token: float = FLOPS_PER_TOKEN
     level: float = LEVEL
+    status: str = "ok"  # the fit's, or `degenerate: …` when a or b lies outside (0, 1)
 
     def at(self, C: ArrayLike) -> pd.DataFrame:
         """N_opt, D_opt and tokens per parameter at each compute C, with interval columns."""
@@ -68,6 +89,7 @@ class Allocation:
             {
                 "law": self.law,
                 "params": self.params,
+                "status": self.status,
                 "flops_per_token": self.flops_per_token,
                 "intervals": {k: list(v) for k, v in self.intervals.items()},
             }
@@ -75,7 +97,8 @@ class Allocation:
 
 
 def compute_optimal(fit: Fit, flops_per_token: float = FLOPS_PER_TOKEN) -> Allocation:
-    """The allocation implied by `fit`, propagated through each of its bootstrap draws."""
+    """The allocation implied by `fit`, propagated through each of its bootstrap draws; its
+    status is the fit's, or `degenerate: …` when a or b lies outside (0, 1)."""
     level = fit.diagnostics.get("bootstrap", {}).get("level", LEVEL)
     samples, intervals = None, {}
     if fit.samples is not None and len(fit.samples) > 1:
@@ -86,9 +109,9 @@ def compute_optimal(fit: Fit, flops_per_token: float = FLOPS_PER_TOKEN) -> Alloc
         intervals = {
             n: (float(lo), float(hi)) for n, lo, hi in zip(samples, low, high, strict=True)
         }
-    return Allocation(
-        fit.law, allocation_params(fit.law, fit.params), intervals, samples, flops_per_token, level
-    )
+    params = allocation_params(fit.law, fit.params)
+    status = worst_status(fit.status, misallocation({"a": params["a"], "b": params["b"]}))
+    return Allocation(fit.law, params, intervals, samples, flops_per_token, level, status)
 
 
 def predict(fit: Fit, *values: ArrayLike) -> pd.DataFrame:

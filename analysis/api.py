@@ -7,13 +7,13 @@ import pandas as pd
 
 from analysis.chinchilla import bootstrap_refit, fit_chinchilla
 from analysis.envelope import fit_envelope
-from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power
+from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, fit_rising
 from analysis.isoflop import fit_isoflop
 from analysis.result import Fit
 from analysis.table import FLOPS_PER_TOKEN
 from analysis.uncertainty import LEVEL, bootstrap
 
-LAWS = ("power", "kaplan-nd", "kaplan-ns", "chinchilla", "isoflop", "envelope")
+LAWS = ("power", "rising", "kaplan-nd", "kaplan-ns", "chinchilla", "isoflop", "envelope")
 ALLOCATING = ("chinchilla", "kaplan-nd")  # L(N, D) laws that imply a compute-optimal split
 # Learning curves share a run's noise, so their bootstrap draws whole runs, not rows.
 BY_RUN = ("kaplan-ns", "envelope")
@@ -26,9 +26,11 @@ def required_columns(
     bootstrap: bool = False,
     flops_per_token: float | None = FLOPS_PER_TOKEN,
 ) -> list[str]:
-    """The canonical columns `law` reads (plus `run` when its bootstrap resamples runs)."""
+    """The canonical columns `law` reads (plus `run` when its bootstrap resamples runs);
+    `rising` reads its y from the `loss` column."""
     columns = {
         "power": [x, "loss"],
+        "rising": [x, "loss"],
         "kaplan-nd": ["N", "D", "loss"],
         "kaplan-ns": ["N", "S", "loss"],
         "chinchilla": ["N", "D", "loss"],
@@ -59,11 +61,15 @@ def fit_law(
 
     Chinchilla's bootstrap refits start from the full-data optimum and the few grid starts
     that did best, not the 3,125-point grid (`chinchilla.bootstrap_refit`): 4,000
-    resamples take about 100 s instead of about 8 hours.
+    resamples take about 100 s instead of about 8 hours. A fit whose optimiser failed is
+    returned without a bootstrap. Raises `FitInputError` when the table cannot support
+    the law, and ValueError for an unknown law.
     """
     fitter: Callable[[pd.DataFrame], Fit]
     if law == "power":
         fitter = partial(fit_power, x=x, offset=offset)
+    elif law == "rising":
+        fitter = partial(fit_rising, x=x)
     elif law == "kaplan-nd":
         fitter = fit_kaplan_nd
     elif law == "kaplan-ns":
@@ -79,7 +85,7 @@ def fit_law(
     else:
         raise ValueError(f"unknown law {law!r} (choose from {', '.join(LAWS)})")
     fit = fitter(df)
-    if n_bootstrap <= 0:
+    if n_bootstrap <= 0 or fit.status.startswith("failed"):
         return fit
     refit = bootstrap_refit(fit) if law == "chinchilla" else fitter
     return bootstrap(

@@ -17,11 +17,18 @@ import pandas as pd
 from scipy.optimize import minimize, nnls
 from threadpoolctl import threadpool_limits
 
-from analysis.fit import SAME_OPTIMUM_RTOL
+from analysis.fit import (
+    NEGLIGIBLE_EFFECT,
+    OPTIMISER_ERRORS,
+    SAME_OPTIMUM_RTOL,
+    degenerate,
+    solve_each,
+)
 from analysis.result import Fit
 from analysis.table import require_points
 
 HUBER_DELTA = 1e-3
+NAMES = ("E", "A", "B", "alpha", "beta")
 # Hoffmann's grid as Epoch ran it (5 values each, 3,125 starts), in (a, b, e, α, β) order.
 GRID = (
     (0, 5, 10, 15, 20),
@@ -39,6 +46,7 @@ RESTART_RTOL = 1e-3
 TIGHT = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000}
 N_WARM_STARTS = 2  # grid starts kept for warm-starting bootstrap refits
 VARPRO_GRID = np.linspace(0.05, 2.0, 14)  # coarse (α, β) grid that seeds the profile search
+MAX_EXPONENT = 5.0  # VarPro searches α, β in [0, 5]; an exponent at 5 is stuck on its clamp
 IRLS_STEPS = 20  # reweightings per (α, β); more move the answer < 0.05%
 
 
@@ -88,46 +96,49 @@ def fit_chinchilla(
 
     `lbfgs_options` go to L-BFGS-B (default: SciPy's, as Epoch ran it). `reduction="mean"`
     averages the Huber terms instead of summing them; it exists to show the failure
-    Besiroglu et al. (2024) traced in Hoffmann et al.: L-BFGS-B stops early.
+    Besiroglu et al. (2024) traced in Hoffmann et al.: L-BFGS-B stops early. Raises
+    `FitInputError` for 5 points or fewer; when SciPy raises from every start, the status
+    is `failed: …` with NaN parameters.
     """
     require_points("chinchilla", len(df), 5)
+    if method not in ("grid", "varpro"):
+        raise ValueError(f"unknown chinchilla method {method!r} (use 'grid' or 'varpro')")
     lnN, lnD = np.log(df["N"].to_numpy(float)), np.log(df["D"].to_numpy(float))
     lnL = np.log(df["loss"].to_numpy(float))
     data = (lnN, lnD, lnL, delta)
     began = time.perf_counter()
-    if method == "grid":
-        scale = 1.0 if reduction == "sum" else 1.0 / len(lnL)
-        grid = published_grid() if starts is None else starts
-        theta, diagnostics = _grid_search(data, grid, scale, lbfgs_options)
-    elif method == "varpro":
-        theta, diagnostics = _varpro(data, starts)
-    else:
-        raise ValueError(f"unknown chinchilla method {method!r} (use 'grid' or 'varpro')")
+    try:
+        if method == "grid":
+            scale = 1.0 if reduction == "sum" else 1.0 / len(lnL)
+            grid = published_grid() if starts is None else starts
+            theta, diagnostics = _grid_search(data, grid, scale, lbfgs_options)
+        else:
+            theta, diagnostics = _varpro(data, starts)
+        restart = _restart(theta, data)
+    except OPTIMISER_ERRORS as error:
+        why = f"SciPy raised {type(error).__name__}: {error}"
+        return Fit.failed("chinchilla", NAMES, ("N", "D"), len(lnL), why)
     objective, grad = huber_lse(theta, *data)
     diagnostics |= {
         "method": method,
         "reduction": reduction,
         "delta": delta,
         "objective": objective,
-        "restart_objective": _restart(theta, data),
+        "restart_objective": restart,
         "grad_max": float(np.abs(grad).max()),
         "seconds": time.perf_counter() - began,
     }
     a, b, e, alpha, beta = theta
-    params = {
-        "E": float(np.exp(e)),
-        "A": float(np.exp(a)),
-        "B": float(np.exp(b)),
-        "alpha": float(alpha),
-        "beta": float(beta),
-    }
+    with np.errstate(over="ignore"):  # a runaway constant is reported by the status
+        values = np.exp(e), np.exp(a), np.exp(b), alpha, beta
+    params = {name: float(value) for name, value in zip(NAMES, values, strict=True)}
     return Fit(
         law="chinchilla",
         params=params,
         residuals=lnL - log_prediction(theta, lnN, lnD),
         n_points=len(lnL),
         variables=("N", "D"),
-        status=_status(params, diagnostics, float(np.exp(lnL.min()))),
+        status=_status(params, diagnostics, float(np.exp(lnL.min())), _shares(theta, lnN, lnD)),
         diagnostics=diagnostics,
     )
 
@@ -158,18 +169,24 @@ def _grid_search(
     scale: float,
     options: dict | None,
 ) -> tuple[np.ndarray, dict]:
-    """L-BFGS-B from every start; the best is kept."""
-    runs = [
-        minimize(huber_lse, x0, args=(*data, scale), jac=True, method="L-BFGS-B", options=options)
-        for x0 in np.atleast_2d(starts)
-    ]
+    """L-BFGS-B from every start; the best is kept. A start on which SciPy raises is
+    counted; RuntimeError when every start does."""
+    runs, errors = solve_each(
+        lambda x0: minimize(
+            huber_lse, x0, args=(*data, scale), jac=True, method="L-BFGS-B", options=options
+        ),
+        np.atleast_2d(starts),
+    )
+    if not runs:
+        raise RuntimeError(f"L-BFGS-B raised from all {len(errors)} starts ({errors[0]})")
     ends = np.array([r.fun for r in runs])
     order = np.argsort(ends, kind="stable")
     best = runs[order[0]]
     return best.x, {
         "iterations": int(best.nit),
         "median_iterations": float(np.median([r.nit for r in runs])),
-        "n_starts": len(runs),
+        "n_starts": len(runs) + len(errors),
+        "n_failed_starts": len(errors),
         "n_at_best": int(np.sum(ends <= ends[order[0]] * (1 + SAME_OPTIMUM_RTOL))),
         "converged": bool(best.success),
         "message": str(best.message),
@@ -192,7 +209,7 @@ def _varpro(
         seed,
         args=(data,),
         method="Nelder-Mead",
-        bounds=[(0, 5), (0, 5)],
+        bounds=[(0, MAX_EXPONENT)] * 2,
         options={"xatol": 1e-7, "fatol": 1e-14, "maxiter": 2000},
     )
     theta = _profiled_theta(res.x, data)
@@ -250,19 +267,43 @@ def _restart(theta: np.ndarray, data: tuple[np.ndarray, np.ndarray, np.ndarray, 
     return float(res.fun)
 
 
-def _status(params: dict[str, float], diagnostics: dict, min_loss: float) -> str:
-    """Name what makes the optimum untrustworthy: early stopping or a degenerate term.
+def _shares(theta: np.ndarray, lnN: np.ndarray, lnD: np.ndarray) -> dict[str, float]:
+    """The largest share of the fitted loss that A/N^α and B/D^β each reach over the data."""
+    a, b, e, alpha, beta = theta
+    log_terms = np.stack([a - alpha * lnN, b - beta * lnD, np.full_like(lnN, e)])
+    with np.errstate(invalid="ignore"):  # a term at -inf throughout has share 0
+        shares = np.exp(log_terms - np.logaddexp.reduce(log_terms, axis=0))
+    return {
+        "A": float(np.nanmax(shares[0], initial=0)),
+        "B": float(np.nanmax(shares[1], initial=0)),
+    }
 
-    The restart decides convergence, not the optimiser's own flag: under `TIGHT`
-    tolerances L-BFGS-B ends ~2% of refits at the optimum with an "ABNORMAL" line search.
+
+def _status(
+    params: dict[str, float], diagnostics: dict, min_loss: float, shares: dict[str, float]
+) -> str:
+    """Name what makes the optimum untrustworthy: a degenerate term, early stopping, E = 0.
+
+    An exponent at `MAX_EXPONENT` is on VarPro's clamp (for the grid, past any published
+    one): its term fits the smallest sizes' noise. A term whose share of the loss stays
+    below `NEGLIGIBLE_EFFECT` (changing its constant by a factor e moves ln L by that
+    share) is not measured. The restart decides convergence, not the optimiser's own flag:
+    under `TIGHT` tolerances L-BFGS-B ends ~2% of refits at the optimum with an "ABNORMAL"
+    line search.
     """
+    negligible = [
+        name
+        for term, exponent in (("A", "alpha"), ("B", "beta"))
+        if shares[term] < NEGLIGIBLE_EFFECT
+        for name in (term, exponent)
+    ]
+    why = degenerate(params, ("A", "B"), ("alpha", "beta"), negligible, MAX_EXPONENT)
+    if why:
+        return why
     drop = 1 - diagnostics["restart_objective"] / diagnostics["objective"]
     if drop > RESTART_RTOL:
         return (
             f"not_converged: a restart from the answer lowers the summed objective by "
             f"{drop:.1%} (the search stopped early)"
         )
-    for name in ("alpha", "beta", "A", "B"):
-        if not params[name] > 0:
-            return f"hit_bound:{name}"
     return "hit_bound:E" if not params["E"] > 1e-6 * min_loss else "ok"

@@ -32,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("table", help="CSV or Parquet file, one row per run or evaluation")
     parser.add_argument("--law", required=True, choices=LAWS)
     for name in CANONICAL:
-        parser.add_argument(f"--{name}", default=name, metavar="COL", help=f"column for {name}")
-    parser.add_argument("--x", default="N", metavar="COL", help="power: column of x (N, D or C)")
+        what = "loss (rising: y)" if name == "loss" else name
+        parser.add_argument(f"--{name}", default=name, metavar="COL", help=f"column for {what}")
+    parser.add_argument(
+        "--x", default="N", metavar="COL", help="power, rising: column of x (N, D or C)"
+    )
     parser.add_argument(
         "--no-offset",
         dest="offset",
@@ -150,18 +153,26 @@ def _describe(fit: Fit, allocation: dict | None) -> str:
         b = d["bootstrap"]
         lines.append(
             f"bootstrap: {b['used']}/{b['k']} resamples used over {b['unit']}, seed {b['seed']}, "
-            f"{b['level']:.0%} percentile intervals"
+            f"{b['level']:.0%} percentile intervals; {b['degenerate']} degenerate, "
+            f"{b['at_bound']} at a bound"
         )
+        lines += [f"  {n} failed: {why}" for why, n in b["failures"].items()]
     if "budgets" in fit.tables:  # the envelope's grid is too long to print; it is in --json
         budgets = fit.tables["budgets"].to_string(index=False, float_format=lambda v: f"{v:.4g}")
         lines += ["budgets:", budgets]
     if d.get("dropped_budgets"):
         lines.append(f"dropped budgets: {d['dropped_budgets']}")
+    for C, r in d.get("rejected", {}).items():
+        sizes = ", ".join(f"{N:.4g}" for N in r["N"]) or "none"
+        lines.append(
+            f"rejected at C = {C} (|residual| > {d['mad_threshold']:g} robust SDs): N = "
+            f"{sizes}; {r['rounds']} rounds, {r['stopped']}"
+        )
     if allocation:
         p, k = allocation["params"], allocation["flops_per_token"]
         lines.append(
             f"compute-optimal: N_opt = G·(C/{k:g})^a, D_opt = (C/{k:g})^b/G with "
-            f"G={p['G']:.4g}, a={p['a']:.4f}, b={p['b']:.4f}"
+            f"G={p['G']:.4g}, a={p['a']:.4f}, b={p['b']:.4f}: {allocation['status']}"
         )
         for name, (lo, hi) in allocation["intervals"].items():
             lines.append(f"  {name}: [{lo:.4g}, {hi:.4g}]")

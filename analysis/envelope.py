@@ -3,8 +3,9 @@
 import numpy as np
 import pandas as pd
 
+from analysis.allocation import misallocation
 from analysis.fit import fit_power, ols
-from analysis.result import Fit
+from analysis.result import Fit, worst_status
 from analysis.table import FLOPS_PER_TOKEN, FitInputError
 
 N_GRID = 200  # log-spaced compute values at which the envelope is read
@@ -52,6 +53,9 @@ def fit_envelope(
     frontier. D_opt = C/(k·N_opt) gives b. Runs must go past their compute-optimal length:
     a run cut short cannot win where it would have, which biases N_opt upwards. Envelope
     points are not independent, so standard errors come from the bootstrap over runs.
+    The status is the power law's (`fit_power`), or `degenerate: …` when a or b lies
+    outside (0, 1). Raises `FitInputError` with fewer than 2 runs, fewer than 2 interior
+    sizes on the envelope, or an envelope that rises with C.
     """
     n_runs = curves["run"].nunique()
     if n_runs < 2:
@@ -76,7 +80,7 @@ def fit_envelope(
         residuals=law.residuals,
         n_points=len(inner),
         variables=("C",),
-        status=law.status,
+        status=worst_status(law.status, misallocation({"a": a, "b": b})),
         diagnostics=law.diagnostics
         | {
             "n_runs": n_runs,

@@ -1,7 +1,8 @@
-"""Power and Kaplan laws by least squares on ln L from several starts, best kept."""
+"""Power and Kaplan laws by least squares on ln L from several starts, best kept; the rising
+power law y = k·x^a by a line in log-log; and the checks that say when a fit is degenerate."""
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,15 +17,36 @@ from analysis.table import FitInputError, require_points
 LOG_SCALED = frozenset({"x_c", "N_c", "D_c", "S_c"})
 # Two starts reach the same optimum when their objectives agree to this relative tolerance.
 SAME_OPTIMUM_RTOL = 1e-6
+# An exponent starts no lower than this; one that ends at or below it makes its term a
+# constant over the data (0.001 changes a term by 1% over 10 decades of x).
+EXPONENT_FLOOR = 1e-3
+# A scale constant more than this many decades from 1 has run off to 0 or ∞: the fitted
+# term is flat, so the constant is not determined (Kaplan's N_c is 8.8e13, C_c 2.7e28 FLOP).
+RUNAWAY_DECADES = 100
+# A parameter that moves the fitted ln L by less than this anywhere in the data, when it
+# changes by a factor e (a scale constant) or by 100% (an exponent), belongs to a term too
+# small there to be measured: 0.1% of the loss, below the scatter of repeated runs.
+NEGLIGIBLE_EFFECT = 1e-3
+# What SciPy's optimisers raise mid-search on data a law cannot describe (e.g. "array must
+# not contain infs or NaNs" from a trust-region step whose model overflowed).
+OPTIMISER_ERRORS = (ValueError, ArithmeticError, RuntimeError)
 
 
 def fit_power(df: pd.DataFrame, x: str = "N", offset: bool = True) -> Fit:
-    """L = E + (x_c/x)^α, or Kaplan's pure (x_c/x)^α; the log-log line starts every search."""
+    """L = E + (x_c/x)^α, or Kaplan's pure (x_c/x)^α; the log-log line starts every search.
+
+    `df` has columns `x` and `loss` (positive, one row per point). Raises `FitInputError`
+    for too few points or distinct x, and when the loss rises with x (a log-log slope ≥ 0):
+    the law describes a falling quantity, and `fit_rising` fits a rising one. The status
+    is `degenerate: …` when x_c runs off to 0 or ∞ or α ends at `EXPONENT_FLOOR`
+    (`degenerate`), `failed: …` when SciPy raises from every start.
+    """
     law = "power with offset" if offset else "power"
     require_points(law, len(df), 3 if offset else 2)
     lnx, lnL = np.log(df[x].to_numpy(float)), np.log(df["loss"].to_numpy(float))
     if np.unique(lnx).size < (3 if offset else 2):
         raise FitInputError(f"{law} needs more distinct values of '{x}', got {np.unique(lnx).size}")
+    require_trend(lnx, lnL, x, rising=False)
     L = np.exp(lnL)
     if not offset:
         return _fit_log_space(
@@ -55,7 +77,8 @@ def fit_power(df: pd.DataFrame, x: str = "N", offset: bool = True) -> Fit:
 
 
 def fit_kaplan_nd(df: pd.DataFrame) -> Fit:
-    """Kaplan eq 1.5, L(N, D), on columns N, D, loss."""
+    """Kaplan eq 1.5, L(N, D), on columns N, D, loss; `FitInputError` under 5 points. The
+    status names a degenerate optimum or a failed search, as for `fit_power`."""
     require_points("kaplan-nd", len(df), 4)
     N, D, lnL = df["N"].to_numpy(float), df["D"].to_numpy(float), np.log(df["loss"].to_numpy(float))
     return _fit_log_space(
@@ -71,7 +94,8 @@ def fit_kaplan_nd(df: pd.DataFrame) -> Fit:
 
 
 def fit_kaplan_ns(df: pd.DataFrame) -> Fit:
-    """Kaplan eq 1.6, L(N, S_min), on learning-curve columns N, S, loss."""
+    """Kaplan eq 1.6, L(N, S_min), on learning-curve columns N, S, loss; `FitInputError`
+    under 5 points. The status names a degenerate optimum or a failed search."""
     require_points("kaplan-ns", len(df), 4)
     N, S, lnL = df["N"].to_numpy(float), df["S"].to_numpy(float), np.log(df["loss"].to_numpy(float))
     return _fit_log_space(
@@ -84,6 +108,111 @@ def fit_kaplan_ns(df: pd.DataFrame) -> Fit:
         upper=[np.inf] * 4,
         variables=("N", "S"),
     )
+
+
+def fit_rising(df: pd.DataFrame, x: str = "C") -> Fit:
+    """y = k·x^a on columns `x` and `loss` (y, positive), as a least-squares line in log-log.
+
+    With multiplicative noise, y = k·x^a·ε and ln ε normal, least squares on ln y against
+    ln x is the maximum-likelihood estimator, and it is unbiased and better behaved than
+    nonlinear least squares on y (Xiao, White, Hooten & Durham 2011, "On the use of
+    log-transformation vs. nonlinear regression for analyzing biological power laws",
+    Ecology 92:1887–1894). Allocation tables fitted this way: Hoffmann et al. 2022's
+    N_opt ∝ C^a. Standard errors are OLS's (k's by the delta method). Raises
+    `FitInputError` for fewer than 3 points or 2 distinct x, and when y falls with x (a
+    log-log slope ≤ 0): `fit_power` fits a falling quantity.
+    """
+    require_points("rising", len(df), 2)
+    lnx, lny = np.log(df[x].to_numpy(float)), np.log(df["loss"].to_numpy(float))
+    if np.unique(lnx).size < 2:
+        raise FitInputError(f"rising needs 2 or more distinct values of '{x}', got 1")
+    a, ln_k, se_a, se_ln_k = require_trend(lnx, lny, x, rising=True)
+    k = float(np.exp(ln_k))
+    residuals = lny - (ln_k + a * lnx)
+    return Fit(
+        law="rising",
+        params={"k": k, "a": a},
+        stderr={"k": k * se_ln_k, "a": se_a},
+        residuals=residuals,
+        n_points=len(lny),
+        variables=(x,),
+        diagnostics={
+            "objective": float(residuals @ residuals),
+            "loss_space": "ln y, least squares (a line in log-log)",
+            "stderr_method": "ols",
+        },
+    )
+
+
+def require_trend(
+    lnx: np.ndarray, lny: np.ndarray, x: str, *, rising: bool
+) -> tuple[float, float, float, float]:
+    """The log-log OLS line (slope, intercept, their standard errors) when y moves with x
+    the way the law needs: up for `rising`, down for `power`; else `FitInputError`."""
+    line = ols(lnx, lny)
+    if (line[0] > 0) != rising:
+        law, form, other = (
+            ("rising", "y = k·x^a describes a quantity that rises", "power: L = E + (x_c/x)^α")
+            if rising
+            else ("power", "L = E + (x_c/x)^α describes a quantity that falls", "rising: y = k·x^a")
+        )
+        raise FitInputError(
+            f"{law}: {form} with x, and this one {'falls' if rising else 'rises'} with "
+            f"'{x}' (log-log slope {line[0]:+.3g}); use --law {other}"
+        )
+    return line
+
+
+def degenerate(
+    params: Mapping[str, float],
+    scales: Iterable[str],
+    exponents: Iterable[str],
+    negligible: Sequence[str] = (),
+    ceiling: float = np.inf,
+) -> str:
+    """`degenerate: <why>` when a scale constant ran off to 0 or ∞ (beyond
+    `RUNAWAY_DECADES`), an exponent ended at or below `EXPONENT_FLOOR` or at or above the
+    search's `ceiling`, or the parameters named in `negligible` barely move the fit
+    (`NEGLIGIBLE_EFFECT`); else "".
+
+    Each makes a term constant or vanishing over the data, which the offset (or the other
+    term) absorbs: the data do not determine its constant or exponent, whatever the
+    objective.
+    """
+    why, named = [], set()
+    for name in scales:
+        decades = np.log10(params[name]) if params[name] > 0 else -np.inf
+        if not abs(decades) <= RUNAWAY_DECADES:
+            why.append(f"{name} ran off to {'∞' if decades > 0 else '0'} ({params[name]:.3g})")
+            named.add(name)
+    for name in exponents:
+        if not EXPONENT_FLOOR < params[name] < ceiling * (1 - 1e-6):
+            edge = EXPONENT_FLOOR if params[name] < ceiling else ceiling
+            why.append(f"{name} = {params[name]:.3g} ended at its clamp {edge:g}")
+            named.add(name)
+    unmoved = [name for name in negligible if name not in named]
+    if unmoved:
+        why.append(
+            f"changing {' or '.join(unmoved)} moves the fitted loss by < "
+            f"{NEGLIGIBLE_EFFECT:.1%} anywhere in the data"
+        )
+    if not why:
+        return ""
+    return f"degenerate: {'; '.join(why)} (a term flat or vanishing over the data)"
+
+
+def solve_each(
+    solve: Callable[[np.ndarray], OptimizeResult], starts: Iterable[np.ndarray]
+) -> tuple[list[OptimizeResult], list[str]]:
+    """`solve` from every start; one on which SciPy raises (`OPTIMISER_ERRORS`) is recorded
+    as `Type: message` and the others go on."""
+    runs, errors = [], []
+    for start in starts:
+        try:
+            runs.append(solve(start))
+        except OPTIMISER_ERRORS as error:
+            errors.append(f"{type(error).__name__}: {error}")
+    return runs, errors
 
 
 def ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
@@ -101,7 +230,7 @@ def ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
 def _loglog_start(lnx: np.ndarray, lny: np.ndarray) -> list[float]:
     """(ln x_c, α) of the least-squares line ln y = α(ln x_c − ln x): exact for the pure form."""
     slope, intercept, *_ = ols(lnx, lny)
-    alpha = max(-slope, 1e-3)
+    alpha = max(-slope, EXPONENT_FLOOR)
     return [intercept / alpha, alpha]
 
 
@@ -134,29 +263,40 @@ def _fit_log_space(
     upper: Sequence[float],
     variables: tuple[str, ...],
 ) -> Fit:
-    """Least squares on ln L from every start; keep the best, report how many starts agreed."""
+    """Least squares on ln L from every start; keep the best, report how many starts agreed.
+
+    A start that overflows is skipped and one on which SciPy raises is counted; when every
+    start raises, the fit's status is `failed: …` with NaN parameters.
+    """
     lower, upper = np.asarray(lower, float), np.asarray(upper, float)
-    runs = []
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        for start in np.clip(np.asarray(starts, float), lower, upper):
-            if np.isfinite(log_model(start)).all():  # a start can overflow; the others go on
-                runs.append(
-                    least_squares(
-                        lambda t: log_model(t) - lnL, start, bounds=(lower, upper), x_scale="jac"
-                    )
-                )
-    if not runs:
+        finite = [  # a start can overflow; the others go on
+            start
+            for start in np.clip(np.asarray(starts, float), lower, upper)
+            if np.isfinite(log_model(start)).all()
+        ]
+        runs, errors = solve_each(
+            lambda start: least_squares(
+                lambda t: log_model(t) - lnL, start, bounds=(lower, upper), x_scale="jac"
+            ),
+            finite,
+        )
+    if not finite:
         raise FitInputError(f"{law}: no starting point gives a finite loss on this data")
-    best = min(runs, key=lambda r: r.cost)
     n, p = len(lnL), len(names)
+    if not runs:
+        why = f"SciPy's least_squares raised from all {len(errors)} starts ({errors[0]})"
+        return Fit.failed(law, tuple(names), variables, n, why)
+    best = min(runs, key=lambda r: r.cost)
     theta = best.x
     cov = 2 * best.cost / (n - p) * np.linalg.pinv(best.jac.T @ best.jac)
     se_theta = np.sqrt(np.clip(np.diag(cov), 0, None))
     params, stderr = {}, {}
-    for name, t, se in zip(names, theta, se_theta, strict=True):
-        value = float(np.exp(t)) if name in LOG_SCALED else float(t)
-        params[name] = value
-        stderr[name] = float(value * se) if name in LOG_SCALED else float(se)  # delta method
+    with np.errstate(over="ignore", invalid="ignore"):  # a runaway constant is reported below
+        for name, t, se in zip(names, theta, se_theta, strict=True):
+            value = float(np.exp(t)) if name in LOG_SCALED else float(t)
+            params[name] = value
+            stderr[name] = float(value * se) if name in LOG_SCALED else float(se)  # delta method
     return Fit(
         law=law,
         params=params,
@@ -164,12 +304,13 @@ def _fit_log_space(
         residuals=-best.fun,
         n_points=n,
         variables=variables,
-        status=_status(best, names),
+        status=_status(best, params, _negligible(best, names)),
         diagnostics={
             "objective": float(2 * best.cost),
             "loss_space": "ln L, least squares",
             "iterations": int(best.nfev),
             "n_starts": len(starts),
+            "n_failed_starts": len(errors),
             "n_at_best": int(
                 sum(r.cost <= best.cost * (1 + SAME_OPTIMUM_RTOL) + 1e-15 for r in runs)
             ),
@@ -178,9 +319,25 @@ def _fit_log_space(
     )
 
 
-def _status(res: OptimizeResult, names: Sequence[str]) -> str:
-    """Say when the optimum is not a clean interior one, instead of returning it silently."""
-    if not res.success or not np.isfinite(res.x).all():
+def _negligible(res: OptimizeResult, names: Sequence[str]) -> list[str]:
+    """Parameters (not the offset E) whose change by a factor e (scale constants) or by 100%
+    (exponents) moves the fitted ln L by less than `NEGLIGIBLE_EFFECT` at every point."""
+    steps = [1.0 if name in LOG_SCALED else abs(t) for name, t in zip(names, res.x, strict=True)]
+    effect = np.abs(res.jac).max(axis=0) * steps
+    return [n for n, e in zip(names, effect, strict=True) if n != "E" and e < NEGLIGIBLE_EFFECT]
+
+
+def _status(res: OptimizeResult, params: Mapping[str, float], negligible: Sequence[str]) -> str:
+    """Say when the optimum is not a clean interior one, instead of returning it silently:
+    a degenerate optimum first (a constant that ran off is also what stops the search)."""
+    if not np.isfinite(res.x).all():
         return f"not_converged: {res.message}"
-    hit = [name for name, active in zip(names, res.active_mask, strict=True) if active]
+    exponents = [name for name in params if name.startswith("alpha")]
+    scales = [name for name in params if name in LOG_SCALED]
+    why = degenerate(params, scales, exponents, negligible)
+    if why:
+        return why
+    if not res.success:
+        return f"not_converged: {res.message}"
+    hit = [name for name, active in zip(params, res.active_mask, strict=True) if active]
     return "hit_bound:" + ",".join(hit) if hit else "ok"

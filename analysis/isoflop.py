@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 
+from analysis.allocation import misallocation
 from analysis.fit import ols
 from analysis.result import Fit
 from analysis.table import FLOPS_PER_TOKEN, FitInputError
@@ -12,6 +13,12 @@ MAD_TO_SIGMA = 1.4826  # median absolute deviation → standard deviation under 
 # A vertex further outside the sampled ln N range than this fraction of its width comes
 # from a profile that never turns up: the budget does not bracket its optimum.
 MAX_EXTRAPOLATION = 0.5
+# A vertex within this fraction of the sampled ln N range of its smallest or largest size
+# lies at the edge (rounding aside): the budget does not bracket its optimum.
+AT_EDGE = 1e-6
+# Rounds of outlier rejection per budget, as astropy's `sigma_clip` (maxiters=5). Rejection
+# only ever removes points, so it also ends when a round removes none.
+MAX_REJECTION_ROUNDS = 5
 
 
 def fit_isoflop(
@@ -26,18 +33,22 @@ def fit_isoflop(
     D* = C/(k·N*) with k = `flops_per_token`, or, when it is None, each budget's median
     C/(N·D) from the table's own D column. Budgets with fewer than 3 distinct N, no
     minimum (a non-convex parabola) or a vertex far outside the sizes sampled are dropped
-    and named; a vertex just outside is kept and flagged (`vertex_in_range`).
-    `mad_threshold` rejects points whose residual exceeds that many robust standard
-    deviations, refitting until none move; plain least squares on every point (the
-    default) reproduces the published exponents. a, b and the prefactors k_N, k_D
-    (N* = k_N·C^a, D* = k_D·C^b) come from OLS in log space.
+    and named. A kept budget whose vertex is not strictly inside the sizes sampled
+    (`vertex_in_range`) did not bracket its optimum, and a or b outside (0, 1) is no
+    allocation: either makes the status `degenerate: …`. `mad_threshold` rejects points
+    whose residual exceeds that many robust standard deviations (`_parabola`: at most
+    `MAX_REJECTION_ROUNDS` rounds, never below 3 sizes); the points rejected are in
+    diagnostics["rejected"]. Plain least squares on every point (the default) reproduces
+    the published exponents. a, b and the prefactors k_N, k_D (N* = k_N·C^a,
+    D* = k_D·C^b) come from OLS in log space. Raises `FitInputError` with fewer than 2
+    budgets (before or after dropping).
     """
     budgets = df["C"].nunique()
     if budgets < 2:
         raise FitInputError(f"isoflop needs at least 2 budgets, found {budgets}")
     if flops_per_token is None and "D" not in df.columns:
         raise FitInputError("isoflop with the table's own FLOPs per token needs column 'D'")
-    rows, residuals, dropped = [], [], {}
+    rows, residuals, dropped, rejected = [], [], {}, {}
     for C, group in df.groupby("C", sort=True):
         x, y = np.log(group["N"].to_numpy(float)), group["loss"].to_numpy(float)
         if np.unique(x).size < MIN_BUDGET_POINTS:
@@ -45,12 +56,15 @@ def fit_isoflop(
                 f"{np.unique(x).size} distinct N (a parabola needs {MIN_BUDGET_POINTS})"
             )
             continue
-        coef, keep = _parabola(x, y, mad_threshold)
+        coef, keep, rejection = _parabola(x, y, mad_threshold)
+        if rejection:
+            rejected[f"{C:g}"] = {"N": group["N"][~keep].tolist(), **rejection}
         if coef[0] <= 0:
             dropped[f"{C:g}"] = "not convex: the parabola has no minimum"
             continue
         x_star = -coef[1] / (2 * coef[0])
         beyond = max(x.min() - x_star, x_star - x.max(), 0.0) / np.ptp(x)
+        edge = AT_EDGE * np.ptp(x)
         if beyond > MAX_EXTRAPOLATION:
             dropped[f"{C:g}"] = f"vertex {beyond:.2g} ranges outside the sizes sampled"
             continue
@@ -64,7 +78,7 @@ def fit_isoflop(
                 "curvature": coef[0],
                 "n_points": len(group),
                 "n_kept": int(keep.sum()),
-                "vertex_in_range": bool(beyond == 0),
+                "vertex_in_range": bool(x.min() + edge < x_star < x.max() - edge),
                 "flops_per_token": k,
             }
         )
@@ -91,12 +105,14 @@ def fit_isoflop(
         residuals=kept,
         n_points=len(kept),
         variables=("C",),
+        status=_status(table, a, b),
         diagnostics={
             "n_budgets": len(table),
             "dropped_budgets": dropped,
             "vertices_out_of_range": int((~table["vertex_in_range"]).sum()),
             "flops_per_token": "table" if flops_per_token is None else flops_per_token,
             "mad_threshold": mad_threshold,
+            "rejected": rejected,
             "loss_space": "loss, least squares per budget",
             "stderr_method": "ols",
         },
@@ -104,21 +120,49 @@ def fit_isoflop(
     )
 
 
+def _status(budgets: pd.DataFrame, a: float, b: float) -> str:
+    """`degenerate: …` naming the budgets whose vertex is not strictly inside their sizes
+    and an a or b outside (0, 1); else "ok"."""
+    edge = budgets.loc[~budgets["vertex_in_range"], "C"]
+    why = []
+    if not edge.empty:
+        why.append(
+            f"the vertices of {len(edge)} of {len(budgets)} budgets (C = "
+            f"{', '.join(f'{C:.3g}' for C in edge)}) lie at or beyond the edge of the sizes "
+            "tried, so those budgets do not bracket their optimum"
+        )
+    if outside := misallocation({"a": a, "b": b}):
+        why.append(outside.removeprefix("degenerate: "))
+    return f"degenerate: {'; '.join(why)}" if why else "ok"
+
+
 def _parabola(
     x: np.ndarray, y: np.ndarray, mad_threshold: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients in x (highest power first) and the mask of points kept."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """Coefficients in x (highest power first), the mask of points kept, and how the
+    rejection went (rounds run and why it stopped; empty without `mad_threshold`).
+
+    Each round drops the kept points whose residual from the parabola fitted to the kept
+    points exceeds `mad_threshold` robust standard deviations of the kept residuals. A
+    dropped point is never readmitted, as in astropy's `sigma_clip`: re-judging every
+    point each round can cycle between two masks forever. Stops when a round drops
+    nothing, when dropping would leave fewer than 3 sizes, or after `MAX_REJECTION_ROUNDS`.
+    """
     keep = np.ones(len(x), dtype=bool)
-    while True:
-        coef = _polyfit2(x[keep], y[keep])
-        if mad_threshold is None:
-            return coef, keep
+    coef = _polyfit2(x, y)
+    if mad_threshold is None:
+        return coef, keep, {}
+    for rounds in range(1, MAX_REJECTION_ROUNDS + 1):
         res = y - np.polyval(coef, x)
         spread = MAD_TO_SIGMA * np.median(np.abs(res[keep] - np.median(res[keep])))
-        new = np.abs(res) <= mad_threshold * max(spread, np.finfo(float).tiny)
-        if np.unique(x[new]).size < MIN_BUDGET_POINTS or (new == keep).all():
-            return coef, keep
+        new = keep & (np.abs(res) <= mad_threshold * max(spread, np.finfo(float).tiny))
+        if (new == keep).all():
+            return coef, keep, {"rounds": rounds, "stopped": "nothing more to reject"}
+        if np.unique(x[new]).size < MIN_BUDGET_POINTS:
+            return coef, keep, {"rounds": rounds, "stopped": "fewer than 3 sizes would remain"}
         keep = new
+        coef = _polyfit2(x[keep], y[keep])
+    return coef, keep, {"rounds": MAX_REJECTION_ROUNDS, "stopped": "round limit reached"}
 
 
 def _polyfit2(x: np.ndarray, y: np.ndarray) -> np.ndarray:

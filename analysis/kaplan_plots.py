@@ -47,7 +47,7 @@ def loss_vs_params(runs: pd.DataFrame, fit: Fit | None, levels: pd.Series) -> Fi
         _finish(ax, label, "final validation loss (nats/token)")
     if fit is not None:
         N = np.geomspace(runs["N"].min(), runs["N"].max(), 100)
-        _law_line(axes[0], fit, N, "C3", f"L(N) fit, α = {fit.params['alpha']:.3f}")
+        _law_line(axes[0], fit, N, "C3", _labelled(fit, f"L(N) fit, α = {fit.params['alpha']:.3f}"))
     handles = []
     if "model.n_layer" in runs and len(colours) <= MAX_LEGEND:
         handles += [
@@ -102,7 +102,7 @@ def learning_curves(
         ax.plot(frontier["C"], frontier["loss"], color="k", lw=1.6, ls="--", label="frontier")
     if fit is not None and fitted is not None:
         C = np.geomspace(fitted["C"].min(), fitted["C"].max(), 100)
-        _law_line(ax, fit, C, "C3", f"L(C) fit, α_C = {fit.params['alpha']:.3f}")
+        _law_line(ax, fit, C, "C3", _labelled(fit, f"L(C) fit, α_C = {fit.params['alpha']:.3f}"))
     _finish(ax, xlabel, "validation loss (nats/token)")
     ax.legend(fontsize=7)
     return fig
@@ -247,9 +247,14 @@ def _law_line(ax: Axes, fit: Fit, x: np.ndarray, colour: str, label: str, ls: st
 
 
 def _describe(fit: Fit) -> str:
-    """'offset form, α = …' or 'pure form, α = …'."""
+    """'offset form, α = …' or 'pure form, α = …', and the status when it is not ok."""
     form = "offset form" if "E" in fit.params else "pure form (Kaplan's)"
-    return f"{form}, α = {fit.params['alpha']:.3f}"
+    return _labelled(fit, f"{form}, α = {fit.params['alpha']:.3f}")
+
+
+def _labelled(fit: Fit, label: str) -> str:
+    """A legend label, with the fit's status under it when it is not ok."""
+    return "\n".join(filter(None, (label, fit.caveat(40))))
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str) -> None:

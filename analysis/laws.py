@@ -13,6 +13,11 @@ def power(x: ArrayLike, x_c: float, alpha: float, E: float = 0.0) -> Array:
     return E + np.exp(alpha * (np.log(x_c) - np.log(x)))
 
 
+def rising(x: ArrayLike, k: float, a: float) -> Array:
+    """y = k·x^a, a quantity that grows with x (N_opt ∝ C^a, Hoffmann et al. 2022 Table 3)."""
+    return k * np.exp(a * np.log(x))
+
+
 def kaplan_nd(
     N: ArrayLike, D: ArrayLike, N_c: float, D_c: float, alpha_N: float, alpha_D: float
 ) -> Array:
@@ -38,6 +43,7 @@ def chinchilla(
 # Law name → (form, parameter names it fits). `envelope` fits a power law in C.
 FORMS: dict[str, tuple[Callable[..., Array], tuple[str, ...]]] = {
     "power": (power, ("E", "x_c", "alpha")),
+    "rising": (rising, ("k", "a")),
     "envelope": (power, ("E", "x_c", "alpha")),
     "kaplan-nd": (kaplan_nd, ("N_c", "D_c", "alpha_N", "alpha_D")),
     "kaplan-ns": (kaplan_ns, ("N_c", "S_c", "alpha_N", "alpha_S")),

@@ -21,6 +21,7 @@ def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:
     """The figure for `fit`, drawn over the table it was fitted on (canonical columns)."""
     plotters = {
         "power": _plot_power,
+        "rising": _plot_power,
         "kaplan-nd": _plot_two_variable,
         "kaplan-ns": _plot_two_variable,
         "chinchilla": _plot_two_variable,
@@ -31,13 +32,13 @@ def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:
 
 
 def _plot_power(fit: Fit, df: pd.DataFrame) -> Figure:
-    """Loss against x with the fitted law."""
+    """Loss (for `rising`, y) against x with the fitted law."""
     fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.subplots()
     x = fit.variables[0]
     ax.scatter(df[x], df["loss"], s=12, color="0.3", label="data")
     _law_line(ax, fit, np.geomspace(df[x].min(), df[x].max(), 200), color="C3", label="fit")
-    _finish(ax, x, "loss", _title(fit))
+    _finish(ax, x, "y" if fit.law == "rising" else "loss", _title(fit))
     return fig
 
 
@@ -174,7 +175,6 @@ def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, log_y: bool = True) 
 
 
 def _title(fit: Fit) -> str:
-    """The law and its fitted parameters, compactly."""
+    """The law and its fitted parameters, compactly, and the status when it is not ok."""
     shown = ", ".join(f"{k}={v:.3g}" for k, v in fit.params.items())
-    status = "" if fit.ok else f" [{fit.status}]"
-    return f"{fit.law}: {shown}{status}"
+    return "\n".join(filter(None, (f"{fit.law}: {shown}", fit.caveat())))

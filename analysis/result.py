@@ -1,11 +1,28 @@
 """The fit result every fitter returns, so the CLI, report and bootstrap treat all laws alike."""
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+# Statuses from worst to best; a fit's status starts with one of them.
+STATUSES = (
+    "failed",  # the optimiser raised on every start: the parameters are NaN
+    "degenerate",  # the data do not determine the law (a scale constant at 0 or ∞, ...)
+    "not_converged",  # the optimiser stopped short of an optimum
+    "hit_bound",  # a clean optimum on a bound, e.g. E = 0 (Kaplan's pure form)
+    "ok",
+)
+NO_ESTIMATE = STATUSES[:3]  # statuses whose parameters are no estimate of the law
+
+
+def worst_status(*statuses: str) -> str:
+    """The worst of `statuses` in the order of `STATUSES` (empty strings are ignored)."""
+    given = [s for s in statuses if s] or ["ok"]
+    return min(given, key=lambda s: [s.startswith(p) for p in STATUSES].index(True))
 
 
 @dataclass(frozen=True)
@@ -13,8 +30,8 @@ class Fit:
     """Fitted parameters with uncertainties, residuals, and how the optimiser fared.
 
     `residuals` are observed minus fitted, in the space the law was fitted in (ln L for
-    the loss laws, loss for IsoFLOP parabolas). `status` is "ok", "hit_bound:<param>" or
-    "not_converged: <why>". `tables` holds per-budget or per-point detail; `samples`
+    the loss laws, loss for IsoFLOP parabolas). `status` is one of `STATUSES`, with the
+    reason after the colon. `tables` holds per-budget or per-point detail; `samples`
     holds bootstrap draws of the parameters (one row per resample) when there are any.
     """
 
@@ -34,6 +51,32 @@ class Fit:
     def ok(self) -> bool:
         """Whether the numbers can be used as they stand."""
         return self.status == "ok"
+
+    @property
+    def usable(self) -> bool:
+        """Whether the parameters estimate the law: ok or on a bound, not degenerate,
+        unconverged or failed."""
+        return not self.status.startswith(NO_ESTIMATE)
+
+    def caveat(self, width: int = 70) -> str:
+        """"" for an ok fit, else its status in brackets, wrapped at `width` characters: for
+        plot titles and legends, so a figure never shows a fit the data did not determine
+        without saying so."""
+        return "" if self.ok else textwrap.fill(f"[{self.status}]", width)
+
+    @classmethod
+    def failed(
+        cls, law: str, names: tuple[str, ...], variables: tuple[str, ...], n_points: int, why: str
+    ) -> "Fit":
+        """A fit whose optimiser raised: NaN parameters and status `failed: <why>`."""
+        return cls(
+            law=law,
+            params=dict.fromkeys(names, float("nan")),
+            residuals=np.full(n_points, np.nan),
+            n_points=n_points,
+            variables=variables,
+            status=f"failed: {why}",
+        )
 
     def summary(self) -> pd.DataFrame:
         """One row per parameter: value, standard error and interval, for tables and reports."""

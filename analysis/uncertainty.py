@@ -1,5 +1,6 @@
 """Seeded bootstrap over rows, runs or within strata, and percentile intervals from it."""
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from analysis.fit import OPTIMISER_ERRORS
 from analysis.result import Fit
 from analysis.table import FitInputError
 
@@ -51,29 +53,34 @@ def bootstrap(
 ) -> Fit:
     """`fit` with bootstrap standard errors and percentile intervals from `k` seeded refits.
 
-    Refits that fail (a resample the law cannot use, or no convergence) are left out and
-    counted. Refits that end on a bound are kept and counted: the bound is a legitimate
-    estimate, and dropping those draws would pull the interval away from it.
+    Refits that give no estimate are left out and counted as failed, with their reasons:
+    a resample the law cannot use (`FitInputError`), an optimiser that raised
+    (`OPTIMISER_ERRORS`) or a status of `failed` or `not_converged`. Refits that end on a
+    bound or degenerate are kept and counted: they are what the estimator gives on that
+    resample, and dropping them would pull the interval towards the well-behaved draws.
     """
     rng = np.random.default_rng(seed)
-    draws, failed, at_bound = [], 0, 0
+    draws, failures, at_bound, degenerate = [], Counter(), 0, 0
     for _ in range(k):
         try:
             again = refit(resample(df, rng, unit, strata))
-        except (FitInputError, np.linalg.LinAlgError):  # a resample the law cannot use
-            failed += 1
+        except (FitInputError, *OPTIMISER_ERRORS) as error:  # FitInputError: a bad resample
+            failures[f"{type(error).__name__}: {error}"] += 1
             continue
-        if again.status.startswith("not_converged"):
-            failed += 1
+        if again.status.startswith(("failed", "not_converged")):
+            failures[again.status] += 1
             continue
-        at_bound += not again.ok
+        at_bound += again.status.startswith("hit_bound")
+        degenerate += again.status.startswith("degenerate")
         draws.append(again.params)
     samples = pd.DataFrame(draws, columns=list(fit.params))
     summary = {
         "k": k,
         "used": len(samples),
-        "failed": failed,
+        "failed": sum(failures.values()),
         "at_bound": at_bound,
+        "degenerate": degenerate,
+        "failures": dict(failures.most_common(3)),
         "seed": seed,
         "level": level,
         "unit": unit or (f"rows within {strata}" if strata else "row"),

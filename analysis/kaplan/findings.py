@@ -203,8 +203,9 @@ def finding_overfitting(lnd: LawFit, runs: pd.DataFrame) -> Finding:
             f"{' and '.join(runaway)} ran past {MAX_EXPONENT:g}: the fit collapses eq 1.5 to "
             "whichever term is larger at each run, so the data do not pin that exponent down "
             "(too little overlap between the N-limited and the D-limited regimes)", numbers)
-    if lnd.fit.status.startswith("not_converged"):
-        return Finding(3, "not reproduced", evidence, "the fit did not converge", numbers)
+    if not lnd.fit.usable:
+        reason = f"the fit gives no estimate ({lnd.fit.status})"
+        return Finding(3, "not reproduced", evidence, reason, numbers)
     return Finding(
         3, "partly", evidence, f"the fit is {lnd.fit.status} with rms {lnd.rms():.2%}", numbers
     )
@@ -230,8 +231,9 @@ def finding_learning_curves(lns: LawFit) -> Finding:
         return Finding(4, "partly", evidence, reason, numbers)
     if lns.fit.ok and lns.rms() <= SMOOTH_RMS:
         return Finding(4, "reproduced", evidence, f"eq 1.6 fits within {SMOOTH_RMS:.0%}", numbers)
-    if lns.fit.status.startswith("not_converged"):
-        return Finding(4, "not reproduced", evidence, "the fit did not converge", numbers)
+    if not lns.fit.usable:
+        reason = f"the fit gives no estimate ({lns.fit.status})"
+        return Finding(4, "not reproduced", evidence, reason, numbers)
     return Finding(
         4, "partly", evidence, f"the fit is {lns.fit.status} with rms {lns.rms():.2%}", numbers
     )

@@ -188,7 +188,7 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
     curves, and a Chinchilla Approach 3 fit on the same runs. `a` is from the first route
     whose fit is clean (converged inside its bounds, and within 2% rms, or for the envelope,
     with optimal sizes from 2+ N levels) and whose a lies in (0, 1); failing that, the first
-    that converged."""
+    that gave an estimate (not degenerate, unconverged or failed)."""
     out: dict[str, Any] = {
         "kaplan_a": KAPLAN_A,
         "kaplan_a_eq15": KAPLAN_A_EQ15,
@@ -233,8 +233,9 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
 
 
 def _tier(fit: Fit, clean: bool) -> int:
-    """0: clean, 1: converged inside its bounds, 2: at a bound, 3: not converged."""
-    if fit.status.startswith("not_converged"):
+    """0: clean, 1: converged inside its bounds, 2: at a bound, 3: no estimate (degenerate,
+    not converged or failed)."""
+    if not fit.usable:
         return 3
     return 0 if clean else 1 if fit.ok else 2
 
@@ -261,12 +262,13 @@ def _with(runs: pd.DataFrame, columns: list[str], law: str) -> pd.DataFrame:
 
 
 def _power_fits(points: pd.DataFrame, x: str, n_bootstrap: int, seed: int) -> tuple[Fit, Fit]:
-    """The law (offset form where 4+ points at 3+ distinct x allow it and it converges, else
-    Kaplan's pure form) and the pure fit, whose α is the one Kaplan's constants compare with."""
+    """The law (offset form where 4+ points at 3+ distinct x allow it and it gives an
+    estimate, else Kaplan's pure form) and the pure fit, whose α is the one Kaplan's
+    constants compare with."""
     data = select(points, [x, "loss"])
     if len(data) >= 4 and data[x].nunique() >= 3:
         fit = _fit(data, "power", n_bootstrap, seed, x=x, offset=True)
-        if not fit.status.startswith("not_converged"):
+        if fit.usable:
             return fit, fit_power(data, x=x, offset=False)
     pure = _fit(data, "power", n_bootstrap, seed, x=x, offset=False)
     return pure, pure

@@ -19,6 +19,7 @@ def per_position_icl(positions: pd.DataFrame, runs: pd.DataFrame) -> dict[str, A
     T counts positions from 1 (0-based positions are shifted). The score is the loss at
     0.8·n_ctx minus the loss at 0.1·n_ctx (Olsson et al. use tokens 500 and 50), read off
     the run's losses interpolated in log T; n_ctx is model.n_ctx, else the largest T.
+    The median α_T is over the runs whose fit gave an estimate (`Fit.usable`).
     """
     missing = [c for c in ("run_id", "position", "loss") if c not in positions]
     if missing or "N" not in runs:
@@ -48,7 +49,7 @@ def per_position_icl(positions: pd.DataFrame, runs: pd.DataFrame) -> dict[str, A
         }
         try:
             fit = fit_power(group, x="T", offset=True)
-            row |= {"status": fit.status, "alpha_T": fit.params["alpha"]}
+            row |= {"status": fit.status, "usable": fit.usable, "alpha_T": fit.params["alpha"]}
             row |= {"T_c": fit.params["x_c"], "L_inf": fit.params["E"]}
         except FitInputError as error:
             row["status"] = f"skipped: {error}"
@@ -65,6 +66,10 @@ def per_position_icl(positions: pd.DataFrame, runs: pd.DataFrame) -> dict[str, A
     if scores["N"].nunique() >= 2:
         slope, _, se, _ = ols(np.log10(scores["N"].to_numpy(float)), scores["icl_score"].to_numpy())
         out |= {"score_slope_per_decade_N": slope, "score_slope_stderr": se}
-    fitted = scores["alpha_T"].dropna() if "alpha_T" in scores else pd.Series(dtype=float)
+    fitted = (  # runs whose fit raised have no `usable` (NaN)
+        scores.loc[scores["usable"].eq(True), "alpha_T"]
+        if "usable" in scores
+        else pd.Series(dtype=float)
+    )
     out["alpha_T_median"] = float(fitted.median()) if len(fitted) else None
     return out

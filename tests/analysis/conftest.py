@@ -12,6 +12,8 @@ from analysis.table import derive, select
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 EPOCH_CSV = SHARED_DATA / "chinchilla_epoch_extracted.csv"
 ISOFLOPS_CSV = SHARED_DATA / "isoflops_multisource_openathena.csv"
+# Small published tables kept beside the tests (sources in data/README.md).
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def _require(path: Path) -> Path:
@@ -46,3 +48,9 @@ def isoflop_experiment(isoflops: pd.DataFrame, experiment: str) -> pd.DataFrame:
     rows = isoflops[isoflops["experiment"] == experiment]
     columns = {"N": "params", "D": "tokens", "C": "budget"}
     return select(rows, ["N", "D", "C", "loss"], columns)
+
+
+@pytest.fixture(scope="session")
+def table3() -> pd.DataFrame:
+    """Hoffmann et al. 2022 Table 3: N_opt (params) and D_opt (tokens) against C (flops)."""
+    return pd.read_csv(DATA / "chinchilla_table3.csv")

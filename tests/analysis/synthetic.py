@@ -27,15 +27,18 @@ def chinchilla_table(seed: int = 0, sigma: float = 0.005) -> pd.DataFrame:
     return pd.DataFrame({"N": N, "D": D, "C": 6 * N * D, "loss": loss})
 
 
-def isoflop_table(seed: int = 0, sigma: float = 0.002) -> pd.DataFrame:
-    """IsoFLOP profiles from the Chinchilla law: 7 sizes spread around each budget's optimum."""
+def isoflop_table(
+    seed: int = 0, sigma: float = 0.002, budgets: int = 7, sizes: int = 9
+) -> pd.DataFrame:
+    """IsoFLOP profiles from the Chinchilla law: `sizes` sizes from 1/8 to 8 times each
+    budget's optimum, at `budgets` budgets from 1e18 to 1e22 FLOPs."""
     rng = np.random.default_rng(seed)
     p = TRUE_CHINCHILLA
     G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
     a = p["beta"] / (p["alpha"] + p["beta"])
     rows = []
-    for C in np.geomspace(1e18, 1e22, 7):
-        for N in G * (C / 6) ** a * np.geomspace(1 / 8, 8, 9):
+    for C in np.geomspace(1e18, 1e22, budgets):
+        for N in G * (C / 6) ** a * np.geomspace(1 / 8, 8, sizes):
             rows.append({"C": C, "N": N, "D": C / (6 * N)})
     df = pd.DataFrame(rows)
     df["loss"] = noisy(laws.chinchilla(df["N"], df["D"], **p), rng, sigma)

@@ -5,7 +5,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from analysis import laws
-from analysis.allocation import allocation_params, compute_optimal, predict
+from analysis.allocation import allocation_params, compute_optimal, misallocation, predict
 from analysis.api import fit_law
 from analysis.result import Fit
 from tests.analysis.synthetic import TRUE_CHINCHILLA, TRUE_KAPLAN_ND, kaplan_nd_table
@@ -82,3 +82,21 @@ def test_predict_checks_the_number_of_inputs(epoch_grid_fit: Fit):
 def test_allocation_needs_an_nd_law():
     with pytest.raises(ValueError, match="needs an L\\(N, D\\) law"):
         allocation_params("power", {})
+
+
+def test_an_exponent_outside_zero_one_is_no_allocation():
+    assert misallocation({"a": 0.46, "b": 0.54}) == ""
+    assert misallocation({"a": 1.907, "b": -0.907}) == (
+        "degenerate: a = 1.91, b = -0.907 outside (0, 1): N_opt or D_opt would shrink as "
+        "compute grows"
+    )
+
+
+def test_a_kaplan_fit_whose_N_exponent_vanished_allocates_nothing():
+    """α_N = 0 puts all compute into N (a = 1): degenerate, and no ZeroDivisionError."""
+    params = TRUE_KAPLAN_ND | {"alpha_N": 0.0}
+    fit = Fit("kaplan-nd", params, np.zeros(3), 3, ("N", "D"), status="ok")
+    allocation = compute_optimal(fit)
+    assert allocation.params["a"] == 1.0
+    assert allocation.status.startswith("degenerate: a = 1, b = 0 outside (0, 1)")
+    assert allocation.to_dict()["status"] == allocation.status

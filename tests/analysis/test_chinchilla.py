@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 
+from analysis import chinchilla
+from analysis.allocation import compute_optimal
+from analysis.api import fit_law
 from analysis.chinchilla import bootstrap_refit, fit_chinchilla, published_grid, warm_starts
 from analysis.table import FitInputError
 from analysis.uncertainty import bootstrap, resample
-from tests.analysis.synthetic import TRUE_CHINCHILLA, chinchilla_table
+from tests.analysis.synthetic import TRUE_CHINCHILLA, chinchilla_table, noisy
 
 # ../shared/data/README.md: Epoch's notebook grid fit (sum-Huber, 3,125 L-BFGS-B starts),
 # Besiroglu et al.'s published row, and their 4,000-resample 95% percentile intervals.
@@ -80,6 +83,39 @@ def test_recovers_synthetic_truth(method):
         assert fit.params[name] == pytest.approx(TRUE_CHINCHILLA[name], abs=0.015), name
     for name in ("A", "B"):
         assert fit.params[name] == pytest.approx(TRUE_CHINCHILLA[name], rel=0.25), name
+
+
+@pytest.mark.parametrize(
+    ("method", "seed", "status"),
+    [
+        ("grid", 0, "degenerate: alpha = -0.000834 ended at its clamp 0.001"),
+        ("varpro", 0, "degenerate: A ran off to 0 (0); changing alpha moves the fitted loss"),
+        ("grid", 3, "degenerate: changing A or alpha moves the fitted loss by < 0.1%"),
+        ("varpro", 1, "degenerate: alpha = 5 ended at its clamp 5"),
+    ],
+)
+def test_a_loss_that_ignores_N_is_degenerate_not_ok(method, seed, status):
+    """E + B/D^β only: the N term is not in the data, and no allocation follows."""
+    table = chinchilla_table()
+    p = TRUE_CHINCHILLA
+    table["loss"] = noisy(p["E"] + p["B"] / table["D"] ** p["beta"], np.random.default_rng(seed))
+    fit = fit_chinchilla(table, method=method)
+    assert fit.status.startswith(status), fit.status
+    assert fit.params["beta"] == pytest.approx(p["beta"], abs=0.02)
+    assert compute_optimal(fit).status.startswith("degenerate")
+
+
+def test_an_optimiser_that_raises_gives_a_failed_status_and_no_bootstrap(monkeypatch):
+    def raises(*args, **kwargs):
+        raise ValueError("array must not contain infs or NaNs")
+
+    monkeypatch.setattr(chinchilla, "minimize", raises)
+    fit = fit_law(chinchilla_table(), "chinchilla", n_bootstrap=5)
+    assert fit.status == (
+        "failed: SciPy raised RuntimeError: L-BFGS-B raised from all 3125 starts "
+        "(ValueError: array must not contain infs or NaNs)"
+    )
+    assert np.isnan(fit.params["alpha"]) and "bootstrap" not in fit.diagnostics
 
 
 def test_needs_more_points_than_parameters():

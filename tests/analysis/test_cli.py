@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import fit as fit_module
 from analysis import laws
 from analysis.cli import main
-from tests.analysis.conftest import EPOCH_CSV, ISOFLOPS_CSV
+from tests.analysis.conftest import DATA, EPOCH_CSV, ISOFLOPS_CSV
 from tests.analysis.synthetic import isoflop_table, kaplan_nd_table, learning_curves
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,3 +182,52 @@ def test_python_dash_m(power_csv):
         check=False,
     )
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_rising_on_hoffmann_table3_with_intervals(capsys):
+    table3 = str(DATA / "chinchilla_table3.csv")
+    argv = [table3, "--law", "rising", "--x", "flops", "--loss", "params", "--bootstrap", "100"]
+    code, out, _ = _run(capsys, *argv, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["status"] == "ok" and result["variables"] == ["flops"]
+    assert result["params"]["a"] == pytest.approx(0.50, abs=0.02)  # Approach 1: 0.488–0.502
+    lo, hi = result["intervals"]["a"]
+    assert 0.48 < lo < result["params"]["a"] < hi < 0.52
+    code, out, _ = _run(capsys, *argv)
+    assert out.startswith("rising fit on 9 points: ok") and "bootstrap: 100/100" in out
+
+
+def test_power_on_a_rising_quantity_exits_2_with_one_line(capsys):
+    table3 = str(DATA / "chinchilla_table3.csv")
+    code, out, err = _run(capsys, table3, "--law", "power", "--x", "flops", "--loss", "params")
+    assert code == 2 and out == ""
+    assert err == (
+        "scaling-fit: error: power: L = E + (x_c/x)^α describes a quantity that falls with x, "
+        "and this one rises with 'flops' (log-log slope +0.498); use --law rising: y = k·x^a\n"
+    )
+
+
+def test_robust_isoflop_says_what_it_rejected(capsys):
+    path = str(DATA / "isoflop_two_budgets.csv")
+    code, out, _ = _run(capsys, path, "--law", "isoflop", "--mad-threshold", "3")
+    assert code == 0
+    assert (
+        "rejected at C = 8e+17 (|residual| > 3 robust SDs): N = 2.209e+08; 2 rounds, "
+        "nothing more to reject"
+    ) in out
+    assert "rejected at C = 1.6e+18 (|residual| > 3 robust SDs): N = none" in out
+
+
+def test_an_optimiser_that_raises_is_a_failed_status_not_a_traceback(
+    capsys, monkeypatch, power_csv, tmp_path
+):
+    def raises(*args, **kwargs):
+        raise ValueError("array must not contain infs or NaNs")
+
+    monkeypatch.setattr(fit_module, "least_squares", raises)
+    png = tmp_path / "failed.png"
+    code, out, _ = _run(capsys, str(power_csv), "--law", "power", "--json", "--plot", str(png))
+    result = json.loads(out)
+    assert code == 0 and result["status"].startswith("failed: SciPy's least_squares raised")
+    assert result["params"] == {"E": None, "x_c": None, "alpha": None}
+    assert png.stat().st_size > 0

@@ -1,12 +1,13 @@
 """The lower envelope of learning curves (Approach 1, Kaplan's L(C_min))."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.api import fit_law
 from analysis.envelope import fit_envelope, lower_envelope
 from analysis.table import FitInputError
-from tests.analysis.synthetic import TRUE_CHINCHILLA, learning_curves
+from tests.analysis.synthetic import TRUE_CHINCHILLA, learning_curves, noisy
 
 
 def test_envelope_takes_the_lowest_run_and_interpolates_inside_each_run_only():
@@ -61,3 +62,12 @@ def test_bootstrap_resamples_whole_runs():
     assert fit.diagnostics["bootstrap"]["used"] >= 25
     lo, hi = fit.intervals["a"]
     assert lo < fit.params["a"] < hi
+
+
+def test_an_envelope_that_does_not_fall_is_degenerate_not_ok():
+    """Curves all at one loss: the envelope is noise, and its power law runs off."""
+    curves = learning_curves()
+    curves["loss"] = noisy(np.full(len(curves), 3.0), np.random.default_rng(1), 0.003)
+    fit = fit_envelope(curves)
+    assert fit.status.startswith("degenerate: x_c ran off to 0"), fit.status
+    assert not fit.usable

@@ -1,12 +1,15 @@
-"""Power and Kaplan laws: recovery of known parameters, statuses and errors."""
+"""Power, rising and Kaplan laws: recovery of known parameters, statuses and errors."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import fit as fit_module
 from analysis import laws
-from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, ols
-from analysis.table import FitInputError
+from analysis.api import fit_law
+from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, fit_rising, ols
+from analysis.table import FitInputError, select
+from tests.analysis.conftest import DATA
 from tests.analysis.synthetic import (
     TRUE_KAPLAN_ND,
     TRUE_KAPLAN_NS,
@@ -98,3 +101,85 @@ def test_power_needs_x_to_vary():
         FitInputError, match="power with offset needs more distinct values of 'N', got 1"
     ):
         fit_power(df)
+
+
+@pytest.mark.parametrize(
+    ("csv", "x", "y"),
+    [
+        ("chinchilla_table3.csv", "flops", "params"),  # N_opt ∝ C^0.50
+        ("cerebras_gpt_downstream.csv", "C", "downstream_avg"),  # accuracy rises with C
+        ("chinchilla_isoflop_1e20_right_arm.csv", "N", "loss"),  # past the IsoFLOP optimum
+    ],
+)
+@pytest.mark.parametrize("offset", [True, False])
+def test_power_refuses_a_quantity_that_rises(csv, x, y, offset):
+    df = select(pd.read_csv(DATA / csv), [x, "loss"], {"loss": y})
+    with pytest.raises(FitInputError, match=f"this one rises with '{x}'.*use --law rising"):
+        fit_power(df, x=x, offset=offset)
+
+
+@pytest.mark.parametrize("seed", [0, 6])  # two noise draws whose log-log slope is negative
+@pytest.mark.parametrize("offset", [True, False])
+def test_power_on_a_flat_loss_is_degenerate_not_ok(seed, offset):
+    N = np.geomspace(1e6, 1e9, 12)
+    loss = noisy(np.full_like(N, 3.0), np.random.default_rng(seed), 0.01)
+    df = pd.DataFrame({"N": N, "loss": loss})
+    fit = fit_power(df, offset=offset)
+    assert fit.status.startswith("degenerate: x_c ran off to ∞"), fit.status
+    assert not fit.usable
+
+
+def test_rising_reproduces_hoffmann_table3(table3):
+    df = select(table3, ["flops", "loss"], {"loss": "params"})
+    fit = fit_law(df, "rising", x="flops", n_bootstrap=200, seed=0)
+    assert fit.ok and fit.variables == ("flops",)
+    # Approach 1: a = 0.50 (0.488–0.502); the table's own log-log slope is 0.498.
+    assert fit.params["a"] == pytest.approx(0.498, abs=5e-4)
+    lo, hi = fit.intervals["a"]
+    assert 0.48 < lo < fit.params["a"] < hi < 0.52
+    # N_opt at the table's 5.76e23-FLOP row (Chinchilla itself: 67B in the table, 70B trained)
+    assert fit.params["k"] * 5.76e23 ** fit.params["a"] == pytest.approx(6.7e10, rel=0.05)
+    tokens = fit_rising(select(table3, ["flops", "loss"], {"loss": "tokens"}), x="flops")
+    assert fit.params["a"] + tokens.params["a"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_rising_recovers_a_synthetic_law_and_refuses_a_falling_one():
+    C = np.geomspace(1e18, 1e24, 15)
+    df = pd.DataFrame({"C": C, "loss": noisy(0.1 * C**0.46, np.random.default_rng(0), 0.02)})
+    fit = fit_rising(df)
+    assert fit.params["a"] == pytest.approx(0.46, abs=3 * fit.stderr["a"])
+    assert np.log(fit.params["k"]) == pytest.approx(np.log(0.1), abs=3 * fit.stderr["k"] / 0.1)
+    with pytest.raises(FitInputError, match=r"this one falls with 'C'.*use --law power"):
+        fit_rising(df.assign(loss=1 / df["loss"]))
+
+
+def test_kaplan_nd_on_a_flat_loss_is_degenerate_despite_starts_that_raise():
+    """SciPy raises from some starts on this table ("array must not contain infs or
+    NaNs"); the others go on, and the optimum they reach is named degenerate."""
+    table = kaplan_nd_table()
+    table["loss"] = noisy(np.full(len(table), 3.0), np.random.default_rng(0))
+    fit = fit_kaplan_nd(table)
+    assert fit.status.startswith("degenerate: N_c ran off to ∞"), fit.status
+    assert fit.diagnostics["n_failed_starts"] >= 1
+
+
+def test_kaplan_ns_whose_loss_ignores_steps_is_degenerate():
+    curves = kaplan_ns_curves()
+    curves["loss"] = noisy((TRUE_KAPLAN_NS["N_c"] / curves["N"]) ** 0.077, np.random.default_rng(0))
+    fit = fit_kaplan_ns(curves)
+    assert fit.status.startswith("degenerate: changing S_c or alpha_S moves the fitted loss"), (
+        fit.status
+    )
+
+
+def test_every_start_raising_gives_a_failed_status(monkeypatch):
+    def raises(*args, **kwargs):
+        raise ValueError("array must not contain infs or NaNs")
+
+    monkeypatch.setattr(fit_module, "least_squares", raises)
+    fit = fit_kaplan_nd(kaplan_nd_table())
+    assert fit.status == (
+        "failed: SciPy's least_squares raised from all 18 starts "
+        "(ValueError: array must not contain infs or NaNs)"
+    )
+    assert np.isnan(list(fit.params.values())).all() and not fit.usable

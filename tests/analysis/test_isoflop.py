@@ -1,13 +1,16 @@
-"""IsoFLOP profiles (Approach 2) on Llama 3 and Chinchilla points, and on synthetic data."""
+"""IsoFLOP profiles (Approach 2) on Llama 3, Chinchilla and Porian et al. points, and on
+synthetic data."""
+
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.api import fit_law
-from analysis.isoflop import fit_isoflop
+from analysis.isoflop import MAX_REJECTION_ROUNDS, fit_isoflop
 from analysis.table import FitInputError
-from tests.analysis.conftest import isoflop_experiment
+from tests.analysis.conftest import DATA, isoflop_experiment
 from tests.analysis.synthetic import TRUE_CHINCHILLA, isoflop_table
 
 LLAMA = "llama_3__raw_loss"
@@ -132,3 +135,67 @@ def test_vertex_far_outside_the_sizes_sampled_is_dropped_and_near_is_flagged():
     }
     assert fit.tables["budgets"]["vertex_in_range"].tolist() == [True, False, True]
     assert fit.diagnostics["vertices_out_of_range"] == 1
+    assert fit.status.startswith(
+        "degenerate: the vertices of 1 of 3 budgets (C = 1e+20) lie at or beyond the edge"
+    )
+
+
+def _parabolas(vertices: dict[float, float], sizes: np.ndarray) -> pd.DataFrame:
+    """Exact IsoFLOP profiles: loss = 2 + 0.05·(ln N − ln N*)² at each budget's N*."""
+    return pd.concat(
+        pd.DataFrame({"C": C, "N": sizes, "loss": 2 + 0.05 * np.log(sizes / N_opt) ** 2})
+        for C, N_opt in vertices.items()
+    )
+
+
+def test_vertices_at_the_smallest_size_tried_are_degenerate_not_ok():
+    """The demo's case: 4 sizes at 5e11 and 1e12 FLOPs, the smallest the best at both."""
+    sizes = np.array([1.2e4, 1e5, 3e5, 8e5])
+    fit = fit_isoflop(_parabolas({5e11: 1.2e4, 1e12: 1.2e4 * 2**1.9}, sizes))
+    assert fit.params["a"] == pytest.approx(1.9) and fit.params["b"] == pytest.approx(-0.9)
+    assert fit.status == (
+        "degenerate: the vertices of 1 of 2 budgets (C = 5e+11) lie at or beyond the edge of "
+        "the sizes tried, so those budgets do not bracket their optimum; a = 1.9, b = -0.9 "
+        "outside (0, 1): N_opt or D_opt would shrink as compute grows"
+    )
+
+
+def test_an_exponent_outside_zero_one_is_degenerate_even_with_bracketed_vertices():
+    sizes = np.geomspace(1e6, 1e9, 7)
+    fit = fit_isoflop(_parabolas({1e18: 3e7, 1e19: 2e7, 1e20: 1.5e7}, sizes))  # N* falls
+    assert fit.tables["budgets"]["vertex_in_range"].all()
+    assert fit.status.startswith("degenerate: a = -0.151, b = 1.15 outside (0, 1)"), fit.status
+
+
+def test_robust_fit_of_porian_et_al_two_budgets_ends_and_names_what_it_rejected():
+    """Re-judging every point each round cycled forever between two masks at 8e17 FLOPs
+    (dropping N = 2.2e8 made it fit; refitting readmitted it; ...)."""
+    df = pd.read_csv(DATA / "isoflop_two_budgets.csv")
+    began = time.perf_counter()
+    fit = fit_isoflop(df, mad_threshold=3)
+    assert time.perf_counter() - began < 1.0
+    assert fit.diagnostics["rejected"] == {
+        "8e+17": {"N": [220872704.0], "rounds": 2, "stopped": "nothing more to reject"},
+        "1.6e+18": {"N": [], "rounds": 1, "stopped": "nothing more to reject"},
+    }
+    assert fit.tables["budgets"]["n_kept"].tolist() == [6, 8]
+    assert fit.ok and fit.params["a"] == pytest.approx(0.546, abs=1e-3)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 3.0])
+def test_robust_fit_of_a_twelve_budget_study_is_bounded(threshold):
+    """Timing guard: 12 budgets × 12 sizes with 1% noise and an outlier in every budget."""
+    df = isoflop_table(sigma=0.01, budgets=12, sizes=12)
+    df.loc[df.index[5::12], "loss"] += 0.3
+    began = time.perf_counter()
+    fit = fit_isoflop(df, mad_threshold=threshold)
+    assert time.perf_counter() - began < 2.0  # the unbounded loop ran past 7 CPU-minutes
+    rejected = fit.diagnostics["rejected"]
+    assert len(rejected) == 12
+    assert all(r["rounds"] <= MAX_REJECTION_ROUNDS for r in rejected.values())
+    if threshold == 3.0:  # every outlier, and little else
+        budgets = fit.tables["budgets"]
+        assert all(df["N"].iloc[5 + 12 * i] in r["N"] for i, r in enumerate(rejected.values()))
+        assert (budgets["n_kept"] >= 10).all() and fit.ok
+        truth = TRUE_CHINCHILLA["beta"] / (TRUE_CHINCHILLA["alpha"] + TRUE_CHINCHILLA["beta"])
+        assert fit.params["a"] == pytest.approx(truth, abs=0.02)

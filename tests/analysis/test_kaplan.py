@@ -328,6 +328,20 @@ def test_a_resample_that_breaks_the_optimiser_is_a_failed_refit():
     assert fit.diagnostics["bootstrap"]["failed"] == 2
 
 
+def test_a_degenerate_eq_1_5_fit_is_named_and_not_used(tmp_path):
+    """A flat loss: eq 1.5's constants run off, so finding 3 and N_opt(C) must not use it."""
+    runs = kaplan_nd_table().assign(run_id=lambda d: [f"r{i}" for i in range(len(d))])
+    runs["loss"] = noisy(np.full(len(runs), 3.0), np.random.default_rng(0))
+    _, fits = write_kaplan_report(runs, None, tmp_path)
+    assert fits["L(N,D)"]["status"].startswith("degenerate: N_c ran off to ∞")
+    overfitting = next(f for f in fits["kaplan_findings"] if f["number"] == 3)
+    assert overfitting["verdict"] == "not reproduced"
+    assert overfitting["reason"].startswith("the fit gives no estimate (degenerate: ")
+    n_opt = fits["N_opt(C)"]
+    assert n_opt["from_kaplan_nd"]["status"].startswith("degenerate")
+    assert n_opt["method"] != "kaplan-nd allocation"
+
+
 def test_laws_are_fitted_on_one_batch_size_and_one_shape_per_size():
     def run(run_id, N, D, batch, n_layer, d_model):
         return {"run_id": run_id, "N": N, "D": D, "tokens_per_step": batch,

@@ -1,5 +1,7 @@
 """Seeded bootstrap over rows, runs and strata."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,11 +47,32 @@ def test_failed_refits_are_counted_not_used():
         "used": 0,
         "failed": 10,
         "at_bound": 0,
+        "degenerate": 0,
+        "failures": {"FitInputError: power needs >= 3 points, got 2": 10},
         "seed": 0,
         "level": 0.95,
         "unit": "row",
     }
     assert out.intervals == {}
+
+
+def test_refits_that_raise_are_counted_with_their_reason_and_degenerate_ones_kept():
+    df = pd.DataFrame({"N": np.geomspace(1e6, 1e9, 6), "loss": np.geomspace(4, 2, 6)})
+    fit = fit_power(df, offset=False)
+    calls = iter(range(100))
+
+    def refit(d: pd.DataFrame):
+        i = next(calls)
+        if i % 3 == 0:  # as SciPy's least_squares raises mid-step on some data
+            raise ValueError("array must not contain infs or NaNs")
+        again = fit_power(d, offset=False)
+        return replace(again, status="degenerate: x_c ran off to ∞") if i % 3 == 1 else again
+
+    out = bootstrap(fit, df, refit, k=9, seed=0)
+    summary = out.diagnostics["bootstrap"]
+    assert (summary["used"], summary["failed"], summary["degenerate"]) == (6, 3, 3)
+    assert summary["failures"] == {"ValueError: array must not contain infs or NaNs": 3}
+    assert len(out.samples) == 6 and set(out.intervals) == {"x_c", "alpha"}
 
 
 def test_kaplan_ns_bootstrap_over_runs_covers_the_truth():

@@ -22,6 +22,7 @@ from analysis.table import FitInputError, select
 
 TITLES = {
     "power": "Power law L = E + (x_c/x)^α",
+    "rising": "Rising power law y = k·x^a",
     "kaplan-nd": "Kaplan L(N, D) (eq 1.5)",
     "kaplan-ns": "Kaplan L(N, S) from learning curves (eq 1.6)",
     "chinchilla": "Chinchilla Approach 3: L = E + A/N^α + B/D^β",
@@ -76,7 +77,9 @@ def write_fits(
     (failed runs, steps without an evaluation) are left out, and the count is shown; pass
     only the runs that should be fitted. Fits the data cannot support are recorded as
     skipped with the reason, not raised, so one bad column never costs the rest of the
-    report. Image paths in the HTML are relative to `out_dir`.
+    report. The HTML opens with one row per fit (status, points, each parameter with its
+    interval), so a fit the data did not determine says so beside its numbers. Image paths
+    in the HTML are relative to `out_dir`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,9 +92,7 @@ def write_fits(
     table, skipped = _with_loss(table)
     left_out += skipped
     results: dict[str, Any] = {}
-    parts = ['<section class="scaling-fits">', "<h2>Scaling-law fits</h2>"]
-    if left_out:
-        parts.append(f"<p>{left_out} rows without a loss left out.</p>")
+    parts, rows = [], []
     for key, law, frame, options in plan_fits(table, curves):
         title = TITLES[law] + (f" in {options['x']}" if "x" in options else "")
         parts.append(f"<h3>{html.escape(title)}</h3>")
@@ -100,17 +101,25 @@ def write_fits(
             fit = fit_law(data, law, n_bootstrap=n_bootstrap, seed=seed, **options)
         except FitInputError as error:
             results[key] = {"law": law, "status": f"skipped: {error}"}
+            rows.append({"fit": title, "status": results[key]["status"]})
             parts.append(f"<p>Skipped: {html.escape(str(error))}</p>")
             continue
+        rows.append(
+            {"fit": title, "status": fit.status, "points": fit.n_points, "parameters": _shown(fit)}
+        )
         results[key] = fit.to_dict()
         if law in ALLOCATING:
             results[key]["allocation"] = compute_optimal(fit).to_dict()
         image = f"fit_{key}.png"
         plot_fit(fit, data).savefig(out / image, dpi=120)
         parts += [_section(fit), f'<img src="{image}" alt="{html.escape(title)}">']
-    parts.append("</section>")
+    head = ['<section class="scaling-fits">', "<h2>Scaling-law fits</h2>"]
+    if left_out:
+        head.append(f"<p>{left_out} rows without a loss left out.</p>")
+    if rows:
+        head.append(pd.DataFrame(rows).to_html(index=False, na_rep="", border=0))
     (out / "fits.json").write_text(json.dumps(results, indent=2, allow_nan=False))
-    return "\n".join(parts)
+    return "\n".join([*head, *parts, "</section>"])
 
 
 def _canonical(df: pd.DataFrame, columns: Mapping[str, str] | None) -> pd.DataFrame:
@@ -126,11 +135,21 @@ def _with_loss(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return kept, len(df) - len(kept)
 
 
+def _shown(fit: Fit) -> str:
+    """Each parameter as 'name = value [lo, hi]' (the interval when there is one)."""
+    return ", ".join(
+        f"{name} = {value:.4g}"
+        + (" [{:.4g}, {:.4g}]".format(*fit.intervals[name]) if name in fit.intervals else "")
+        for name, value in fit.params.items()
+    )
+
+
 def _section(fit: Fit) -> str:
     """The fit's status line and parameter table."""
     boot = fit.diagnostics.get("bootstrap")
     uncertainty = (
-        f"bootstrap over {boot['unit']}, {boot['used']}/{boot['k']} resamples used, "
+        f"bootstrap over {boot['unit']}, {boot['used']}/{boot['k']} resamples used "
+        f"({boot['degenerate']} degenerate, {boot['failed']} failed), "
         f"{boot['level']:.0%} percentile intervals"
         if boot
         else f"standard errors: {fit.diagnostics.get('stderr_method', 'none')}"

@@ -1,6 +1,7 @@
 """The report section: every applicable fit, its figure, fits.json, and skipped fits named."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis.api import fit_law
+from analysis.isoflop import fit_isoflop
 from analysis.plots import plot_fit
 from analysis.report import plan_fits, write_fits
 from tests.analysis.synthetic import isoflop_table, learning_curves
@@ -105,3 +107,38 @@ def test_plots_are_figures_without_pyplot(law):
     fig = plot_fit(fit, df)
     assert isinstance(fig, Figure)
     assert all(ax.get_xscale() == "log" for ax in fig.axes)
+
+
+def _rows(html: str) -> list[list[str]]:
+    """The cells of the first table in `html`, one list per body row."""
+    table = html.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [re.findall(r"<td>(.*?)</td>", row, re.S) for row in table.split("</tr>")[:-1]]
+
+
+def test_fits_open_with_a_row_each_with_status_and_intervals(report):
+    _, html, fits = report
+    rows = {row[0]: row[1:] for row in _rows(html)}
+    assert len(rows) == len(fits)
+    status, points, shown = rows["IsoFLOP profiles (Chinchilla Approach 2)"]
+    assert status == fits["isoflop"]["status"] == "ok"
+    assert points == str(fits["isoflop"]["n_points"])
+    a, (lo, hi) = fits["isoflop"]["params"]["a"], fits["isoflop"]["intervals"]["a"]
+    assert f"a = {a:.4g} [{lo:.4g}, {hi:.4g}]" in shown
+    # the fit's own table shows the same interval in its lo and hi columns
+    assert f"<td>{lo:.4g}</td>\n      <td>{hi:.4g}</td>" in html.split("<h3>IsoFLOP profiles")[1]
+
+
+def test_an_isoflop_fit_with_edge_vertices_says_so_in_row_and_plot(tmp_path):
+    """The demo's runs: 4 sizes at 2 budgets, the smallest the best at one of them."""
+    sizes = np.array([1.2e4, 1e5, 3e5, 8e5])
+    table = pd.concat(
+        pd.DataFrame({"C": C, "N": sizes, "loss": 2 + 0.05 * np.log(sizes / N_opt) ** 2})
+        for C, N_opt in ((5e11, 1.2e4), (1e12, 1.2e4 * 2**1.9))
+    )
+    html = write_fits(table, tmp_path)
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    assert fits["isoflop"]["status"].startswith("degenerate: the vertices of 1 of 2 budgets")
+    rows = {row[0]: row[1] for row in _rows(html)}
+    assert rows["IsoFLOP profiles (Chinchilla Approach 2)"] == fits["isoflop"]["status"]
+    title = plot_fit(fit_isoflop(table), table).axes[1].get_title().replace("\n", " ")
+    assert "[degenerate: the vertices of 1 of 2 budgets" in title

@@ -3,12 +3,15 @@
 A checkpoint holds the whole train state (params, optimizer, loss accumulators) and, as JSON,
 everything the host needs to carry on as if never interrupted (eval rows so far, wall time).
 Orbax commits a checkpoint by renaming its directory when complete, so a run killed mid-save
-resumes from the previous one.
+resumes from the previous one. A committed checkpoint whose files are damaged afterwards (a
+torn write, a partial copy) is passed over for the one before it (`restore_latest`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +19,108 @@ import jax
 import orbax.checkpoint as ocp
 
 logging.getLogger("absl").setLevel(logging.WARNING)
+log = logging.getLogger("scaling")
+
+
+# What reading a damaged checkpoint raises: TensorStore's ValueError for a truncated array,
+# OSError for a missing or unreadable file, ValueError for bad JSON, KeyError for bookkeeping
+# without its keys.
+UNREADABLE = (ValueError, OSError, KeyError)
+
+
+class CheckpointError(RuntimeError):
+    """The run directory holds checkpoints, and none of them can be restored."""
+
+
+def _describe(error: Exception) -> str:
+    """The error's type and the start of its first line: TensorStore's run to pages of spec."""
+    first = (str(error).splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:100]}{'...' if len(first) > 100 else ''}"
+
+
+def _drop_closed_loop_reports() -> None:
+    """From now on, keep quiet about the reads of a checkpoint that failed to restore which
+    end after the failure.
+
+    Orbax stops at the first failed read and closes its event loop; TensorStore finishes the
+    others and reports each to the closed loop, and Python prints every report as a traceback
+    (hundreds for one damaged checkpoint), none about the run. Other reports still print.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
     """Save on a step interval or a wall-clock interval, whichever comes first; restore latest."""
 
     def __init__(self, directory: Path, keep: int) -> None:
+        self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
-
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Start an asynchronous save; the state is copied off the device before it returns."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, force=True)
 
-    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-        """The state at `step`, shaped and placed like `like`, and its JSON bookkeeping."""
+    def _restore(self, step: int, like: Any) -> Any:
+        """The state at `step`, shaped and placed like `like`."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-        )
-        restored = self._manager.restore(step, args=args)
-        return restored.state, restored.meta
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        return self._manager.restore(step, args=args).state
+
+    def _meta(self, step: int) -> dict:
+        """The JSON bookkeeping saved with the checkpoint at `step`, without its state."""
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        return self._manager.restore(step, args=args).meta
+
+    def restore_latest(self, like: Any,
+                       check: Callable[[dict], None]) -> tuple[int, Any, dict] | None:
+        """The newest checkpoint that restores, as (step, state, meta); None where there is none.
+
+        `check(meta)` sees each checkpoint's bookkeeping before its state is read, and raises to
+        refuse the whole directory (another run's checkpoints). A checkpoint that cannot be
+        read is passed over, with a warning, for the one before it; once an older one restores,
+        the unreadable ones are deleted, so that their steps can be saved again. When none
+        restores, CheckpointError names them and nothing is deleted.
+        """
+        _drop_closed_loop_reports()  # before: the reports come while the error propagates
+        unreadable: list[tuple[int, str]] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                meta = self._meta(step)
+                check(meta)
+                state = self._restore(step, like)
+            except UNREADABLE as error:
+                unreadable.append((step, _describe(error)))
+                log.warning("checkpoint %s/%d cannot be restored (%s)", self.directory, step,
+                            unreadable[-1][1])
+                continue
+            for bad, _ in unreadable:
+                self._manager.delete(bad)
+            if unreadable:
+                log.warning("deleted the unreadable checkpoints %s; resuming from step %d",
+                            ", ".join(str(bad) for bad, _ in unreadable), step)
+            return step, state, meta
+        if not unreadable:
+            return None
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be restored (delete it to train this run "
+            "from the start): " + "; ".join(f"step {step}: {why}" for step, why in unreadable))
+
+    def discard(self) -> None:
+        """Delete every checkpoint (to train the run from the start)."""
+        for step in self._manager.all_steps():
+            self._manager.delete(step)
 
     def close(self) -> None:
         """Wait for pending saves to be committed."""

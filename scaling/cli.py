@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -29,7 +30,6 @@ from scaling.config import (
     is_replica_group,
     register_configs,
     reject_unknown_keys,
-    to_dict,
     validate,
 )
 from scaling.console import (
@@ -111,10 +111,12 @@ def hydra_entry(task: Callable[[DictConfig], None]) -> None:
 
 def _train_task(cfg: DictConfig) -> None:
     config = load_config(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
 
-    from scaling.data import DataError  # after validation: config errors come before JAX loads
-    from scaling.record import write_replicas, write_summary
+    # after validation: config errors come before JAX loads
+    from scaling.checkpoint import CheckpointError
+    from scaling.data import DataError
     from scaling.stages.pretrain import pretrain, pretrain_replicas
     from scaling.train import ResumeError
 
@@ -123,18 +125,19 @@ def _train_task(cfg: DictConfig) -> None:
             logging.getLogger("scaling").warning("%s is being trained by another process; "
                                                  "skipped", run_dir)
             return
-        group = is_replica_group(config.train)  # records its models beside run_dir
         try:
-            if group:
+            if is_replica_group(config.train):  # records its models beside run_dir
                 pretrain_replicas(config, run_dir)
             else:
                 pretrain(config, run_dir)
-        except DataError as error:
-            failed = {"status": "failed", "error": f"DataError: {error}",
-                      "config": to_dict(config)}
-            (write_replicas if group else write_summary)(run_dir, failed)
-            fail(str(error))
-        except (ConfigError, ResumeError) as error:  # e.g. a batch the devices cannot split
+        # Errors a user can fix (a batch the devices cannot split, missing data, a directory of
+        # another run, no readable checkpoint), already recorded where the run's record is
+        # ours: one line, no traceback. A sweep in this process (Hydra's basic launcher) goes
+        # on with its next runs and ends failed; an exit here would end it at this run.
+        except (ConfigError, DataError, ResumeError, CheckpointError) as error:
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                logging.getLogger("scaling").error("%s failed: %s", run_dir, error)
+                raise CompactHydraException(f"{run_dir}: {error}") from error
             fail(str(error))
 
 

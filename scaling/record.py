@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,36 @@ def write_replicas(group_dir: Path, group: dict[str, Any]) -> None:
 def read_replicas(group_dir: Path) -> dict[str, Any] | None:
     """A group's `replicas.json`, or None where there is none."""
     return _read_json(Path(group_dir) / REPLICAS)
+
+
+def record_failure(run_dir: Path, error: BaseException, config: dict[str, Any],
+                   record: str = SUMMARY) -> None:
+    """Mark the run in `run_dir` failed with `error`, keeping what else its record holds.
+
+    `record` is SUMMARY for a run, REPLICAS for a group of replicas. A completed record is left
+    as it is: an attempt that failed again (say, its corpus is gone) does not undo a result.
+    """
+    path = Path(run_dir) / record
+    try:
+        previous = _read_json(path) or {}
+    except ValueError:  # a record torn by hand: the failure is worth more than its remains
+        previous = {}
+    if previous.get("status") == "completed":
+        return
+    _write_json(path, {**previous, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                       "config": config})
+
+
+@contextmanager
+def failure_recorded(run_dir: Path, config: dict[str, Any],
+                     record: str = SUMMARY) -> Iterator[None]:
+    """Record any exception raised inside (while a run is set up: its data, its model) as the
+    run's failure (`record_failure`), then let it propagate."""
+    try:
+        yield
+    except Exception as error:
+        record_failure(run_dir, error, config, record)
+        raise
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

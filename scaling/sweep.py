@@ -4,6 +4,9 @@
   finds every finished run (and skips it) and every interrupted one (and resumes it).
 - A run holds an exclusive lock on its directory while it trains (`exclusive_run`), so two
   workers of the same sweep never train, checkpoint or record the same run at once.
+- A run's identity names its corpus by canonical paths (`canonical_path`), so every spelling
+  of one corpus gives one run; its contents are checked against the record's fingerprint
+  (`corpus_fingerprint`, the record's `corpus_cache`) before a run is skipped or resumed.
 - Resolvers derive values from the rest of the config, so a sweep preset states its intent:
   `${isoflop_tokens:}` gives the token budget that spends `train.budget` FLOPs on this model;
   `${width_for_params:N}` gives the d_model that puts this depth at N non-embedding params.
@@ -18,10 +21,13 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from scaling.config import DataConfig
 
 # Keys that may change without changing a run's results (they do not enter its identity).
 BOOKKEEPING_FIELDS = frozenset({
@@ -32,6 +38,8 @@ BOOKKEEPING_FIELDS = frozenset({
 # stays out of the identity, so that the runs recorded before it keep their ids and resume.
 LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transfer": "none",
                 "data.transfer_paths": [], "train.noise_scale_batches": 0}
+# Keys holding corpus paths or globs, compared by what they name rather than how they are spelt.
+PATH_FIELDS = ("data.paths", "data.transfer_paths")
 IDENTITY_GROUPS = ("model", "data", "train")
 LOCK_FILE = ".lock"
 
@@ -47,11 +55,40 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def canonical_path(path: str) -> str:
+    """A corpus path or glob as one string however it is spelt: absolute, with `~`, `.`, `..`
+    and symlinks resolved against the current directory (the one `scaling-train` was started
+    in; Hydra keeps it, `hydra.job.chdir=false`, and the local launcher's runs inherit it). An
+    absolute path without symlinks is unchanged, so the ids of runs recorded with one are too."""
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def canonical_data(data: DataConfig) -> DataConfig:
+    """`data` with its paths canonical (`canonical_path`), so that the corpus read, and the
+    names its documents get, do not depend on how the paths were spelt."""
+    return replace(data, paths=[canonical_path(p) for p in data.paths],
+                   transfer_paths=[canonical_path(p) for p in data.transfer_paths])
+
+
 def identity(config: dict) -> dict[str, Any]:
-    """The flattened config minus bookkeeping: equal identities mean the same run."""
+    """The flattened config minus bookkeeping, corpus paths canonical: equal identities mean
+    the same run."""
     flat = flatten({k: config[k] for k in IDENTITY_GROUPS if k in config})
+    for key in PATH_FIELDS:
+        if key in flat:
+            flat[key] = [canonical_path(p) for p in flat[key]]
     return {k: v for k, v in flat.items()
             if k not in BOOKKEEPING_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+
+
+def corpus_fingerprint(data: DataConfig) -> str:
+    """The content hash of the corpus `data` names, as a run records it (`corpus_cache`: the
+    name of its token cache), from reading the corpus alone: no tokenizer, no JAX."""
+    from scaling.data.shards import _cache_name
+    from scaling.data.sources import read_corpus
+
+    data = canonical_data(data)
+    return _cache_name(data, read_corpus(data.source, data.paths))
 
 
 def _si(x: float) -> str:

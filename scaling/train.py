@@ -8,15 +8,23 @@ device or many (`scaling.parallel`), over the whole batch or micro-batch by micr
 A run may train K same-shape models at once (`train.replicas`, each a `Replica`): the same
 step, vmapped over a leading replica axis of the state and of the batch, and the same loop;
 each model is recorded as the run it would have been alone (`train_replicas`).
+
+A run is resumed, or kept as completed, only on the data it was trained on: the stage's data
+fingerprints (`Stage.data_fingerprints`) go into the record and every checkpoint, and a change
+is refused (DataChangedError), unless RESTART_ENV asks to train such a run again from the start.
+Any other failure is recorded (`status: failed`, `error`), so a re-launch retries the run.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
+import os
+import platform
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,7 @@ from scaling.progress import TrainProgress
 from scaling.record import (
     read_replicas,
     read_summary,
+    record_failure,
     write_metrics,
     write_positions,
     write_replicas,
@@ -47,10 +56,20 @@ log = logging.getLogger("scaling")
 Params = Any
 LossFn = Callable[[Params, jax.Array], jax.Array]
 
+# Set to 1 to train again from the start a run whose data changed since it was recorded or
+# checkpointed (its checkpoints are deleted and its record replaced). Scoped to a data change,
+# so that leaving it set never throws away a checkpoint that is still good.
+RESTART_ENV = "SCALING_RESTART_ON_DATA_CHANGE"
+# The packages whose versions a run record states (with Python's).
+RECORDED_VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 
 class ResumeError(RuntimeError):
-    """The run directory holds a checkpoint of a different run."""
+    """The run directory holds a checkpoint or record of a different run."""
+
+
+class DataChangedError(ResumeError):
+    """The run directory holds a checkpoint or record of this run trained on other data."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,9 @@ class Stage:
     # name -> [k, ...] fixed batches of another corpus, scored with loss_fn at every
     # evaluation as `<name>_loss` (metrics.parquet, and the final value in summary.json)
     extra_eval: dict[str, np.ndarray] = field(default_factory=dict)
+    # summary key -> content hash of data the stage reads (pretraining: `corpus_cache`); a
+    # record or checkpoint with other values was trained on other data
+    data_fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -311,6 +333,30 @@ def _check_same_run(saved: dict, current: dict, run_dir: Path) -> None:
         )
 
 
+def _data_changed(saved: dict, current: dict[str, str], where: Path) -> bool:
+    """Whether the data fingerprints in `saved` (a record, or a checkpoint's bookkeeping) differ
+    from `current`, the data's now: raise DataChangedError naming both unless RESTART_ENV asks
+    to start over. A fingerprint `saved` lacks (recorded before it was) is taken as unchanged."""
+    changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items()
+               if saved.get(key, value) != value]
+    if not changed:
+        return False
+    message = (f"{where} was trained on other data than its config names now "
+               f"({'; '.join(changed)}): the corpus changed on disk")
+    if os.environ.get(RESTART_ENV) != "1":
+        raise DataChangedError(
+            f"{message}. Restore the old corpus, or use another run directory, or set "
+            f"{RESTART_ENV}=1 to train this run again from the start on the new data.")
+    log.warning("%s; training it again from the start (%s=1)", message, RESTART_ENV)
+    return True
+
+
+def versions() -> dict[str, str]:
+    """Python's version and those of RECORDED_VERSIONS, as a run record states them."""
+    return {"python": platform.python_version(),
+            **{name: importlib.metadata.version(name) for name in RECORDED_VERSIONS}}
+
+
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -350,14 +396,17 @@ class _Meter:
 def train(replica: Replica, cfg: TrainConfig, run_dir: Path, total_steps: int) -> dict[str, Any]:
     """Train one model for `total_steps`, resuming from `run_dir` if it holds a checkpoint.
 
-    Returns the summary, which is also written to `run_dir/summary.json`.
+    A completed record of the same config and data is returned as it is; a failed one is
+    trained again (from its latest checkpoint). Returns the summary, which is also written to
+    `run_dir/summary.json`.
     """
     run_dir = Path(run_dir)
     previous = read_summary(run_dir)
     if previous is not None and previous.get("status") == "completed":
         _check_same_run(previous["config"], replica.config, run_dir)
-        log.info("%s already holds a completed run; nothing to do", run_dir)
-        return previous
+        if not _data_changed(previous, replica.stage.data_fingerprints, run_dir):
+            log.info("%s already holds a completed run; nothing to do", run_dir)
+            return previous
     return _train([replica], cfg, replica.config, run_dir, [run_dir], [None], total_steps)[0]
 
 
@@ -374,20 +423,25 @@ def train_replicas(
     """Train the replicas at once and record each as the run it would have been alone.
 
     `group_dir` holds the group's checkpoints (a killed group resumes like one run) and
-    `replicas.json`: the group's status and config and each replica's run id and status; each
-    replica's record goes to its own directory (`replica_dirs`), locked while the group trains.
-    A completed group trains nothing again, nor does one whose replicas all hold completed
-    records already; a replica recorded as completed before keeps its record. When another
-    process holds a replica's directory, the group is skipped. Returns the replicas' summaries
-    ([] when skipped).
+    `replicas.json`: the group's status, config and data fingerprints and each replica's run id
+    and status; each replica's record goes to its own directory (`replica_dirs`), locked while
+    the group trains. A completed group trains nothing again, nor does one whose replicas all
+    hold completed records already (of the same data); a replica recorded as completed before
+    keeps its record. When another process holds a replica's directory, the group is skipped.
+    Returns the replicas' summaries ([] when skipped).
     """
     group_dir = Path(group_dir)
     dirs = replica_dirs(replicas, group_dir)
+    fingerprints = replicas[0].stage.data_fingerprints  # the replicas share their data
     group = read_replicas(group_dir)
-    if group is not None and group["status"] == "completed":
+    if group is not None:
+        # Checked whatever the group's status: its record is rewritten as running, with the
+        # data of now, before the loop reads its checkpoints.
         _check_same_run(group["config"], config_dict, group_dir)
-        log.info("%s already holds a completed group of replicas; nothing to do", group_dir)
-        return [read_summary(d) for d in dirs]
+        changed = _data_changed(group, fingerprints, group_dir)
+        if group["status"] == "completed" and not changed:
+            log.info("%s already holds a completed group of replicas; nothing to do", group_dir)
+            return [read_summary(d) for d in dirs]
     with ExitStack() as locks:
         busy = [d.name for d in dirs if not locks.enter_context(exclusive_run(d))]
         if busy:
@@ -397,30 +451,34 @@ def train_replicas(
         recorded = [read_summary(d) for d in dirs]
         recorded = [s if s is not None and s.get("status") == "completed" else None
                     for s in recorded]
-        for replica, d, summary in zip(replicas, dirs, recorded, strict=True):
+        for i, (replica, d, summary) in enumerate(zip(replicas, dirs, recorded, strict=True)):
             if summary is not None:
                 _check_same_run(summary["config"], replica.config, d)
+                if _data_changed(summary, fingerprints, d):
+                    recorded[i] = None
         summaries = list(recorded)
         if not all(recorded):
             _record_group(group_dir, "running", config_dict, dirs,
-                          [s["status"] if s else "running" for s in recorded])
+                          [s["status"] if s else "running" for s in recorded], fingerprints)
             try:
                 summaries = _train(replicas, cfg, config_dict, group_dir, dirs, recorded,
                                    total_steps, group_name=group_dir.name)
             except Exception as error:
                 _record_group(group_dir, "failed", config_dict, dirs,
                               [(read_summary(d) or {"status": "failed"})["status"] for d in dirs],
-                              error=f"{type(error).__name__}: {error}")
+                              fingerprints, error=f"{type(error).__name__}: {error}")
                 raise
-        _record_group(group_dir, "completed", config_dict, dirs, [s["status"] for s in summaries])
+        _record_group(group_dir, "completed", config_dict, dirs, [s["status"] for s in summaries],
+                      fingerprints)
         return summaries
 
 
 def _record_group(group_dir: Path, status: str, config_dict: dict, dirs: Sequence[Path],
-                  statuses: Sequence[str], **extra: Any) -> None:
+                  statuses: Sequence[str], fingerprints: dict[str, str], **extra: Any) -> None:
     write_replicas(group_dir, {
         "status": status, **extra,
         "replicas": [{"run_id": d.name, "status": s} for d, s in zip(dirs, statuses, strict=True)],
+        **fingerprints,
         "config": config_dict,
     })
 
@@ -446,14 +504,41 @@ def _train(
     total_steps: int,
     group_name: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The loop: train `replicas` for `total_steps`, checkpointing in `run_dir` (and resuming
-    from its latest checkpoint), and record replica i in record_dirs[i], unless recorded[i] is
+    """Train `replicas` for `total_steps`, checkpointing in `run_dir` (and resuming from its
+    latest readable checkpoint), and record replica i in record_dirs[i], unless recorded[i] is
     its completed record already (returned as it is).
 
     A replica whose loss turns non-finite is recorded as diverged, with the evaluations its
     own run would have made, while the others train on; the loop stops early only when every
     replica has diverged. `group_name` (a group's directory) goes into each replica's summary.
+    Any error but a refusal (ResumeError: the directory holds another run, or other data, whose
+    record is not this run's to change) is recorded in each replica's record as its failure.
     """
+    try:
+        with closing(Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)) as ckpt:
+            return _loop(replicas, cfg, config_dict, run_dir, record_dirs, recorded, total_steps,
+                         group_name, ckpt)
+    except ResumeError:
+        raise
+    except Exception as error:
+        for replica, record_dir, done in zip(replicas, record_dirs, recorded, strict=True):
+            if done is None:
+                record_failure(record_dir, error, replica.config)
+        raise
+
+
+def _loop(
+    replicas: Sequence[Replica],
+    cfg: TrainConfig,
+    config_dict: dict,
+    run_dir: Path,
+    record_dirs: Sequence[Path],
+    recorded: Sequence[dict | None],
+    total_steps: int,
+    group_name: str | None,
+    checkpointer: Checkpointer,
+) -> list[dict[str, Any]]:
+    """`_train` without its failure records."""
     k = len(replicas)
     stage = replicas[0].stage  # the shape, loss and validation data of every replica
     started = time.time()
@@ -473,18 +558,23 @@ def _train(
         "replicas": k,
         **({"replica": i, "replica_group": group_name} if group_name else {}),
         "resumed_from_step": None,
+        **stage.data_fingerprints,
+        "versions": versions(),
         "config": replica.config,
     } for i, replica in enumerate(replicas)]
     training = [i for i in range(k) if recorded[i] is None]  # the replicas recorded here
 
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
     rows: list[list[dict[str, Any]]] = [[] for _ in replicas]
     diverged = [0] * k  # each replica's first non-finite step, once the loop has seen it
     wall_before = 0.0
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, meta = checkpointer.restore(latest, like=state)
-        _check_same_run(meta["config"], config_dict, run_dir)
+    restored = checkpointer.restore_latest(
+        state, check=lambda meta: _check_same_run(meta["config"], config_dict, run_dir))
+    if restored is not None and _data_changed(restored[2].get("data_fingerprints", {}),
+                                              stage.data_fingerprints, run_dir):
+        checkpointer.discard()
+        restored = None
+    if restored is not None:
+        latest, state, meta = restored
         rows = meta["rows"] if k > 1 else [meta["rows"]]  # one model's: as before replicas
         diverged, wall_before = meta.get("diverged", diverged), meta["wall_s"]
         for summary in summaries:
@@ -570,22 +660,16 @@ def _train(
             ):
                 with clock.paused():
                     meta = {"rows": rows if k > 1 else rows[0],
-                            "wall_s": wall_before + time.time() - started, "config": config_dict}
+                            "wall_s": wall_before + time.time() - started, "config": config_dict,
+                            "data_fingerprints": stage.data_fingerprints}
                     if k > 1:
                         meta["diverged"] = diverged
                     checkpointer.save(step, state, meta)
                 last_checkpoint = time.monotonic()
         else:
             _see_divergence(diverged, state["bad_step"])
-    except Exception as error:
-        for i in training:
-            summaries[i].update(status="failed", error=f"{type(error).__name__}: {error}",
-                                wall_s=wall_before + time.time() - started)
-            write_summary(record_dirs[i], summaries[i])
-        raise
     finally:
         progress.close()
-        checkpointer.close()
 
     timed_steps = int(np.max(state["step"])) - start_step - 1
     tokens_per_s = (

@@ -23,6 +23,8 @@ from scaling.model import (
     resolve_dtype,
 )
 from scaling.optim import lr_schedule, make_optimizer, make_replica_optimizer, peak_lr
+from scaling.record import REPLICAS, failure_recorded
+from scaling.sweep import canonical_data
 from scaling.train import Replica, Stage, train, train_replicas, use_compile_cache
 
 log = logging.getLogger("scaling")
@@ -64,7 +66,6 @@ def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage
         "attention": model_cfg.attention,
         "corpus_train_tokens": int(dataset.train.size),
         "corpus_val_tokens": int(dataset.val.size),
-        "corpus_cache": dataset.cache_path.name,
         "epochs": batches.epochs(steps),
     }
     extra_eval = {}
@@ -85,6 +86,8 @@ def pretrain_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig) -> Stage
         flops_per_token=flops_per_token(model_cfg),
         record=record,
         extra_eval=extra_eval,
+        # the token cache's name: a hash of every document and the tokenizer settings
+        data_fingerprints={"corpus_cache": dataset.cache_path.name},
     )
 
 
@@ -94,6 +97,7 @@ class Pretraining:
 
     replicas: list[Replica]  # the model, or the train.replicas models trained at once
     steps: int
+    config: dict  # the run's (or group's) config as recorded: corpus paths canonical
 
 
 def compile_cache_dir(cfg: Config) -> Path | None:
@@ -113,7 +117,12 @@ def _replica(cfg: Config, stage: Stage, steps: int, peak: float, lr_in_state: bo
 
 
 def prepare(cfg: Config) -> Pretraining:
-    """Prepare the corpus, build the model (or each replica) with its stage and optimizer."""
+    """Prepare the corpus, build the model (or each replica) with its stage and optimizer.
+
+    The corpus paths are made canonical first, so that every spelling of one corpus reads the
+    same documents under the same names: the same data, as it is the same run (`run_id`).
+    """
+    cfg = replace(cfg, data=canonical_data(cfg.data))
     use_compile_cache(compile_cache_dir(cfg))
     dataset = load_dataset(cfg.data)
     model_cfg = model_config(cfg, dataset.vocab_size)
@@ -127,7 +136,8 @@ def prepare(cfg: Config) -> Pretraining:
         stage.tokens_per_step, peak, model_cfg.dtype, jax.devices()[0].device_kind,
     )
     if not is_replica_group(cfg.train):
-        return Pretraining([_replica(cfg, stage, steps, peak, lr_in_state=False)], steps)
+        return Pretraining([_replica(cfg, stage, steps, peak, lr_in_state=False)], steps,
+                           to_dict(cfg))
     configs = replica_configs(cfg, peak)
     replicas = [
         _replica(c, pretrain_stage(c, dataset, model_cfg), steps, peak_lr(c.train, n_nonembed),
@@ -136,19 +146,23 @@ def prepare(cfg: Config) -> Pretraining:
     ]
     log.info("%d replicas in one step: seeds %s, peak lrs %s", len(replicas),
              [r.seed for r in replicas], [f"{r.stage.record['peak_lr']:.2e}" for r in replicas])
-    return Pretraining(replicas, steps)
+    return Pretraining(replicas, steps, to_dict(cfg))
 
 
 def pretrain(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Pretrain one model as `cfg` says; returns the run summary."""
+    """Pretrain one model as `cfg` says; returns the run summary. A failure to prepare it (the
+    data, the model) is recorded in `run_dir` as the run's, as one while training is."""
     if is_replica_group(cfg.train):
         raise ValueError("train.replicas trains a group of models: use pretrain_replicas")
-    run = prepare(cfg)
+    with failure_recorded(run_dir, to_dict(cfg)):
+        run = prepare(cfg)
     return train(run.replicas[0], cfg.train, run_dir, run.steps)
 
 
 def pretrain_replicas(cfg: Config, group_dir: Path) -> list[dict[str, Any]]:
     """Pretrain the `train.replicas` models of `cfg` at once, each recorded as its own run
-    beside `group_dir` (`scaling.train.train_replicas`); returns their summaries."""
-    run = prepare(cfg)
-    return train_replicas(run.replicas, cfg.train, to_dict(cfg), group_dir, run.steps)
+    beside `group_dir` (`scaling.train.train_replicas`); returns their summaries. A failure to
+    prepare them is recorded as the group's, in its `replicas.json`."""
+    with failure_recorded(group_dir, to_dict(cfg), record=REPLICAS):
+        run = prepare(cfg)
+    return train_replicas(run.replicas, cfg.train, run.config, group_dir, run.steps)

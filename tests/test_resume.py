@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
+from hydra_plugins.scaling_launcher import local_launcher
+from hydra_plugins.scaling_launcher.local_launcher import completed
 from scaling import train as train_module
 from scaling.checkpoint import CheckpointError
 from scaling.config import Config, DataConfig, to_dict
@@ -227,8 +230,10 @@ def test_a_run_whose_corpus_changed_is_not_resumed(corpus_config, own_corpus, tm
 def test_a_completed_run_whose_corpus_changed_is_not_skipped(corpus_config, own_corpus, tmp_path):
     config = corpus_config()
     done = pretrain(config, tmp_path)
+    assert completed(OmegaConf.structured(config), tmp_path)  # the local launcher skips it
     change(own_corpus)
 
+    assert not completed(OmegaConf.structured(config), tmp_path)  # ... but no longer
     with pytest.raises(DataChangedError, match=rf"corpus_cache {done['corpus_cache']} -> "):
         pretrain(config, tmp_path)
     assert read_summary(tmp_path) == done  # the result on the old corpus stays as it was
@@ -240,9 +245,25 @@ def test_a_completed_group_whose_corpus_changed_is_not_skipped(corpus_config, ow
     pretrain_replicas(config, tmp_path / "group")
     assert read_replicas(tmp_path / "group")["corpus_cache"].startswith("files-bytes-")
     change(own_corpus)
+    assert not completed(OmegaConf.structured(config), tmp_path / "group")
     with pytest.raises(DataChangedError, match=r"corpus_cache files-bytes-\w+ -> "):
         pretrain_replicas(config, tmp_path / "group")
     assert read_replicas(tmp_path / "group")["status"] == "completed"
+
+
+def test_the_local_launcher_reads_each_corpus_once_per_launch(corpus_config, tmp_path,
+                                                             monkeypatch):
+    config = corpus_config()
+    for name in "ab":
+        write_summary(tmp_path / name, {"status": "completed", "config": to_dict(config),
+                                        "corpus_cache": "files-bytes-0000000000000000"})
+    reads = []
+    monkeypatch.setattr(local_launcher, "corpus_fingerprint",
+                        lambda data: reads.append(data) or corpus_fingerprint(data))
+    fingerprints = {}
+    assert not any([completed(OmegaConf.structured(config), tmp_path / name, fingerprints)
+                    for name in "ab"])  # another corpus than the records name
+    assert len(reads) == 1
 
 
 def test_a_run_records_the_versions_it_ran_with(corpus_config, tmp_path):
@@ -251,3 +272,23 @@ def test_a_run_records_the_versions_it_ran_with(corpus_config, tmp_path):
                              "numpy"}
     assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
 
+
+def test_the_local_launcher_lists_failed_runs_with_their_errors_and_retries_them(
+        corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "S"
+    args = [*TRAIN, "-m", "hydra/launcher=local", "model.d_model=32,30", "model.n_head=4",
+            "model.n_layer=1", "model.n_ctx=32", "train.tokens=8192", "train.batch_size=8",
+            "train.eval_count=3", "train.eval_batches=1", "data=files",
+            f"data.paths=[{corpus_dir}/*.py]", "data.vocab_size=512",
+            f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    output = first.stdout + first.stderr
+    assert first.returncode != 0
+    failed = next(p for p in sweep.iterdir() if p.name.startswith("L1-d30-"))
+    report = output[output.index("1 of 2 runs failed"):]
+    assert f"{failed}: exit 2: " in report and "model.n_head" in report.splitlines()[1]
+    assert "Traceback" not in output
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert "Launching 1 runs (1 already completed)" in again.stdout + again.stderr
+    assert "1 of 2 runs failed" in again.stdout + again.stderr

@@ -3,10 +3,15 @@
 One process per run because JAX's XLA flags and GPU memory are per process. With GPUs, runs
 take them round-robin (one GPU per run while there are enough; otherwise runs share a GPU
 and each gets an equal fraction of its memory). A run that fails does not stop the others;
-the sweep reports it at the end, as Hydra's basic launcher would.
+the sweep ends by listing every failed run with its error, and a re-launch trains them again.
 
-A run whose directory already holds a completed record of the same config is skipped without
-starting a process (importing JAX costs seconds, and a re-launched study may hold hundreds).
+A run whose directory already holds a completed record of the same config and corpus is
+skipped without starting a process (importing JAX costs seconds, and a re-launched study may
+hold hundreds). The corpus is checked here, not left to the run's process: reading and hashing
+it takes a fraction of a JAX import, and is done once per data config of the sweep. A run whose
+corpus changed since it completed is launched, and its process refuses it, or trains it again
+where SCALING_RESTART_ON_DATA_CHANGE=1 asks to.
+
 Progress lines weight the ETA by each run's planned FLOPs: a study's runs differ in cost by
 orders of magnitude, so counting runs would mislead.
 """
@@ -24,14 +29,17 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scaling.config import is_replica_group
-from scaling.sweep import identity, planned_flops
+from scaling.data.errors import DataError
+from scaling.sweep import corpus_fingerprint, identity, planned_flops
 
 log = logging.getLogger(__name__)
+LOG = "launcher.log"  # each run's output, in its directory
 
 
 @dataclass
@@ -112,9 +120,10 @@ class LocalLauncher(Launcher):
                 job_config.hydra.job.id = job_config.hydra.job.num = initial_job_idx + offset
             run_dir = Path(str(job_config.hydra.sweep.dir)) / str(job_config.hydra.sweep.subdir)
             jobs.append((list(overrides), job_config, run_dir))
+        fingerprints: dict[str, str | None] = {}
         results = {i: _job_return(overrides, job_config, run_dir, 0)
                    for i, (overrides, job_config, run_dir) in enumerate(jobs)
-                   if completed(job_config, run_dir)}
+                   if completed(job_config, run_dir, fingerprints)}
         log.info("Launching %d runs (%d already completed), %d at a time, %s",
                  len(jobs) - len(results), len(results), self.n_jobs,
                  f"on GPUs {gpus}" if gpus else "on the CPU")
@@ -123,7 +132,8 @@ class LocalLauncher(Launcher):
     def _run_all(self, jobs: list, gpus: list[int],
                  results: dict[int, JobReturn]) -> list[JobReturn]:
         free_slots = list(range(self.n_jobs))
-        running: dict[int, tuple[subprocess.Popen, Any, int, float]] = {}
+        running: dict[int, tuple[subprocess.Popen, Any, int, float, int]] = {}
+        failed: list[tuple[Path, str]] = []
         queue = [(i, job) for i, job in enumerate(jobs) if i not in results]
         cost = {i: float(planned_flops(job_config)) for i, (_, job_config, _) in queue}
         done_cost, total = 0.0, len(queue)
@@ -134,32 +144,48 @@ class LocalLauncher(Launcher):
                 slot = free_slots.pop(0)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 env = {**os.environ, **slot_env(slot, self.n_jobs, gpus, self.memory_fraction)}
-                with open(run_dir / "launcher.log", "ab") as out:
+                with open(run_dir / LOG, "ab") as out:
+                    logged = out.seek(0, os.SEEK_END)  # where this attempt's output starts
                     process = subprocess.Popen(self._command(overrides, run_dir), env=env,
                                                stdout=out, stderr=subprocess.STDOUT)
-                running[index] = (process, job_config, slot, time.monotonic())
+                running[index] = (process, job_config, slot, time.monotonic(), logged)
             time.sleep(0.05)
-            for index, (process, job_config, slot, t0) in list(running.items()):
+            for index, (process, job_config, slot, t0, logged) in list(running.items()):
                 if process.poll() is None:
                     continue
                 del running[index]
                 free_slots.append(slot)
                 overrides, _, run_dir = jobs[index]
-                results[index] = _job_return(overrides, job_config, run_dir, process.returncode)
+                error = None if process.returncode == 0 else _error(process.returncode,
+                                                                     run_dir / LOG, logged)
+                if error:
+                    failed.append((run_dir, error))
+                results[index] = _job_return(overrides, job_config, run_dir, process.returncode,
+                                             error)
                 done_cost += cost.pop(index)
                 done = total - len(queue) - len(running)
                 elapsed = time.monotonic() - started
                 eta = elapsed * sum(cost.values()) / max(done_cost, 1.0)
                 log.info("[%d/%d] %s %s in %.0fs (elapsed %.0fs, ETA %.0fs)", done, total,
-                         run_dir.name, "ok" if process.returncode == 0 else
-                         f"FAILED (exit {process.returncode}, see {run_dir}/launcher.log)",
+                         run_dir.name, f"FAILED ({error})" if error else "ok",
                          time.monotonic() - t0, elapsed, eta)
+        if failed:
+            log.error("%d of %d runs failed (each one's log is launcher.log in its directory; "
+                      "launching the sweep again retries them):%s", len(failed), len(jobs),
+                      "".join(f"\n  {run_dir}: {error}" for run_dir, error in failed))
         return [results[i] for i in range(len(jobs))]
 
 
-def completed(job_config: DictConfig, run_dir: Path) -> bool:
-    """Whether `run_dir` holds a completed record of this very config (a run's summary.json,
-    or the replicas.json of a group of replicas, `train.replicas`)."""
+def completed(job_config: DictConfig, run_dir: Path,
+              fingerprints: dict[str, str | None] | None = None) -> bool:
+    """Whether `run_dir` holds a completed record of this very config and corpus (a run's
+    summary.json, or the replicas.json of a group of replicas, `train.replicas`).
+
+    The corpus is read and hashed (`corpus_fingerprint`) to compare with the record's
+    `corpus_cache`; `fingerprints` keeps each data config's hash over a launch, so that a sweep
+    reads each corpus once. A corpus that cannot be read leaves the run to its process, which
+    says what is wrong.
+    """
     record = "replicas.json" if is_replica_group(job_config.train) else "summary.json"
     try:
         with open(run_dir / record) as f:
@@ -170,11 +196,42 @@ def completed(job_config: DictConfig, run_dir: Path) -> bool:
         return False
     config = {k: OmegaConf.to_container(job_config[k], resolve=True)
               for k in ("model", "data", "train")}
-    return identity(summary.get("config") or {}) == identity(config)
+    if identity(summary.get("config") or {}) != identity(config):
+        return False
+    # A record from before fingerprints (a group's, at first) cannot be checked: kept.
+    recorded = summary.get("corpus_cache")
+    memo = fingerprints if fingerprints is not None else {}
+    return recorded is None or recorded == _fingerprint(job_config.data, memo)
+
+
+def _fingerprint(data: DictConfig, fingerprints: dict[str, str | None]) -> str | None:
+    """The corpus fingerprint of `data`, None where its corpus cannot be read; memoised in
+    `fingerprints` by the data config."""
+    key = json.dumps(OmegaConf.to_container(data, resolve=True), sort_keys=True)
+    if key not in fingerprints:
+        try:
+            fingerprints[key] = corpus_fingerprint(OmegaConf.to_object(data))
+        except (DataError, OSError):
+            fingerprints[key] = None
+    return fingerprints[key]
+
+
+def _error(returncode: int, log_path: Path, offset: int) -> str:
+    """What a failed run's process said last (its error: `fail`'s one line, or the last line
+    of a traceback), from its log past `offset` (this attempt's output), with how it ended."""
+    ended = f"exit {returncode}" if returncode > 0 else f"killed by signal {-returncode}"
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        lines = []
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+    return f"{ended}: {last[:300]}"
 
 
 def _job_return(overrides: list[str], job_config: DictConfig, run_dir: Path,
-                returncode: int) -> JobReturn:
+                returncode: int, error: str | None = None) -> JobReturn:
     ret = JobReturn(overrides=overrides, cfg=job_config, hydra_cfg=None, working_dir=str(run_dir),
                     task_name=str(job_config.hydra.job.name))
     if returncode == 0:
@@ -182,7 +239,8 @@ def _job_return(overrides: list[str], job_config: DictConfig, run_dir: Path,
         ret._return_value = None
     else:
         ret.status = JobStatus.FAILED
-        ret._return_value = RuntimeError(
-            f"run {run_dir} exited with status {returncode}; its log is {run_dir}/launcher.log: "
+        # Compact: Hydra prints the first failed run's message alone, without a traceback.
+        ret._return_value = CompactHydraException(
+            f"run {run_dir} failed ({error}); its log is {run_dir / LOG}: "
             f"{' '.join(filter_overrides(overrides))}")
     return ret

@@ -51,7 +51,8 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
     if not isinstance(summary.get("config"), dict):
         raise ValueError("summary.json has no 'config'")
     config = flatten(summary.pop("config"))
-    row = {"run_id": run_dir.relative_to(sweep_dir).as_posix(), **summary}
+    # nested fields (`versions`) as columns of their own: `versions.jax`
+    row = {"run_id": run_dir.relative_to(sweep_dir).as_posix(), **flatten(summary)}
     for key, value in config.items():
         row[key] = ",".join(map(str, value)) if isinstance(value, list) else value
     return row

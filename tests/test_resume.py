@@ -19,6 +19,7 @@ from scaling import train as train_module
 from scaling.checkpoint import CheckpointError
 from scaling.config import Config, DataConfig, to_dict
 from scaling.record import read_replicas, read_summary, write_summary
+from scaling.results import collect
 from scaling.stages import pretrain as pretrain_module
 from scaling.stages.pretrain import pretrain, pretrain_replicas
 from scaling.sweep import corpus_fingerprint, identity, run_id
@@ -267,10 +268,12 @@ def test_the_local_launcher_reads_each_corpus_once_per_launch(corpus_config, tmp
 
 
 def test_a_run_records_the_versions_it_ran_with(corpus_config, tmp_path):
-    versions = pretrain(corpus_config(tokens=4096), tmp_path)["versions"]
+    versions = pretrain(corpus_config(tokens=4096), tmp_path / "run")["versions"]
     assert set(versions) == {"python", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
                              "numpy"}
     assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
+    results = collect(tmp_path).results  # one column per package in the results table
+    assert results["versions.jax"].tolist() == [versions["jax"]]
 
 
 def test_the_local_launcher_lists_failed_runs_with_their_errors_and_retries_them(

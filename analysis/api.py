@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis.chinchilla import bootstrap_refit, fit_chinchilla
 from analysis.envelope import fit_envelope
-from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, fit_rising
+from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, fit_rising, warm_starts
 from analysis.isoflop import fit_isoflop
 from analysis.result import Fit
 from analysis.table import FLOPS_PER_TOKEN
@@ -17,6 +17,7 @@ LAWS = ("power", "rising", "kaplan-nd", "kaplan-ns", "chinchilla", "isoflop", "e
 ALLOCATING = ("chinchilla", "kaplan-nd")  # L(N, D) laws that imply a compute-optimal split
 # Learning curves share a run's noise, so their bootstrap draws whole runs, not rows.
 BY_RUN = ("kaplan-ns", "envelope")
+WARM_STARTED = ("power", "kaplan-nd", "kaplan-ns")  # bootstrap refits from `warm_starts`
 
 
 def required_columns(
@@ -59,11 +60,13 @@ def fit_law(
 ) -> Fit:
     """Fit `law` on a table with canonical columns; with `n_bootstrap` > 0, add its intervals.
 
-    Chinchilla's bootstrap refits start from the full-data optimum and the few grid starts
-    that did best, not the 3,125-point grid (`chinchilla.bootstrap_refit`): 4,000
-    resamples take about 100 s instead of about 8 hours. A fit whose optimiser failed is
-    returned without a bootstrap. Raises `FitInputError` when the table cannot support
-    the law, and ValueError for an unknown law.
+    Bootstrap refits of the multi-start laws start from the full-data optimum and the few
+    starts that did best, not the whole grid: for Chinchilla (`chinchilla.bootstrap_refit`)
+    4,000 resamples take about 100 s instead of about 8 hours; for power, kaplan-nd and
+    kaplan-ns (`fit.warm_starts`) 3 starts replace up to 18. A fit that gives no estimate
+    (failed, degenerate, not converged) is returned without a bootstrap, which would only
+    resample what the data do not determine. Raises `FitInputError` when the table cannot
+    support the law, and ValueError for an unknown law.
     """
     fitter: Callable[[pd.DataFrame], Fit]
     if law == "power":
@@ -85,9 +88,14 @@ def fit_law(
     else:
         raise ValueError(f"unknown law {law!r} (choose from {', '.join(LAWS)})")
     fit = fitter(df)
-    if n_bootstrap <= 0 or fit.status.startswith("failed"):
+    if n_bootstrap <= 0 or not fit.usable:
         return fit
-    refit = bootstrap_refit(fit) if law == "chinchilla" else fitter
+    if law == "chinchilla":
+        refit = bootstrap_refit(fit)
+    elif law in WARM_STARTED:
+        refit = partial(fitter, starts=warm_starts(fit))
+    else:
+        refit = fitter
     return bootstrap(
         fit,
         df,

@@ -18,6 +18,7 @@ from scipy.optimize import minimize, nnls
 from threadpoolctl import threadpool_limits
 
 from analysis.fit import (
+    N_WARM_STARTS,
     NEGLIGIBLE_EFFECT,
     OPTIMISER_ERRORS,
     SAME_OPTIMUM_RTOL,
@@ -44,7 +45,6 @@ RESTART_RTOL = 1e-3
 # below 1 falls by less than 2e-9 in a step: enough from the 3,125-point grid, where the
 # best start converges, not for a single start near the optimum (bootstrap refits).
 TIGHT = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000}
-N_WARM_STARTS = 2  # grid starts kept for warm-starting bootstrap refits
 VARPRO_GRID = np.linspace(0.05, 2.0, 14)  # coarse (α, β) grid that seeds the profile search
 MAX_EXPONENT = 5.0  # VarPro searches α, β in [0, 5]; an exponent at 5 is stuck on its clamp
 IRLS_STEPS = 20  # reweightings per (α, β); more move the answer < 0.05%
@@ -171,14 +171,15 @@ def _grid_search(
 ) -> tuple[np.ndarray, dict]:
     """L-BFGS-B from every start; the best is kept. A start on which SciPy raises is
     counted; RuntimeError when every start does."""
-    runs, errors = solve_each(
+    solved, errors = solve_each(
         lambda x0: minimize(
             huber_lse, x0, args=(*data, scale), jac=True, method="L-BFGS-B", options=options
         ),
         np.atleast_2d(starts),
     )
-    if not runs:
+    if not solved:
         raise RuntimeError(f"L-BFGS-B raised from all {len(errors)} starts ({errors[0]})")
+    solved_starts, runs = np.array([x0 for x0, _ in solved]), [run for _, run in solved]
     ends = np.array([r.fun for r in runs])
     order = np.argsort(ends, kind="stable")
     best = runs[order[0]]
@@ -190,7 +191,7 @@ def _grid_search(
         "n_at_best": int(np.sum(ends <= ends[order[0]] * (1 + SAME_OPTIMUM_RTOL))),
         "converged": bool(best.success),
         "message": str(best.message),
-        "best_starts": np.atleast_2d(starts)[order[:N_WARM_STARTS]].tolist(),
+        "best_starts": solved_starts[order[:N_WARM_STARTS]].tolist(),
     }
 
 

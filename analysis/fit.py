@@ -27,19 +27,27 @@ RUNAWAY_DECADES = 100
 # changes by a factor e (a scale constant) or by 100% (an exponent), belongs to a term too
 # small there to be measured: 0.1% of the loss, below the scatter of repeated runs.
 NEGLIGIBLE_EFFECT = 1e-3
+# Starts kept, besides the optimum, for warm-starting bootstrap refits (`warm_starts`).
+N_WARM_STARTS = 2
 # What SciPy's optimisers raise mid-search on data a law cannot describe (e.g. "array must
 # not contain infs or NaNs" from a trust-region step whose model overflowed).
 OPTIMISER_ERRORS = (ValueError, ArithmeticError, RuntimeError)
 
 
-def fit_power(df: pd.DataFrame, x: str = "N", offset: bool = True) -> Fit:
+def fit_power(
+    df: pd.DataFrame,
+    x: str = "N",
+    offset: bool = True,
+    starts: Sequence[Sequence[float]] | None = None,
+) -> Fit:
     """L = E + (x_c/x)^α, or Kaplan's pure (x_c/x)^α; the log-log line starts every search.
 
-    `df` has columns `x` and `loss` (positive, one row per point). Raises `FitInputError`
-    for too few points or distinct x, and when the loss rises with x (a log-log slope ≥ 0):
-    the law describes a falling quantity, and `fit_rising` fits a rising one. The status
-    is `degenerate: …` when x_c runs off to 0 or ∞ or α ends at `EXPONENT_FLOOR`
-    (`degenerate`), `failed: …` when SciPy raises from every start.
+    `df` has columns `x` and `loss` (positive, one row per point); `starts` (rows of
+    [E,] ln x_c, α) replace the default starts, as `warm_starts` gives for a bootstrap.
+    Raises `FitInputError` for too few points or distinct x, and when the loss rises with
+    x (a log-log slope ≥ 0): the law describes a falling quantity, and `fit_rising` fits
+    a rising one. The status is `degenerate: …` when x_c runs off to 0 or ∞ or α ends at
+    `EXPONENT_FLOOR` (`degenerate`), `failed: …` when SciPy raises from every start.
     """
     law = "power with offset" if offset else "power"
     require_points(law, len(df), 3 if offset else 2)
@@ -54,13 +62,13 @@ def fit_power(df: pd.DataFrame, x: str = "N", offset: bool = True) -> Fit:
             ("x_c", "alpha"),
             lambda t: t[1] * (t[0] - lnx),
             lnL,
-            starts=[_loglog_start(lnx, lnL)],
+            starts=starts or [_loglog_start(lnx, lnL)],
             lower=[-np.inf, 0.0],
             upper=[np.inf, np.inf],
             variables=(x,),
         )
     # E from a few fractions of the smallest loss; then the line through ln(L - E) vs ln x.
-    starts = [
+    starts = starts or [
         [E, *_loglog_start(lnx, np.log(L - E))]
         for E in L.min() * np.array([0, 0.25, 0.5, 0.75, 0.9])
     ]
@@ -76,9 +84,10 @@ def fit_power(df: pd.DataFrame, x: str = "N", offset: bool = True) -> Fit:
     )
 
 
-def fit_kaplan_nd(df: pd.DataFrame) -> Fit:
+def fit_kaplan_nd(df: pd.DataFrame, starts: Sequence[Sequence[float]] | None = None) -> Fit:
     """Kaplan eq 1.5, L(N, D), on columns N, D, loss; `FitInputError` under 5 points. The
-    status names a degenerate optimum or a failed search, as for `fit_power`."""
+    status names a degenerate optimum or a failed search, as for `fit_power`; `starts`
+    (rows of ln N_c, ln D_c, α_N, α_D) replace the default grid."""
     require_points("kaplan-nd", len(df), 4)
     N, D, lnL = df["N"].to_numpy(float), df["D"].to_numpy(float), np.log(df["loss"].to_numpy(float))
     return _fit_log_space(
@@ -86,16 +95,17 @@ def fit_kaplan_nd(df: pd.DataFrame) -> Fit:
         ("N_c", "D_c", "alpha_N", "alpha_D"),
         lambda t: np.log(laws.kaplan_nd(N, D, np.exp(t[0]), np.exp(t[1]), t[2], t[3])),
         lnL,
-        starts=_nd_starts(N, D, lnL),
+        starts=starts or _nd_starts(N, D, lnL),
         lower=[-np.inf, -np.inf, 0.0, 1e-6],
         upper=[np.inf] * 4,
         variables=("N", "D"),
     )
 
 
-def fit_kaplan_ns(df: pd.DataFrame) -> Fit:
+def fit_kaplan_ns(df: pd.DataFrame, starts: Sequence[Sequence[float]] | None = None) -> Fit:
     """Kaplan eq 1.6, L(N, S_min), on learning-curve columns N, S, loss; `FitInputError`
-    under 5 points. The status names a degenerate optimum or a failed search."""
+    under 5 points. The status names a degenerate optimum or a failed search; `starts`
+    (rows of ln N_c, ln S_c, α_N, α_S) replace the default grid."""
     require_points("kaplan-ns", len(df), 4)
     N, S, lnL = df["N"].to_numpy(float), df["S"].to_numpy(float), np.log(df["loss"].to_numpy(float))
     return _fit_log_space(
@@ -103,7 +113,7 @@ def fit_kaplan_ns(df: pd.DataFrame) -> Fit:
         ("N_c", "S_c", "alpha_N", "alpha_S"),
         lambda t: np.log(laws.kaplan_ns(N, S, np.exp(t[0]), np.exp(t[1]), t[2], t[3])),
         lnL,
-        starts=_ns_starts(N, S, lnL),
+        starts=starts or _ns_starts(N, S, lnL),
         lower=[-np.inf, -np.inf, 0.0, 0.0],
         upper=[np.inf] * 4,
         variables=("N", "S"),
@@ -203,16 +213,24 @@ def degenerate(
 
 def solve_each(
     solve: Callable[[np.ndarray], OptimizeResult], starts: Iterable[np.ndarray]
-) -> tuple[list[OptimizeResult], list[str]]:
-    """`solve` from every start; one on which SciPy raises (`OPTIMISER_ERRORS`) is recorded
-    as `Type: message` and the others go on."""
-    runs, errors = [], []
+) -> tuple[list[tuple[np.ndarray, OptimizeResult]], list[str]]:
+    """(start, result) of `solve` from every start; one on which SciPy raises
+    (`OPTIMISER_ERRORS`) is recorded as `Type: message` and the others go on."""
+    solved, errors = [], []
     for start in starts:
         try:
-            runs.append(solve(start))
+            solved.append((start, solve(start)))
         except OPTIMISER_ERRORS as error:
             errors.append(f"{type(error).__name__}: {error}")
-    return runs, errors
+    return solved, errors
+
+
+def warm_starts(fit: Fit) -> list[list[float]]:
+    """Starts for refitting `fit`'s law on a bootstrap resample: its optimum (scale constants
+    as logarithms, as the fitters search them), then the `N_WARM_STARTS` starts that ended
+    lowest. A resample's optimum lies near the full data's, so these replace the grid."""
+    optimum = [np.log(v) if name in LOG_SCALED else v for name, v in fit.params.items()]
+    return [optimum, *fit.diagnostics.get("best_starts", [])]
 
 
 def ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
@@ -275,19 +293,21 @@ def _fit_log_space(
             for start in np.clip(np.asarray(starts, float), lower, upper)
             if np.isfinite(log_model(start)).all()
         ]
-        runs, errors = solve_each(
+        solved, errors = solve_each(
             lambda start: least_squares(
                 lambda t: log_model(t) - lnL, start, bounds=(lower, upper), x_scale="jac"
             ),
             finite,
         )
+    solved.sort(key=lambda pair: pair[1].cost)
+    runs = [run for _, run in solved]
     if not finite:
         raise FitInputError(f"{law}: no starting point gives a finite loss on this data")
     n, p = len(lnL), len(names)
     if not runs:
         why = f"SciPy's least_squares raised from all {len(errors)} starts ({errors[0]})"
         return Fit.failed(law, tuple(names), variables, n, why)
-    best = min(runs, key=lambda r: r.cost)
+    best = runs[0]
     theta = best.x
     cov = 2 * best.cost / (n - p) * np.linalg.pinv(best.jac.T @ best.jac)
     se_theta = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -314,6 +334,7 @@ def _fit_log_space(
             "n_at_best": int(
                 sum(r.cost <= best.cost * (1 + SAME_OPTIMUM_RTOL) + 1e-15 for r in runs)
             ),
+            "best_starts": [start.tolist() for start, _ in solved[:N_WARM_STARTS]],
             "stderr_method": "jacobian",
         },
     )

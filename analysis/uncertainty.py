@@ -88,9 +88,11 @@ def bootstrap(
     if len(samples) < 2:
         return replace(fit, samples=samples, diagnostics=fit.diagnostics | {"bootstrap": summary})
     low, high = percentile_interval(samples.to_numpy(float), level)
+    with np.errstate(over="ignore", invalid="ignore"):  # a degenerate draw's x_c near 1e300
+        stderr = samples.std(ddof=1).to_dict()
     return replace(
         fit,
-        stderr=samples.std(ddof=1).to_dict(),
+        stderr=stderr,
         intervals={n: (float(lo), float(hi)) for n, lo, hi in zip(samples, low, high, strict=True)},
         samples=samples,
         diagnostics=fit.diagnostics | {"stderr_method": "bootstrap", "bootstrap": summary},

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from analysis.api import fit_law
-from analysis.fit import fit_power
+from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, warm_starts
 from analysis.uncertainty import bootstrap, percentile_interval, resample
-from tests.analysis.synthetic import TRUE_KAPLAN_NS, kaplan_ns_curves
+from tests.analysis.synthetic import TRUE_KAPLAN_NS, kaplan_nd_table, kaplan_ns_curves
 
 
 def test_row_resample_keeps_size_and_draws_with_replacement():
@@ -92,3 +92,19 @@ def test_every_law_bootstraps_with_the_same_seed_to_the_same_draws():
     assert fit_law(df, "kaplan-ns", n_bootstrap=4, seed=10).samples.iloc[0, 0] != pytest.approx(
         one.iloc[0, 0], rel=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    ("fitter", "table", "unit"),
+    [(fit_kaplan_nd, kaplan_nd_table(), None), (fit_kaplan_ns, kaplan_ns_curves(), "run")],
+)
+def test_warm_started_refits_reach_the_optimum_of_the_whole_grid(fitter, table, unit):
+    """Bootstrap refits start from the fit's optimum and its 2 best starts, not 18."""
+    fit = fitter(table)
+    starts = warm_starts(fit)
+    assert len(starts) == 3 and len(fit.diagnostics["best_starts"]) == 2
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        sample = resample(table, rng, unit)
+        warm, full = fitter(sample, starts=starts), fitter(sample)
+        assert warm.diagnostics["objective"] <= full.diagnostics["objective"] * (1 + 1e-6)

@@ -13,9 +13,11 @@ MAD_TO_SIGMA = 1.4826  # median absolute deviation → standard deviation under 
 # A vertex further outside the sampled ln N range than this fraction of its width comes
 # from a profile that never turns up: the budget does not bracket its optimum.
 MAX_EXTRAPOLATION = 0.5
-# A vertex within this fraction of the sampled ln N range of its smallest or largest size
-# lies at the edge (rounding aside): the budget does not bracket its optimum.
-AT_EDGE = 1e-6
+# A vertex within this fraction of the sampled ln N range of the smallest or largest size
+# lies at the edge: one arm of its parabola is barely sampled, so the budget does not
+# bracket its optimum. The published studies' vertices lie 0.23 or more of the range
+# inside (Llama 3, Marin) where they are bracketed.
+AT_EDGE = 0.05
 # Rounds of outlier rejection per budget, as astropy's `sigma_clip` (maxiters=5). Rejection
 # only ever removes points, so it also ends when a round removes none.
 MAX_REJECTION_ROUNDS = 5
@@ -33,15 +35,15 @@ def fit_isoflop(
     D* = C/(k·N*) with k = `flops_per_token`, or, when it is None, each budget's median
     C/(N·D) from the table's own D column. Budgets with fewer than 3 distinct N, no
     minimum (a non-convex parabola) or a vertex far outside the sizes sampled are dropped
-    and named. A kept budget whose vertex is not strictly inside the sizes sampled
-    (`vertex_in_range`) did not bracket its optimum, and a or b outside (0, 1) is no
-    allocation: either makes the status `degenerate: …`. `mad_threshold` rejects points
-    whose residual exceeds that many robust standard deviations (`_parabola`: at most
-    `MAX_REJECTION_ROUNDS` rounds, never below 3 sizes); the points rejected are in
-    diagnostics["rejected"]. Plain least squares on every point (the default) reproduces
-    the published exponents. a, b and the prefactors k_N, k_D (N* = k_N·C^a,
-    D* = k_D·C^b) come from OLS in log space. Raises `FitInputError` with fewer than 2
-    budgets (before or after dropping).
+    and named. A kept budget whose vertex is not inside its sizes by more than `AT_EDGE`
+    of their range (`vertex_in_range`) did not bracket its optimum, and a or b outside
+    (0, 1) is no allocation: either makes the status `degenerate: …`. `mad_threshold`
+    rejects points whose residual exceeds that many robust standard deviations
+    (`_parabola`: at most `MAX_REJECTION_ROUNDS` rounds, never below 3 sizes); the points
+    rejected are in diagnostics["rejected"]. Plain least squares on every point (the
+    default) reproduces the published exponents. a, b and the prefactors k_N, k_D
+    (N* = k_N·C^a, D* = k_D·C^b) come from OLS in log space. Raises `FitInputError` with
+    fewer than 2 budgets (before or after dropping).
     """
     budgets = df["C"].nunique()
     if budgets < 2:
@@ -121,8 +123,8 @@ def fit_isoflop(
 
 
 def _status(budgets: pd.DataFrame, a: float, b: float) -> str:
-    """`degenerate: …` naming the budgets whose vertex is not strictly inside their sizes
-    and an a or b outside (0, 1); else "ok"."""
+    """`degenerate: …` naming the budgets whose vertex lies at or beyond the edge of their
+    sizes and an a or b outside (0, 1); else "ok"."""
     edge = budgets.loc[~budgets["vertex_in_range"], "C"]
     why = []
     if not edge.empty:

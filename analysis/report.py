@@ -117,7 +117,8 @@ def write_fits(
     if left_out:
         head.append(f"<p>{left_out} rows without a loss left out.</p>")
     if rows:
-        head.append(pd.DataFrame(rows).to_html(index=False, na_rep="", border=0))
+        overview = pd.DataFrame(rows).convert_dtypes()  # points stay integers beside skips
+        head.append(overview.to_html(index=False, na_rep="", border=0))
     (out / "fits.json").write_text(json.dumps(results, indent=2, allow_nan=False))
     return "\n".join([*head, *parts, "</section>"])
 

@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/scaling-train --config-dir sweeps --config-name demo hydra/launcher=local \
 		hydra.launcher.n_jobs=2
-	$(BIN)/scaling-report runs/demo
+	$(BIN)/scaling-report runs/demo --bootstrap 100
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

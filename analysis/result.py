@@ -58,7 +58,7 @@ class Fit:
         unconverged or failed."""
         return not self.status.startswith(NO_ESTIMATE)
 
-    def caveat(self, width: int = 70) -> str:
+    def caveat(self, width: int = 55) -> str:
         """"" for an ok fit, else its status in brackets, wrapped at `width` characters: for
         plot titles and legends, so a figure never shows a fit the data did not determine
         without saying so."""

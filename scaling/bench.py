@@ -43,25 +43,25 @@ def bench(cfg: Config, warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> 
     import numpy as np
 
     from scaling.flops import MFU_FORMULA, mfu
-    from scaling.stages.pretrain import prepare
-    from scaling.train import replica_batch, setup
+    from scaling.stages import prepare
+    from scaling.train import models_batch, setup_models
 
     warmup = max(warmup, 1)
     run = prepare(cfg)
     replicas, stage = run.replicas, run.replicas[0].stage
-    placement, state, train_step = setup(replicas, cfg.train)
+    placement, state, train_step = setup_models(replicas, cfg.train)
 
     started = time.perf_counter()
-    state, metrics = train_step(state, placement.batch(replica_batch(replicas, 0)))
+    state, metrics = train_step(state, placement.batch(models_batch(replicas, 0)))
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - started
     for step in range(1, warmup):
-        state, metrics = train_step(state, placement.batch(replica_batch(replicas, step)))
+        state, metrics = train_step(state, placement.batch(models_batch(replicas, step)))
     jax.block_until_ready((state, metrics))
 
     started = time.perf_counter()
     for step in range(warmup, warmup + steps):
-        state, metrics = train_step(state, placement.batch(replica_batch(replicas, step)))
+        state, metrics = train_step(state, placement.batch(models_batch(replicas, step)))
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - started
 

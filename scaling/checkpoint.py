@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from scaling.console import UsageError
 
 logging.getLogger("absl").setLevel(logging.WARNING)
 log = logging.getLogger("scaling")
@@ -28,7 +31,7 @@ log = logging.getLogger("scaling")
 UNREADABLE = (ValueError, OSError, KeyError)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError):
     """The run directory holds checkpoints, and none of them can be restored."""
 
 
@@ -62,10 +65,34 @@ def _drop_closed_loop_reports() -> None:
 class Checkpointer:
     """Save on a step interval or a wall-clock interval, whichever comes first; restore latest."""
 
-    def __init__(self, directory: Path, keep: int) -> None:
+    def __init__(self, directory: Path, keep: int, create: bool = True) -> None:
+        """Checkpoints in `directory`, the newest `keep` kept; `create=False` only reads (a
+        parent run's), and finds no steps where the directory is missing."""
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        if create:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        elif self.directory.is_dir():
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                   save_interval_steps=0)
+            absl = logging.getLogger("absl")
+            level = absl.level
+            absl.setLevel(logging.ERROR)  # "directory is read only": as asked
+            try:
+                self._manager = ocp.CheckpointManager(self.directory, options=options)
+            finally:
+                absl.setLevel(level)
+
+    def steps(self) -> list[int]:
+        """The committed checkpoints' steps, oldest first."""
+        return sorted(self._manager.all_steps()) if self.directory.is_dir() else []
+
+    def read_params(self, step: int) -> Any:
+        """The parameters saved at `step`, as host arrays in their saved tree (no train state
+        to shape them like: a parent run's, whatever its optimizer)."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        state = self._manager.restore(step, args=args).state
+        return jax.tree_util.tree_map(np.asarray, state["params"])
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Start an asynchronous save; the state is copied off the device before it returns."""
@@ -98,12 +125,14 @@ class Checkpointer:
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 meta = self._meta(step)
-                check(meta)
+            except UNREADABLE as error:
+                self._unreadable(unreadable, step, error)
+                continue
+            check(meta)  # outside: a refusal is not a damaged checkpoint
+            try:
                 state = self._restore(step, like)
             except UNREADABLE as error:
-                unreadable.append((step, _describe(error)))
-                log.warning("checkpoint %s/%d cannot be restored (%s)", self.directory, step,
-                            unreadable[-1][1])
+                self._unreadable(unreadable, step, error)
                 continue
             for bad, _ in unreadable:
                 self._manager.delete(bad)
@@ -116,6 +145,11 @@ class Checkpointer:
         raise CheckpointError(
             f"no checkpoint in {self.directory} can be restored (delete it to train this run "
             "from the start): " + "; ".join(f"step {step}: {why}" for step, why in unreadable))
+
+    def _unreadable(self, unreadable: list[tuple[int, str]], step: int, error: Exception) -> None:
+        unreadable.append((step, _describe(error)))
+        log.warning("checkpoint %s/%d cannot be restored (%s)", self.directory, step,
+                    unreadable[-1][1])
 
     def discard(self) -> None:
         """Delete every checkpoint (to train the run from the start)."""

@@ -27,7 +27,6 @@ from omegaconf.errors import OmegaConfBaseException
 from scaling.config import (
     Config,
     ConfigError,
-    is_replica_group,
     register_configs,
     reject_unknown_keys,
     validate,
@@ -115,10 +114,7 @@ def _train_task(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
 
     # after validation: config errors come before JAX loads
-    from scaling.checkpoint import CheckpointError
-    from scaling.data import DataError
-    from scaling.stages.pretrain import pretrain, pretrain_replicas
-    from scaling.train import ResumeError
+    from scaling.stages import run_stage
 
     with exclusive_run(run_dir) as ours:
         if not ours:
@@ -126,15 +122,13 @@ def _train_task(cfg: DictConfig) -> None:
                                                  "skipped", run_dir)
             return
         try:
-            if is_replica_group(config.train):  # records its models beside run_dir
-                pretrain_replicas(config, run_dir)
-            else:
-                pretrain(config, run_dir)
+            run_stage(config, run_dir)
         # Errors a user can fix (a batch the devices cannot split, missing data, a directory of
-        # another run, no readable checkpoint), already recorded where the run's record is
-        # ours: one line, no traceback. A sweep in this process (Hydra's basic launcher) goes
-        # on with its next runs and ends failed; an exit here would end it at this run.
-        except (ConfigError, DataError, ResumeError, CheckpointError) as error:
+        # another run, no readable checkpoint, a parent run that does not fit), already
+        # recorded where the run's record is ours: one line, no traceback. A sweep in this
+        # process (Hydra's basic launcher) goes on with its next runs and ends failed; an exit
+        # here would end it at this run.
+        except UsageError as error:
             if hydra_cfg.mode == RunMode.MULTIRUN:
                 logging.getLogger("scaling").error("%s failed: %s", run_dir, error)
                 raise CompactHydraException(f"{run_dir}: {error}") from error
@@ -142,7 +136,7 @@ def _train_task(cfg: DictConfig) -> None:
 
 
 def train() -> None:
-    """`scaling-train [overrides]`: one pretraining run (or a sweep of them with -m)."""
+    """`scaling-train [overrides]`: one run of any stage (or a sweep of them with -m)."""
     hydra_entry(_train_task)
 
 

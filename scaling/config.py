@@ -46,9 +46,10 @@ class DataConfig:
     """Where the tokens come from: a corpus, a tokenizer, a validation split, a cache."""
 
     # stdlib (this interpreter's standard library source) | python (stdlib + installed
-    # packages) | files
+    # packages) | files; prompt -> response pairs for stage=sft: sft_stdlib (the standard
+    # library's documented functions: signature + docstring -> body) | jsonl
     source: str = "stdlib"
-    paths: list[str] = field(default_factory=list)  # globs, for source=files
+    paths: list[str] = field(default_factory=list)  # globs, for source=files or jsonl
     # A second corpus, only evaluated on (transfer_loss): none | prose (the Python
     # documentation's prose, pydoc_data) | files
     transfer: str = "none"
@@ -94,10 +95,39 @@ class TrainConfig:
 
 
 @dataclass
+class FreezeConfig:
+    """Parameters a fine-tuning stage leaves as its parent trained them."""
+
+    embeddings: bool = False  # the token and position embeddings (wte, wpe; wte is also the head)
+    blocks: int = 0  # the lowest k Transformer blocks
+
+
+@dataclass
+class StageConfig:
+    """What kind of run this is: its data, loss and initialisation for the shared loop."""
+
+    kind: str = "pretrain"  # pretrain | finetune | sft
+    # a run directory to start from: its parameters (stage.init_step) and its tokenizer; null
+    # for a random initialisation (pretrain)
+    init_from: str | None = None
+    init_step: str = "latest"  # latest | best (its best-validation step, if kept) | a step
+    schedule: str = "cosine"  # cosine (warmup + cosine, as train.*) | constant (after warmup)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+
+
+# What each stage reads: its data sources, and whether it starts from a parent run.
+STAGE_SOURCES = {"pretrain": ("stdlib", "python", "files"),
+                 "finetune": ("stdlib", "python", "files"),
+                 "sft": ("sft_stdlib", "jsonl")}
+STAGES_FROM_PARENT = ("finetune", "sft")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
 
 
 def register_configs() -> None:
@@ -178,10 +208,9 @@ def validate(cfg: Config) -> Config:
            "one of auto, xla, cudnn")
     _check(m.remat in ("none", "full", "dots"), "model.remat", m.remat, "one of none, full, dots")
 
-    _check(d.source in ("stdlib", "python", "files"), "data.source", d.source,
-           "one of stdlib, python, files")
-    _check(d.source != "files" or len(d.paths) > 0, "data.paths", d.paths,
-           "at least one path or glob when data=files")
+    _validate_stage(cfg)
+    _check(d.source not in ("files", "jsonl") or len(d.paths) > 0, "data.paths", d.paths,
+           f"at least one path or glob when data={d.source}")
     _check(d.transfer in ("none", "prose", "files"), "data.transfer", d.transfer,
            "one of none, prose, files")
     _check(d.transfer != "files" or len(d.transfer_paths) > 0, "data.transfer_paths",
@@ -240,6 +269,30 @@ def validate(cfg: Config) -> Config:
     _check(t.checkpoint_every_seconds > 0, "train.checkpoint_every_seconds",
            t.checkpoint_every_seconds, "a positive number of seconds")
     return cfg
+
+
+def _validate_stage(cfg: Config) -> None:
+    s, d = cfg.stage, cfg.data
+    _check(s.kind in STAGE_SOURCES, "stage.kind", s.kind, f"one of {', '.join(STAGE_SOURCES)}")
+    sources = STAGE_SOURCES[s.kind]
+    _check(d.source in sources, "data.source", d.source,
+           f"one of {', '.join(sources)} for stage={s.kind}")
+    if s.kind in STAGES_FROM_PARENT:
+        _check(s.init_from is not None, "stage.init_from", s.init_from,
+               f"the run directory stage={s.kind} starts from")
+    else:
+        _check(s.init_from is None, "stage.init_from", s.init_from,
+               f"null for stage={s.kind}, which starts from a random initialisation")
+    _check(s.init_step in ("latest", "best") or s.init_step.isdigit(), "stage.init_step",
+           s.init_step, "latest, best or a checkpoint step")
+    _check(s.schedule in ("cosine", "constant"), "stage.schedule", s.schedule,
+           "one of cosine, constant")
+    _check(s.freeze.blocks >= 0, "stage.freeze.blocks", s.freeze.blocks,
+           "a non-negative number of blocks")
+    _check(s.freeze.blocks <= cfg.model.n_layer, "stage.freeze.blocks", s.freeze.blocks,
+           f"at most model.n_layer={cfg.model.n_layer}")
+    _check(s.freeze.blocks == 0 or not cfg.model.scan_layers, "stage.freeze.blocks",
+           s.freeze.blocks, "0 with model.scan_layers=true (its blocks are one stacked array)")
 
 
 def is_replica_group(cfg: TrainConfig) -> bool:

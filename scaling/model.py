@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from scaling.batch import LmBatch
 
 VOCAB_MULTIPLE = 64
 LN_EPS = 1e-5
@@ -38,7 +41,7 @@ def padded_vocab(vocab_size: int) -> int:
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Plain shape and numerics of one model; built from the run config by `from_config`."""
+    """Plain shape and numerics of one model; built from the run config by `model_shape`."""
 
     vocab_size: int
     n_layer: int
@@ -55,6 +58,20 @@ class GPTConfig:
     @property
     def vocab_padded(self) -> int:
         return padded_vocab(self.vocab_size)
+
+
+def model_shape(model: Any, vocab_size: int) -> GPTConfig:
+    """The one place a model's shape is built from a run's `model` config (a ModelConfig or any
+    object with its fields, a Hydra node included) and the tokenizer's vocabulary: by the run,
+    and by the sweep resolvers that plan FLOPs before it. `dtype` and `attention` stay as
+    configured (`auto` too); the run resolves them for its machine."""
+    d_ff = model.d_ff if model.d_ff is not None else 4 * model.d_model
+    return GPTConfig(
+        vocab_size=vocab_size, n_layer=model.n_layer, d_model=model.d_model,
+        n_head=model.n_head, n_ctx=model.n_ctx, d_ff=d_ff, dtype=model.dtype,
+        attention=model.attention, remat=model.remat, scan_layers=model.scan_layers,
+        loss_chunk=model.loss_chunk,
+    )
 
 
 def resolve_dtype(name: str, backend: str | None = None) -> str:
@@ -186,77 +203,99 @@ def token_losses(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
     return log_z_BxT - target_logit_BxT
 
 
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-    """Mean next-token loss in nats."""
-    return jnp.mean(token_losses(logits_BxTxV, targets_BxT))
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                  weights_BxT: jax.Array | None = None) -> jax.Array:
+    """Next-token loss in nats: the mean over targets, or sum(w·loss)/sum(w) with weights
+    (nanodo's `weights_BxL`; 0 leaves a target out, as a prompt token in SFT), 0 where no
+    target counts."""
+    losses_BxT = token_losses(logits_BxTxV, targets_BxT)
+    if weights_BxT is None:
+        return jnp.mean(losses_BxT)
+    return weighted_mean(losses_BxT, weights_BxT)
 
 
-def position_losses(cfg: GPTConfig, params: dict, ids_BxT1: jax.Array) -> jax.Array:
-    """Mean loss at each context position [T]: how loss falls with context (in-context learning)."""
-    logits_BxTxV = GPT(cfg).apply({"params": params}, ids_BxT1[:, :-1])
-    return jnp.mean(token_losses(logits_BxTxV, ids_BxT1[:, 1:]), axis=0)
+def weighted_mean(x: jax.Array, weights: jax.Array, axis: int | None = None) -> jax.Array:
+    """sum(w·x)/sum(w) along `axis`, written as mean(w·x)/mean(w): with equal weights every
+    w/mean(w) is exactly 1, so all-ones weights give exactly `jnp.mean(x)`, bit for bit (the
+    pretraining losses recorded before batches had weights). 0 where every weight is 0."""
+    mean_weight = jnp.mean(weights, axis=axis)
+    return jnp.mean(weights * x, axis=axis) / jnp.where(mean_weight > 0, mean_weight, 1.0)
+
+
+def position_losses(cfg: GPTConfig, params: dict, batch: LmBatch) -> jax.Array:
+    """Weighted mean loss at each context position [T], over the batch's sequences: how loss
+    falls with context (in-context learning)."""
+    logits_BxTxV = GPT(cfg).apply({"params": params}, batch.tokens[:, :-1])
+    losses_BxT = token_losses(logits_BxTxV, batch.tokens[:, 1:])
+    return weighted_mean(losses_BxT, batch.weights, axis=0)
 
 
 def chunked_cross_entropy(x_BxTxD: jax.Array, embedding_VxD: jax.Array, targets_BxT: jax.Array,
-                          chunk: int, dtype: str) -> jax.Array:
-    """`cross_entropy` of the unembedding x @ embedding.T, `chunk` tokens at a time.
+                          weights_BxT: jax.Array, chunk: int, dtype: str) -> jax.Array:
+    """`cross_entropy` (weighted) of the unembedding x @ embedding.T, `chunk` tokens at a time.
 
     Only one chunk's logits [chunk, V] ever exist. A custom VJP computes each chunk's gradients
     in the same pass as its loss, so the backward pass does not recompute the logits: the same
     FLOPs as the dense path, without writing and re-reading all B*T*V logits.
     """
-    n_tokens, V = targets_BxT.size, embedding_VxD.shape[0]
+    V = embedding_VxD.shape[0]
+    total_weight = jnp.sum(weights_BxT)
+    total_weight = jnp.where(total_weight > 0, total_weight, 1.0)  # no target counts: 0
 
-    def chunks(x_BxTxD, targets_BxT):
-        return x_BxTxD.reshape(-1, chunk, x_BxTxD.shape[-1]), targets_BxT.reshape(-1, chunk)
+    def chunks(x_BxTxD, targets_BxT, weights_BxT):
+        return (x_BxTxD.reshape(-1, chunk, x_BxTxD.shape[-1]), targets_BxT.reshape(-1, chunk),
+                weights_BxT.reshape(-1, chunk))
 
-    def logits_and_loss(x_KxD, w_VxD, t_K):
+    def logits_and_loss(x_KxD, w_VxD, t_K, weight_K):
         logits_KxV = jnp.dot(x_KxD.astype(dtype), w_VxD.astype(dtype).T).astype(jnp.float32)
         log_z_K = jax.nn.logsumexp(logits_KxV, axis=-1)
         target_logit_K = jnp.take_along_axis(logits_KxV, t_K[:, None], axis=-1)[:, 0]
-        return logits_KxV, log_z_K, jnp.sum(log_z_K - target_logit_K)
+        return logits_KxV, log_z_K, jnp.sum(weight_K * (log_z_K - target_logit_K))
 
     @jax.custom_vjp
-    def loss(x_BxTxD, w_VxD, targets_BxT):
-        def add(total, chunk_xt):
-            x_KxD, t_K = chunk_xt
-            return total + logits_and_loss(x_KxD, w_VxD, t_K)[2], None
+    def loss(x_BxTxD, w_VxD, targets_BxT, weights_BxT):
+        def add(total, chunk_xtw):
+            return total + logits_and_loss(chunk_xtw[0], w_VxD, *chunk_xtw[1:])[2], None
 
-        total, _ = jax.lax.scan(add, jnp.zeros((), jnp.float32), chunks(x_BxTxD, targets_BxT))
-        return total / n_tokens
+        total, _ = jax.lax.scan(add, jnp.zeros((), jnp.float32),
+                                chunks(x_BxTxD, targets_BxT, weights_BxT))
+        return total / total_weight
 
-    def loss_and_grads(x_BxTxD, w_VxD, targets_BxT):
+    def loss_and_grads(x_BxTxD, w_VxD, targets_BxT, weights_BxT):
         w_c = w_VxD.astype(dtype)
 
-        def add(carry, chunk_xt):
+        def add(carry, chunk_xtw):
             total, grad_w_VxD = carry
-            x_KxD, t_K = chunk_xt
-            logits_KxV, log_z_K, loss_sum = logits_and_loss(x_KxD, w_VxD, t_K)
-            # d(mean loss)/d(logits) = (softmax - one_hot) / n, in float32 then the compute dtype
+            x_KxD, t_K, weight_K = chunk_xtw
+            logits_KxV, log_z_K, loss_sum = logits_and_loss(x_KxD, w_VxD, t_K, weight_K)
+            # d(loss)/d(logits) = w (softmax - one_hot) / sum(w), in float32 then the compute dtype
             g_KxV = (jnp.exp(logits_KxV - log_z_K[:, None])
-                     - jax.nn.one_hot(t_K, V, dtype=jnp.float32)) / n_tokens
+                     - jax.nn.one_hot(t_K, V, dtype=jnp.float32)) * weight_K[:, None] / total_weight
             g_KxV = g_KxV.astype(dtype)
             grad_w_VxD += jnp.dot(g_KxV.T, x_KxD.astype(dtype), preferred_element_type=jnp.float32)
             return (total + loss_sum, grad_w_VxD), jnp.dot(g_KxV, w_c)
 
         init = (jnp.zeros((), jnp.float32), jnp.zeros_like(w_VxD))
-        (total, grad_w_VxD), grad_x = jax.lax.scan(add, init, chunks(x_BxTxD, targets_BxT))
+        (total, grad_w_VxD), grad_x = jax.lax.scan(
+            add, init, chunks(x_BxTxD, targets_BxT, weights_BxT))
         grad_x_BxTxD = grad_x.reshape(x_BxTxD.shape).astype(x_BxTxD.dtype)
-        return total / n_tokens, (grad_x_BxTxD, grad_w_VxD)
+        return total / total_weight, (grad_x_BxTxD, grad_w_VxD)
 
     def backward(grads, g):
         grad_x_BxTxD, grad_w_VxD = grads
-        return (g * grad_x_BxTxD).astype(grad_x_BxTxD.dtype), g * grad_w_VxD, None
+        return (g * grad_x_BxTxD).astype(grad_x_BxTxD.dtype), g * grad_w_VxD, None, None
 
     loss.defvjp(loss_and_grads, backward)
-    return loss(x_BxTxD, embedding_VxD, targets_BxT)
+    return loss(x_BxTxD, embedding_VxD, targets_BxT, weights_BxT)
 
 
-def next_token_loss(cfg: GPTConfig, params: dict, ids_BxT1: jax.Array) -> jax.Array:
-    """Mean loss of predicting ids[:, 1:] from ids[:, :-1]; fused and chunked if cfg.loss_chunk."""
-    inputs_BxT, targets_BxT = ids_BxT1[:, :-1], ids_BxT1[:, 1:]
+def next_token_loss(cfg: GPTConfig, params: dict, batch: LmBatch) -> jax.Array:
+    """Weighted mean loss of predicting tokens[:, 1:] from tokens[:, :-1] (sum(w·loss)/sum(w));
+    fused and chunked if cfg.loss_chunk."""
+    inputs_BxT, targets_BxT = batch.tokens[:, :-1], batch.tokens[:, 1:]
     if not cfg.loss_chunk:
-        return cross_entropy(GPT(cfg).apply({"params": params}, inputs_BxT), targets_BxT)
+        logits_BxTxV = GPT(cfg).apply({"params": params}, inputs_BxT)
+        return cross_entropy(logits_BxTxV, targets_BxT, batch.weights)
     x_BxTxD = GPT(cfg).apply({"params": params}, inputs_BxT, unembed=False)
-    return chunked_cross_entropy(x_BxTxD, params["wte"]["embedding"], targets_BxT,
+    return chunked_cross_entropy(x_BxTxD, params["wte"]["embedding"], targets_BxT, batch.weights,
                                  cfg.loss_chunk, cfg.dtype)

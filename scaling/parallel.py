@@ -113,10 +113,15 @@ class Placement:
             return state
         return jax.device_put(state, self._state_shardings(state))
 
-    def batch(self, batch_Bx: np.ndarray, axis: int = 0) -> Any:
-        """A batch split over the data axis along `axis` (the batch axis)."""
+    def batch(self, batch: Any, axis: int = 0) -> Any:
+        """A batch (a pytree of arrays) split over the data axis along `axis` of every leaf
+        (the batch axis)."""
         if self.mesh is None:
-            return batch_Bx
-        spec = [None] * batch_Bx.ndim
-        spec[axis] = DATA_AXIS
-        return jax.device_put(batch_Bx, self._sharding(PartitionSpec(*spec)))
+            return batch
+
+        def place(x: np.ndarray) -> jax.Array:
+            spec = [None] * np.ndim(x)
+            spec[axis] = DATA_AXIS
+            return jax.device_put(x, self._sharding(PartitionSpec(*spec)))
+
+        return jax.tree_util.tree_map(place, batch)

@@ -1,4 +1,6 @@
-"""The run record: `summary.json` and `metrics.parquet` in the run directory.
+"""The run record: `summary.json` and `metrics.parquet` in the run directory, and the one place
+that decides what a directory holds: a completed run of this config and data
+(`completed_record`), another run (`ResumeError`), or a failure (`record_failure`).
 
 A group of replicas (`train.replicas`) records each of its models as such a run, in a
 directory of its own; the group's directory holds its checkpoints and `replicas.json` (the
@@ -10,8 +12,11 @@ skip, the results table) never sees half a record, even when the run is killed m
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import logging
 import os
+import platform
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,12 +25,84 @@ from typing import Any
 
 import pandas as pd
 
+from scaling.console import UsageError
+from scaling.sweep import identity
+
+log = logging.getLogger("scaling")
+
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
 POSITIONS = "positions.parquet"
 REPLICAS = "replicas.json"
 METRIC_COLUMNS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "grad_norm",
                   "tokens_per_s")
+# Set to 1 to train again from the start a run whose data changed since it was recorded or
+# checkpointed (its checkpoints are deleted and its record replaced). Scoped to a data change,
+# so that leaving it set never throws away a checkpoint that is still good.
+RESTART_ENV = "SCALING_RESTART_ON_DATA_CHANGE"
+# The packages whose versions a run record states (with Python's).
+RECORDED_VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+class ResumeError(UsageError):
+    """The run directory holds a checkpoint or record of a different run."""
+
+
+class DataChangedError(ResumeError):
+    """The run directory holds a checkpoint or record of this run trained on other data."""
+
+
+def check_same_run(saved: dict, current: dict, run_dir: Path) -> None:
+    """Raise ResumeError naming every changed key if the config `saved` in a record or
+    checkpoint of `run_dir` is another run than `current` (`scaling.sweep.identity`)."""
+    saved_id, current_id = identity(saved), identity(current)
+    changed = [
+        f"{k}: {saved_id.get(k)!r} -> {current_id.get(k)!r}"
+        for k in sorted(set(saved_id) | set(current_id))
+        if saved_id.get(k) != current_id.get(k)
+    ]
+    if changed:
+        raise ResumeError(
+            f"{run_dir} holds a checkpoint of a run with a different config "
+            f"({'; '.join(changed)}); use a fresh run directory or restore the config."
+        )
+
+
+def data_changed(saved: dict, current: dict[str, str], where: Path) -> bool:
+    """Whether the data fingerprints in `saved` (a record, or a checkpoint's bookkeeping) differ
+    from `current`, the data's now: raise DataChangedError naming both unless RESTART_ENV asks
+    to start over. A fingerprint `saved` lacks (recorded before it was) is taken as unchanged."""
+    changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items()
+               if saved.get(key, value) != value]
+    if not changed:
+        return False
+    message = (f"{where} was trained on other data than its config names now "
+               f"({'; '.join(changed)}): the corpus changed on disk")
+    if os.environ.get(RESTART_ENV) != "1":
+        raise DataChangedError(
+            f"{message}. Restore the old corpus, or use another run directory, or set "
+            f"{RESTART_ENV}=1 to train this run again from the start on the new data.")
+    log.warning("%s; training it again from the start (%s=1)", message, RESTART_ENV)
+    return True
+
+
+def completed_record(run_dir: Path, config: dict[str, Any],
+                     fingerprints: dict[str, str]) -> dict[str, Any] | None:
+    """The summary of `run_dir` if it records this very run (`config`, trained on the data of
+    `fingerprints`) as completed; None where it holds no completed run (none yet, running,
+    failed: to be trained). Raises ResumeError for another run's record, DataChangedError for
+    this run's on other data (unless RESTART_ENV)."""
+    summary = read_summary(run_dir)
+    if summary is None or summary.get("status") != "completed":
+        return None
+    check_same_run(summary["config"], config, run_dir)
+    return None if data_changed(summary, fingerprints, run_dir) else summary
+
+
+def versions() -> dict[str, str]:
+    """Python's version and those of RECORDED_VERSIONS, as a run record states them."""
+    return {"python": platform.python_version(),
+            **{name: importlib.metadata.version(name) for name in RECORDED_VERSIONS}}
 
 
 def atomic_write(path: Path, write) -> None:
@@ -110,6 +187,13 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     extra = [c for c in dict.fromkeys(k for row in rows for k in row) if c not in METRIC_COLUMNS]
     table = pd.DataFrame(rows, columns=[*METRIC_COLUMNS, *extra])
     atomic_write(Path(run_dir) / METRICS, lambda tmp: table.to_parquet(tmp, index=False))
+
+
+def write_artifacts(run_dir: Path, artifacts: dict[str, Any]) -> None:
+    """What the loop's final measurements left for a model (`LoopState.artifacts`): for now
+    `positions`, the loss at each context position (positions.parquet)."""
+    if "positions" in artifacts:
+        write_positions(run_dir, artifacts["positions"])
 
 
 def write_positions(run_dir: Path, losses) -> None:

@@ -37,10 +37,13 @@ BOOKKEEPING_FIELDS = frozenset({
 # Keys added after runs were first recorded, with their defaults: at its default such a key
 # stays out of the identity, so that the runs recorded before it keep their ids and resume.
 LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transfer": "none",
-                "data.transfer_paths": [], "train.noise_scale_batches": 0}
-# Keys holding corpus paths or globs, compared by what they name rather than how they are spelt.
-PATH_FIELDS = ("data.paths", "data.transfer_paths")
-IDENTITY_GROUPS = ("model", "data", "train")
+                "data.transfer_paths": [], "train.noise_scale_batches": 0,
+                "stage.kind": "pretrain", "stage.init_from": None, "stage.init_step": "latest",
+                "stage.schedule": "cosine", "stage.freeze.embeddings": False,
+                "stage.freeze.blocks": 0}
+# Keys holding paths or globs, compared by what they name rather than how they are spelt.
+PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from")
+IDENTITY_GROUPS = ("model", "data", "train", "stage")
 LOCK_FILE = ".lock"
 
 
@@ -75,8 +78,10 @@ def identity(config: dict) -> dict[str, Any]:
     the same run."""
     flat = flatten({k: config[k] for k in IDENTITY_GROUPS if k in config})
     for key in PATH_FIELDS:
-        if key in flat:
+        if isinstance(flat.get(key), list):
             flat[key] = [canonical_path(p) for p in flat[key]]
+        elif flat.get(key) is not None:
+            flat[key] = canonical_path(flat[key])
     return {k: v for k, v in flat.items()
             if k not in BOOKKEEPING_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
@@ -110,23 +115,26 @@ def run_id(config: dict) -> str:
 
 
 def _job_config(root: DictConfig) -> dict:
-    return {k: OmegaConf.to_container(root[k], resolve=True) for k in IDENTITY_GROUPS}
+    return {k: OmegaConf.to_container(root[k], resolve=True) for k in IDENTITY_GROUPS if k in root}
 
 
-def _padded_vocab(data: DictConfig) -> int:
-    from scaling.model import padded_vocab
+def planned_vocab(data: Any, stage: Any | None = None) -> int:
+    """The vocabulary a run will have, before it runs: its parent's (`stage.init_from`, whose
+    tokenizer it inherits), else 256 bytes or the BPE's data.vocab_size."""
+    if stage is not None and stage.init_from is not None:
+        from scaling.record import read_summary
 
-    return padded_vocab(256 if data.tokenizer == "bytes" else data.vocab_size)
+        parent = read_summary(Path(stage.init_from))
+        if parent is not None and "vocab_size" in parent:
+            return int(parent["vocab_size"])
+    return 256 if data.tokenizer == "bytes" else int(data.vocab_size)
 
 
 def _shape(root: DictConfig):
     """The model of a (resolved) run config, for counting its FLOPs before it runs."""
-    from scaling.model import GPTConfig
+    from scaling.model import model_shape
 
-    m = root.model
-    return GPTConfig(vocab_size=_padded_vocab(root.data), n_layer=m.n_layer, d_model=m.d_model,
-                     n_head=m.n_head, n_ctx=m.n_ctx,
-                     d_ff=m.d_ff if m.d_ff is not None else 4 * m.d_model)
+    return model_shape(root.model, planned_vocab(root.data, root.get("stage")))
 
 
 def isoflop_tokens(*, _root_: DictConfig) -> int:

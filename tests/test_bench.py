@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scaling.batch import LmBatch
 from scaling.bench import bench
 from scaling.flops import count_params, flops_per_token
 from scaling.model import GPT, GPTConfig, cross_entropy, init_params, next_token_loss
-from scaling.stages.pretrain import compile_cache_dir
+from scaling.stages.common import compile_cache_dir
 
 BENCH = [sys.executable, "-c", "from scaling.bench import main; main()"]
 BENCH_FIELDS = {"tokens_per_s", "step_ms", "mfu", "mfu_formula", "flops_per_token", "n_params",
@@ -105,13 +106,26 @@ def test_remat_and_scan_layers_give_the_same_loss_and_gradients(remat, scan_laye
 @pytest.mark.parametrize("loss_chunk", [16, 32])
 def test_chunked_loss_gives_the_same_loss_and_gradients(loss_chunk, reference_gradients):
     params, ids, expected, expected_grads = reference_gradients
-    cfg = _tiny(loss_chunk=loss_chunk)
-    value, grads = jax.jit(jax.value_and_grad(lambda p: next_token_loss(cfg, p, ids)))(params)
+    cfg, batch = _tiny(loss_chunk=loss_chunk), LmBatch.causal(ids)
+    value, grads = jax.jit(jax.value_and_grad(lambda p: next_token_loss(cfg, p, batch)))(params)
     np.testing.assert_allclose(value, expected, rtol=1e-6)
-    np.testing.assert_allclose(jax.jit(lambda p: next_token_loss(cfg, p, ids))(params), expected,
-                               rtol=1e-6)  # the loss alone (evaluation) takes the other path
+    np.testing.assert_allclose(jax.jit(lambda p: next_token_loss(cfg, p, batch))(params),
+                               expected, rtol=1e-6)  # the loss alone takes the other path
     for got, want in zip(jax.tree_util.tree_leaves(grads),
                          jax.tree_util.tree_leaves(expected_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_loss_weighs_targets_as_the_dense_loss_does(reference_gradients):
+    params, ids, _, _ = reference_gradients
+    weights = np.random.default_rng(0).integers(0, 2, (ids.shape[0], ids.shape[1] - 1))
+    batch = LmBatch(ids, weights.astype(np.float32))
+    dense = jax.jit(jax.value_and_grad(lambda p: next_token_loss(_tiny(), p, batch)))(params)
+    chunked = jax.jit(jax.value_and_grad(
+        lambda p: next_token_loss(_tiny(loss_chunk=16), p, batch)))(params)
+    np.testing.assert_allclose(chunked[0], dense[0], rtol=1e-6)
+    for got, want in zip(jax.tree_util.tree_leaves(chunked[1]),
+                         jax.tree_util.tree_leaves(dense[1]), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from scaling.config import Config, DataConfig, ModelConfig, TrainConfig
-from scaling.stages.pretrain import pretrain
+from tests.runs import pretrain
 
 WORDS = ["alpha", "beta", "gamma", "delta", "loss", "falls", "with", "compute", "data",
          "params", "the", "a", "model", "scales"]

@@ -38,8 +38,9 @@ def _multi_device_worker(corpus_dir: str, cache_dir: str, out_dir: str) -> None:
     import pandas as pd
 
     from scaling.parallel import Placement
-    from scaling.stages.pretrain import prepare, pretrain
-    from scaling.train import setup
+    from scaling.stages import prepare
+    from scaling.train import setup_models
+    from tests.runs import pretrain
 
     out = Path(out_dir)
     results = {"n_devices": jax.device_count(), "curves": {}}
@@ -53,7 +54,7 @@ def _multi_device_worker(corpus_dir: str, cache_dir: str, out_dir: str) -> None:
 
     config = _config(corpus_dir, cache_dir, parallel="fsdp")
     run = prepare(config)
-    _, state, _ = setup(run.replicas, config.train)
+    _, state, _ = setup_models(run.replicas, config.train)
     results["specs"] = {
         path: str(tuple(leaf.sharding.spec))
         for path, leaf in (
@@ -142,14 +143,14 @@ def test_accumulated_micro_batches_equal_the_big_batch(corpus_dir, cache_dir):
     """The step over 4 micro-batches of 4 equals the step over the batch of 16."""
     import jax
 
-    from scaling.stages.pretrain import prepare
-    from scaling.train import setup
+    from scaling.stages import prepare
+    from scaling.train import setup_models
 
     outcomes = []
     for grad_accum in (1, 4):
         config = _config(str(corpus_dir), str(cache_dir), grad_accum=grad_accum)
         run = prepare(config)
-        placement, state, train_step = setup(run.replicas, config.train)
+        placement, state, train_step = setup_models(run.replicas, config.train)
         losses = []
         for step in range(3):
             batch = run.replicas[0].stage.train_batch(step)

@@ -17,8 +17,8 @@ from scaling.data import Batches
 from scaling.record import read_replicas, read_summary
 from scaling.results import collect
 from scaling.stages import pretrain as pretrain_module
-from scaling.stages.pretrain import pretrain, pretrain_replicas
 from scaling.sweep import run_id
+from tests.runs import pretrain, pretrain_replicas
 
 CURVE = ["step", "tokens", "train_loss", "val_loss", "grad_norm"]
 

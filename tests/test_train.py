@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling import train as train_module
-from scaling.record import METRIC_COLUMNS, read_summary
-from scaling.stages.pretrain import pretrain
-from scaling.train import ResumeError, eval_steps
+from scaling import step as step_module
+from scaling.record import METRIC_COLUMNS, ResumeError, read_summary
+from scaling.train import eval_steps
+from tests.runs import pretrain
 
 SUMMARY_KEYS = {
     "status", "n_params", "n_params_nonembed", "n_params_embed", "vocab_size", "tokens", "flops",
@@ -65,7 +65,7 @@ def test_a_crashed_run_resumes_to_the_same_result(tiny_config, tmp_path, monkeyp
     reference = pretrain(tiny_config(), tmp_path / "reference")
     config = tiny_config(checkpoint_every_steps=50)
 
-    original = train_module.make_train_step
+    original = step_module.make_train_step
 
     def crash_at_step_120(loss_fn, tx):
         step = original(loss_fn, tx)
@@ -79,13 +79,13 @@ def test_a_crashed_run_resumes_to_the_same_result(tiny_config, tmp_path, monkeyp
 
         return wrapped
 
-    monkeypatch.setattr(train_module, "make_train_step", crash_at_step_120)
+    monkeypatch.setattr(step_module, "make_train_step", crash_at_step_120)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(config, tmp_path / "run")
     crashed = read_summary(tmp_path / "run")
     assert crashed["status"] == "failed" and "simulated crash" in crashed["error"]
 
-    monkeypatch.setattr(train_module, "make_train_step", original)
+    monkeypatch.setattr(step_module, "make_train_step", original)
     resumed = pretrain(config, tmp_path / "run")
     assert resumed["resumed_from_step"] == 100
     assert resumed["final_val_loss"] == reference["final_val_loss"]
@@ -131,8 +131,8 @@ def test_a_transfer_corpus_is_scored_at_every_evaluation(tiny_config, tmp_path):
 def test_the_noise_scale_estimator_recovers_a_known_gradient_noise():
     # E|g_b|^2 = |G|^2 + tr(S)/b: with |G|^2 = 1 and tr(S) = 100 per row, B_simple = 100 rows
     small, big = 1 + 100 / 4, 1 + 100 / 16
-    assert train_module.noise_scale(small, big, 4, 4, tokens_per_row=32) == pytest.approx(3200)
-    assert math.isnan(train_module.noise_scale(1.0, 1.0, 4, 4, 32))  # no noise measured
+    assert step_module.noise_scale(small, big, 4, 4, tokens_per_row=32) == pytest.approx(3200)
+    assert math.isnan(step_module.noise_scale(1.0, 1.0, 4, 4, 32))  # no noise measured
 
 
 def test_the_gradient_noise_scale_is_recorded_at_every_evaluation(tiny_config, tmp_path):

@@ -102,10 +102,14 @@ class PairBatches:
         """Passes over the train examples that `steps` steps make."""
         return self._order.epochs(steps)
 
+    def rows(self, step: int) -> np.ndarray:
+        """The example rows of batch `step`, int64 [batch_size]."""
+        return self._order(step)
+
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch `step`: tokens int32 [batch_size, n_ctx + 1], weights float32
         [batch_size, n_ctx]."""
-        row_B = self._order(step)
+        row_B = self.rows(step)
         return self.tokens[row_B], self.weights[row_B]
 
 

@@ -47,15 +47,16 @@ class Example:
 
 
 def read_pairs(source: str, paths: list[str]) -> list[Example]:
-    """The examples of `source`: stdlib (sft_stdlib) or files (JSONL files of data.paths' globs).
+    """The examples of `source`: sft_stdlib (the standard library's documented functions) or
+    jsonl (the JSONL files of data.paths' globs).
 
     Raises DataError for another source, a bad JSONL line (see read_jsonl_pairs) or no examples.
     """
-    if source == "stdlib":
+    if source == "sft_stdlib":
         return sft_stdlib()
-    if source != "files":
-        raise DataError(f"data.source={source!r} has no prompt/response pairs: expected stdlib "
-                        "(the standard library's documented functions) or files (JSONL)")
+    if source != "jsonl":
+        raise DataError(f"data.source={source!r} has no prompt/response pairs: expected "
+                        "sft_stdlib (the standard library's documented functions) or jsonl")
     names = file_names(paths, "data.paths", suffixes=(".jsonl",))
     examples = [e for path, name in names.items() for e in read_jsonl_pairs(path, name)]
     if not examples:
@@ -184,23 +185,26 @@ class PairSplit:
     rule: str
 
 
-def split_pairs(examples: Sequence[Example], val_fraction: float) -> PairSplit:
-    """Split deterministically by file (rule "by_file"): all examples of a file are held out
-    iff hash_fraction(file) < val_fraction, independent of the other files.
+def split_pairs(examples: Sequence[Example], val_fraction: float, by: str = "file") -> PairSplit:
+    """Split deterministically, `by` "file" (rule "by_file": all examples of a file are held
+    out iff hash_fraction(file) < val_fraction; sft_stdlib, whose functions share a module's
+    names and idioms) or by "example" (rule "by_example", on each example's name: one JSONL
+    file of independent pairs).
 
-    Raises DataError (one line) when either split comes out empty, e.g. for a single file.
+    Raises DataError (one line) when either split comes out empty.
     """
-    held_out = [hash_fraction(e.file) < val_fraction for e in examples]
+    held_out = [hash_fraction(e.file if by == "file" else e.name) < val_fraction
+                for e in examples]
     train = [e for e, h in zip(examples, held_out, strict=True) if not h]
     val = [e for e, h in zip(examples, held_out, strict=True) if h]
     if not train or not val:
-        files = len({e.file for e in examples})
+        units = f"{len({e.file for e in examples})} files by file" if by == "file" else "example"
         raise DataError(
-            f"cannot split {len(examples)} examples from {files} files by file with "
+            f"cannot split {len(examples)} examples from {units} with "
             f"data.val_fraction={val_fraction}: the {'validation' if not val else 'train'} "
-            "split is empty; spread the examples over more files or change data.val_fraction"
+            "split is empty; give more examples or change data.val_fraction"
         )
-    return PairSplit(train, val, "by_file")
+    return PairSplit(train, val, f"by_{by}")
 
 
 @dataclass(frozen=True)

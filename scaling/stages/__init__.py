@@ -1,1 +1,27 @@
-"""Run types. Each picks data, loss and initialisation for the shared loop in `scaling.train`."""
+"""Run types by name (`stage.kind`). Each picks data, loss and initialisation for the one
+loop in `scaling.train`; `scaling.stages.common` does the rest the same way for all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from scaling.config import Config
+from scaling.stages import finetune, pretrain, sft
+from scaling.stages.common import Prepared, run
+
+STAGES: dict[str, Callable[[Config], Prepared]] = {
+    "pretrain": pretrain.prepare,
+    "finetune": finetune.prepare,
+    "sft": sft.prepare,
+}
+
+
+def prepare(cfg: Config) -> Prepared:
+    """The models of `cfg`'s stage, ready to train (what `scaling-bench` times)."""
+    return STAGES[cfg.stage.kind](cfg)
+
+
+def run_stage(cfg: Config, run_dir: Path) -> list[dict]:
+    """Train `cfg` in `run_dir` as its stage says; the summaries of the models it recorded."""
+    return run(cfg, run_dir, STAGES[cfg.stage.kind])

@@ -73,10 +73,10 @@ def test_read_pairs_reads_jsonl_globs_named_relative_to_their_root(tmp_path, mon
     write_jsonl(Path("sft/a.jsonl"), ['{"prompt": "p", "response": "r"}'])
     write_jsonl(Path("sft/sub/b.jsonl"), ['{"prompt": "q", "response": "s"}'])
     Path("sft/readme.md").write_text("not pairs")
-    assert read_pairs("files", ["sft/**/*"]) == [
+    assert read_pairs("jsonl", ["sft/**/*"]) == [
         Example("p", "r", "a.jsonl:1"), Example("q", "s", "sub/b.jsonl:1")]
     with pytest.raises(DataError, match=r"data.paths: sft/readme.md has an unsupported type"):
-        read_pairs("files", ["sft/readme.md"])
+        read_pairs("jsonl", ["sft/readme.md"])
     with pytest.raises(DataError, match=r"data.source='python' has no prompt/response pairs"):
         read_pairs("python", [])
 
@@ -166,10 +166,14 @@ def test_split_keeps_each_file_on_one_side(stdlib_pairs):
     assert split_pairs(list(reversed(stdlib_pairs)), 0.05).val == list(reversed(split.val))
 
 
-def test_split_of_one_file_is_an_error():
+def test_one_jsonl_file_splits_by_example_not_by_file():
     examples = [Example("p", "r", f"one.jsonl:{i}") for i in range(1, 50)]
-    with pytest.raises(DataError, match=r"49 examples from 1 files .* split is empty; spread"):
+    with pytest.raises(DataError, match=r"49 examples from 1 files by file .* split is empty"):
         split_pairs(examples, 0.5)
+    split = split_pairs(examples, 0.2, by="example")
+    assert split.rule == "by_example" and split.val and split.train
+    assert sorted(split.train + split.val, key=lambda e: e.name) == sorted(
+        examples, key=lambda e: e.name)
 
 
 EXAMPLES = [Example("def f(x):\n", "    return x + 1\n", "a:1"),

@@ -1,0 +1,46 @@
+"""The batch every stage trains on: a small typed pytree, not a bare token array.
+
+`LmBatch` is tokens [B, T+1] and a loss weight per target [B, T] (1 = counts, 0 = ignored), as
+levanter's `LmExample.loss_mask` and nanodo's `weights_BxL`. Pretraining's weights are all ones;
+SFT's are 1 on response tokens only. Being a pytree, it passes through jit, vmap (replicas),
+scan (gradient accumulation) and device placement leaf by leaf, so none of them knows which
+stage it serves; pairs (chosen/rejected) and rollouts are further pytrees of the same kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class LmBatch:
+    """Next-token training data: inputs tokens[:, :-1], targets tokens[:, 1:], weighted.
+
+    Leaves may carry leading axes (k evaluation batches, K replicas): [..., B, T+1] and
+    [..., B, T].
+    """
+
+    tokens: Any  # [B, T+1] int32
+    weights: Any  # [B, T] float32; the loss is sum(weights * nll) / sum(weights)
+
+    @classmethod
+    def causal(cls, tokens_BxT1: np.ndarray) -> LmBatch:
+        """Every target counts: pretraining and fine-tuning on plain text."""
+        tokens_BxT1 = np.asarray(tokens_BxT1)
+        weights = np.ones((*tokens_BxT1.shape[:-1], tokens_BxT1.shape[-1] - 1), np.float32)
+        return cls(tokens_BxT1, weights)
+
+
+def stack(batches: list[Any]) -> Any:
+    """Batches (any pytree of arrays) stacked along a new leading axis, on the host."""
+    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
+
+
+def batch_rows(batch: Any) -> int:
+    """B, the number of sequences in an unstacked batch (the first axis of its leaves)."""
+    return len(jax.tree_util.tree_leaves(batch)[0])

@@ -1,0 +1,142 @@
+"""What every stage shares around its `Stage`: the model's shape and numerics, the optimizer
+(and replica groups), the compile cache, and running it with its failures recorded.
+
+A stage module only builds its `Stage` (data, loss, initialisation, measurements) from the
+config; `prepare_models` and `run` do the rest the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from scaling.batch import LmBatch
+from scaling.config import Config, is_replica_group, replica_configs, to_dict
+from scaling.data.shards import cache_root
+from scaling.flops import count_params
+from scaling.model import (
+    GPTConfig,
+    init_params,
+    model_shape,
+    resolve_attention,
+    resolve_dtype,
+)
+from scaling.optim import (
+    frozen_mask,
+    lr_schedule,
+    make_optimizer,
+    make_replica_optimizer,
+    peak_lr,
+)
+from scaling.record import REPLICAS, SUMMARY, failure_recorded
+from scaling.replicas import train_replicas
+from scaling.train import Replica, Stage, train, use_compile_cache
+
+log = logging.getLogger("scaling")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything `train` needs besides the run directory; `scaling-bench` times the same."""
+
+    replicas: list[Replica]  # the model, or the train.replicas models trained at once
+    steps: int
+    config: dict  # the run's (or group's) config as recorded: paths canonical
+
+
+def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
+    """The model's shape (`model_shape`), with `auto` numerics resolved for this machine."""
+    shape = model_shape(cfg.model, vocab_size)
+    dtype = resolve_dtype(shape.dtype)
+    return replace(shape, dtype=dtype, attention=resolve_attention(shape.attention, dtype))
+
+
+def model_record(model_cfg: GPTConfig, vocab_size: int) -> dict[str, Any]:
+    """The model facts every run records: Kaplan's N (non-embedding), the embedding and total
+    parameter counts, the vocabulary and the numerics."""
+    counts = count_params(jax.eval_shape(lambda: init_params(model_cfg, 0)))
+    return {
+        "n_params": counts.total,
+        "n_params_nonembed": counts.nonembedding,
+        "n_params_embed": counts.embedding,
+        "vocab_size": vocab_size,
+        "vocab_size_padded": model_cfg.vocab_padded,
+        "dtype": model_cfg.dtype,
+        "attention": model_cfg.attention,
+    }
+
+
+def lm_loss(model_cfg: GPTConfig) -> Callable:
+    """(params, LmBatch) -> the weighted next-token loss of this model."""
+    from scaling.model import next_token_loss
+
+    return partial(next_token_loss, model_cfg)
+
+
+def causal_batches(windows: Callable[[int], Any]) -> Callable[[int], LmBatch]:
+    """A step -> token windows [B, T+1] source as step -> LmBatch with every target counted."""
+    return lambda step: LmBatch.causal(windows(step))
+
+
+def compile_cache_dir(cfg: Config) -> Path | None:
+    """`train.compile_cache_dir`, else `jax/` under the data cache root; None when turned off."""
+    if not cfg.train.compile_cache:
+        return None
+    return Path(cfg.train.compile_cache_dir or cache_root(cfg.data.cache_dir) / "jax")
+
+
+def _replica(cfg: Config, stage: Stage, steps: int, peak: float, lr_in_state: bool) -> Replica:
+    """The model of the standalone config `cfg`, at peak LR `peak`; `lr_in_state` for groups."""
+    s = cfg.stage
+    schedule = lr_schedule(cfg.train, steps, peak, s.schedule)
+    frozen = (partial(frozen_mask, embeddings=s.freeze.embeddings, blocks=s.freeze.blocks)
+              if s.freeze.embeddings or s.freeze.blocks else None)
+    tx = (make_replica_optimizer(cfg.train, steps, peak, s.schedule, frozen) if lr_in_state
+          else make_optimizer(cfg.train, schedule, frozen))
+    stage = replace(stage, record={**stage.record, "peak_lr": peak})
+    return Replica(stage, tx, schedule, to_dict(cfg), cfg.train.seed)
+
+
+def prepare_models(cfg: Config, build: Callable[[Config], Stage]) -> Prepared:
+    """The model of `cfg` (or each of its train.replicas models) as `build` makes its stage,
+    with its optimizer and schedule; the compile cache set up first."""
+    use_compile_cache(compile_cache_dir(cfg))
+    stage = build(cfg)
+    steps = cfg.train.tokens // stage.tokens_per_step
+    n_nonembed = stage.record["n_params_nonembed"]
+    peak = peak_lr(cfg.train, n_nonembed)
+    log.info(
+        "%s: N=%d non-embedding params (%d total), %d steps of %d tokens, peak lr %.2e, "
+        "%s on %s", stage.name, n_nonembed, stage.record["n_params"], steps,
+        stage.tokens_per_step, peak, stage.record["dtype"], jax.devices()[0].device_kind,
+    )
+    if not is_replica_group(cfg.train):
+        return Prepared([_replica(cfg, stage, steps, peak, lr_in_state=False)], steps,
+                        to_dict(cfg))
+    configs = replica_configs(cfg, peak)
+    replicas = [
+        _replica(c, build(c), steps, peak_lr(c.train, n_nonembed), lr_in_state=len(configs) > 1)
+        for c in configs
+    ]
+    log.info("%d replicas in one step: seeds %s, peak lrs %s", len(replicas),
+             [r.seed for r in replicas], [f"{r.stage.record['peak_lr']:.2e}" for r in replicas])
+    return Prepared(replicas, steps, to_dict(cfg))
+
+
+def run(cfg: Config, run_dir: Path, prepare: Callable[[Config], Prepared]) -> list[dict]:
+    """Prepare and train `cfg` in `run_dir`: one model (its summary, in a list) or a group of
+    replicas, each recorded beside `run_dir`. A failure to prepare (the data, the parent run,
+    the model) is recorded as the run's (or the group's, in its `replicas.json`)."""
+    group = is_replica_group(cfg.train)
+    with failure_recorded(run_dir, to_dict(cfg), record=REPLICAS if group else SUMMARY):
+        prepared = prepare(cfg)
+    if group:
+        return train_replicas(prepared.replicas, cfg.train, prepared.config, run_dir,
+                              prepared.steps)
+    return [train(prepared.replicas[0], cfg.train, run_dir, prepared.steps)]

@@ -1,0 +1,126 @@
+"""`stage.init_from`: start a run from another run's parameters, with the parent's tokenizer.
+
+The parent is a run directory: its `summary.json` says its shape, tokenizer and data; its
+checkpoints (or its group's, for a replica) hold the parameters. Nothing is trained here: a
+parent that does not fit the child (another shape, another tokenizer, no checkpoint) is a
+one-line `ConfigError` naming both values, before any data is read or any step is taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scaling.checkpoint import Checkpointer
+from scaling.config import Config, ConfigError, DataConfig
+from scaling.data import Dataset
+from scaling.data.shards import open_dataset
+from scaling.record import read_summary
+
+# The model keys a child must share with its parent: the parameters' shapes depend on them.
+SHAPE_KEYS = ("n_layer", "d_model", "n_head", "n_ctx", "d_ff")
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The run a stage starts from."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    step: int  # the checkpoint its parameters come from
+    params: Any  # float32 host arrays, the model's tree
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    def record(self) -> dict[str, Any]:
+        """What the child's summary says of its parent."""
+        return {"parent_run": self.run_id, "parent_step": self.step,
+                "parent_tokens": self.summary.get("tokens"),
+                "parent_n_params_nonembed": self.summary.get("n_params_nonembed")}
+
+    def init_params(self) -> Any:
+        """The parent's parameters as device arrays: a child's initialisation."""
+        return jax.tree_util.tree_map(jnp.asarray, self.params)
+
+    def tokenizer_dataset(self) -> Dataset:
+        """The dataset whose tokenizer the parent used (and the child inherits)."""
+        source = self.summary.get("tokenizer_source") or {
+            "cache": self.summary["corpus_cache"], "data": self.summary["config"]["data"]}
+        return open_dataset(DataConfig(**source["data"]), source["cache"])
+
+    def dataset(self) -> Dataset | None:
+        """The parent's own corpus (train and validation splits), where it trained on one."""
+        if "corpus_cache" not in self.summary:
+            return None
+        return open_dataset(DataConfig(**self.summary["config"]["data"]),
+                            self.summary["corpus_cache"])
+
+
+def load_parent(cfg: Config) -> Parent:
+    """The parent run `stage.init_from` names, checked against `cfg`, with its parameters.
+
+    Raises ConfigError (one line) for a missing directory, one without a run record or
+    checkpoint, or a parent of another model shape or tokenizer than `cfg`'s.
+    """
+    run_dir = Path(cfg.stage.init_from)
+    where = f"stage.init_from={cfg.stage.init_from}"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{where} is not a directory: expected a run directory")
+    summary = read_summary(run_dir)
+    if summary is None or "config" not in summary:
+        raise ConfigError(f"{where} holds no run record (summary.json): expected a run directory")
+    _check_fits(cfg, summary["config"], where)
+    checkpoints, replica = _checkpoints(run_dir, summary)
+    step = _step(cfg.stage.init_step, checkpoints, summary, where)
+    params = checkpoints.read_params(step)
+    if replica is not None:  # a group's checkpoint holds every replica: [K, ...]
+        params = {k: _take(v, replica) for k, v in params.items()}
+    return Parent(run_dir, summary, step, params)
+
+
+def _take(tree: Any, i: int) -> Any:
+    return {k: _take(v, i) for k, v in tree.items()} if isinstance(tree, dict) else np.asarray(
+        tree)[i]
+
+
+def _check_fits(cfg: Config, parent: dict[str, Any], where: str) -> None:
+    """A child must have its parent's shape and tokenizer: name both values where not."""
+    for key in SHAPE_KEYS:
+        if getattr(cfg.model, key) != parent["model"][key]:
+            raise ConfigError(
+                f"model.{key}={getattr(cfg.model, key)} differs from the parent's "
+                f"{parent['model'][key]} ({where}): a run starts from parameters of its own shape")
+    ours = (cfg.data.tokenizer, cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 256)
+    data = parent["data"]
+    theirs = (data["tokenizer"], data["vocab_size"] if data["tokenizer"] == "bpe" else 256)
+    if ours != theirs:
+        raise ConfigError(
+            f"data.tokenizer={ours[0]} data.vocab_size={ours[1]} differs from the parent's "
+            f"{theirs[0]} {theirs[1]} ({where}): the child inherits its parent's tokenizer")
+
+
+def _checkpoints(run_dir: Path, summary: dict[str, Any]) -> tuple[Checkpointer, int | None]:
+    """The parent's checkpoints, and its index in them when it is a replica of a group."""
+    group = summary.get("replica_group")
+    directory = (run_dir.parent / group if group else run_dir) / "checkpoints"
+    return Checkpointer(directory, keep=1, create=False), summary.get("replica") if group else None
+
+
+def _step(init_step: str, checkpoints: Checkpointer, summary: dict[str, Any], where: str) -> int:
+    steps = checkpoints.steps()
+    if not steps:
+        raise ConfigError(f"{where} has no checkpoint to start from ({checkpoints.directory})")
+    wanted = {"latest": max(steps), "best": summary.get("best_val_step")}.get(init_step)
+    wanted = int(init_step) if wanted is None and init_step.isdigit() else wanted
+    if wanted not in steps:
+        raise ConfigError(
+            f"stage.init_step={init_step} is step {wanted}, which {where} has no checkpoint of: "
+            f"it keeps steps {', '.join(map(str, steps))} (train.keep_checkpoints)")
+    return wanted

@@ -11,7 +11,7 @@ from analysis.api import ALLOCATING, LAWS, fit_law, required_columns
 from analysis.plots import plot_fit
 from analysis.result import Fit
 from analysis.table import CANONICAL, FLOPS_PER_TOKEN, FitInputError, derive, load_table, select
-from scaling.console import exit_status
+from scaling.console import ArgumentParser, exit_status
 
 
 def _flops_per_token(value: str) -> float | None:
@@ -26,7 +26,7 @@ def _flops_per_token(value: str) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the canonical column names as defaults."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="scaling-fit", description="Fit a scaling law to a results table (CSV or Parquet)."
     )
     parser.add_argument("table", help="CSV or Parquet file, one row per run or evaluation")
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `scaling-fit`: 0; or one line on stderr and exit code 2 on bad input, 1 on
     a bug (`scaling.console`, the policy of every console script)."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         data = _prepare(args)
         fit = fit_law(
             data,

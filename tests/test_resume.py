@@ -15,36 +15,16 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.scaling_launcher import local_launcher
 from hydra_plugins.scaling_launcher.local_launcher import completed
-from scaling import step as step_module
 from scaling.checkpoint import CheckpointError
 from scaling.config import Config, DataConfig, to_dict
 from scaling.record import RESTART_ENV, DataChangedError, read_replicas, read_summary, write_summary
 from scaling.results import collect
 from scaling.stages import pretrain as pretrain_module
 from scaling.sweep import corpus_fingerprint, identity, run_id
-from tests.runs import pretrain, pretrain_replicas
+from tests.runs import crash_at_step, pretrain, pretrain_replicas
 
 TRAIN = [sys.executable, "-c", "from scaling.cli import train; train()"]
 CURVE = ["step", "train_loss", "val_loss"]
-
-
-def crash_at_step(monkeypatch, crash_step: int) -> None:
-    """Make the next run raise at its `crash_step`-th step, as a crash mid-training would."""
-    original = step_module.make_train_step
-
-    def crashing(loss_fn, tx):
-        step = original(loss_fn, tx)
-        calls = {"n": 0}
-
-        def wrapped(state, batch):
-            calls["n"] += 1
-            if calls["n"] == crash_step:
-                raise RuntimeError("simulated crash")
-            return step(state, batch)
-
-        return wrapped
-
-    monkeypatch.setattr(step_module, "make_train_step", crashing)
 
 
 def interrupted_run(config: Config, run_dir: Path, monkeypatch) -> None:

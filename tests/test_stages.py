@@ -205,7 +205,7 @@ def test_a_parent_without_checkpoints_is_refused(tmp_path, corpora, cache_dir, p
 
 
 @pytest.mark.parametrize(("lines", "message"), [
-    (['{"prompt": "a", "response": "b"}', "not json"], r"pairs.jsonl:2: not JSON"),
+    (['{"prompt": "a", "response": "b"}', "not json"], r"pairs.jsonl:2: malformed JSON"),
     (['{"prompt": "a"}'], r'pairs.jsonl:1: no "response" field'),
     (['{"prompt": "a", "response": ""}'], r'pairs.jsonl:1: the "response" field is empty'),
     ([json.dumps({"prompt": "x" * 200, "response": "y"})] * 40,

@@ -8,7 +8,7 @@ import pytest
 from scaling import step as step_module
 from scaling.record import METRIC_COLUMNS, ResumeError, read_summary
 from scaling.train import eval_steps
-from tests.runs import pretrain
+from tests.runs import crash_at_step, pretrain
 
 SUMMARY_KEYS = {
     "status", "n_params", "n_params_nonembed", "n_params_embed", "vocab_size", "tokens", "flops",
@@ -65,27 +65,13 @@ def test_a_crashed_run_resumes_to_the_same_result(tiny_config, tmp_path, monkeyp
     reference = pretrain(tiny_config(), tmp_path / "reference")
     config = tiny_config(checkpoint_every_steps=50)
 
-    original = step_module.make_train_step
-
-    def crash_at_step_120(loss_fn, tx):
-        step = original(loss_fn, tx)
-        calls = {"n": 0}
-
-        def wrapped(state, batch):
-            calls["n"] += 1
-            if calls["n"] == 120:
-                raise RuntimeError("simulated crash")
-            return step(state, batch)
-
-        return wrapped
-
-    monkeypatch.setattr(step_module, "make_train_step", crash_at_step_120)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        pretrain(config, tmp_path / "run")
+    with monkeypatch.context() as patch:
+        crash_at_step(patch, 120)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            pretrain(config, tmp_path / "run")
     crashed = read_summary(tmp_path / "run")
     assert crashed["status"] == "failed" and "simulated crash" in crashed["error"]
 
-    monkeypatch.setattr(step_module, "make_train_step", original)
     resumed = pretrain(config, tmp_path / "run")
     assert resumed["resumed_from_step"] == 100
     assert resumed["final_val_loss"] == reference["final_val_loss"]

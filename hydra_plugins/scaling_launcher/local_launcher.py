@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scaling.config import is_replica_group
 from scaling.data.errors import DataError
-from scaling.sweep import corpus_fingerprint, identity, planned_flops
+from scaling.sweep import IDENTITY_GROUPS, corpus_fingerprint, identity, planned_flops
 
 log = logging.getLogger(__name__)
 LOG = "launcher.log"  # each run's output, in its directory
@@ -184,7 +184,7 @@ def completed(job_config: DictConfig, run_dir: Path,
     The corpus is read and hashed (`corpus_fingerprint`) to compare with the record's
     `corpus_cache`; `fingerprints` keeps each data config's hash over a launch, so that a sweep
     reads each corpus once. A corpus that cannot be read leaves the run to its process, which
-    says what is wrong.
+    says what is wrong; so does a stage that reads its parent's tokens (finetune, sft).
     """
     record = "replicas.json" if is_replica_group(job_config.train) else "summary.json"
     try:
@@ -195,9 +195,11 @@ def completed(job_config: DictConfig, run_dir: Path,
     if not isinstance(summary, dict) or summary.get("status") != "completed":
         return False
     config = {k: OmegaConf.to_container(job_config[k], resolve=True)
-              for k in ("model", "data", "train")}
+              for k in IDENTITY_GROUPS if k in job_config}
     if identity(summary.get("config") or {}) != identity(config):
         return False
+    if job_config.stage.kind != "pretrain":
+        return False  # its data is the parent's tokens: only its process can check them
     # A record from before fingerprints (a group's, at first) cannot be checked: kept.
     recorded = summary.get("corpus_cache")
     memo = fingerprints if fingerprints is not None else {}

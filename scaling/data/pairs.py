@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import io
-import json
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaling.data.errors import DataError
-from scaling.data.sources import JSON_WHITESPACE, Document, file_names, hash_fraction, read_corpus
-from scaling.data.text import read_lines
+from scaling.data.sources import Document, file_names, hash_fraction, read_corpus
+from scaling.data.text import read_json_lines
 from scaling.data.tokenizer import Tokenizer
 
 # Which documented functions sft_stdlib keeps: at least MIN_STATEMENTS statements after the
@@ -71,14 +70,7 @@ def read_jsonl_pairs(path: str, name: str) -> list[Example]:
     line that is not JSON or not an object, a missing or non-string field, or an empty response.
     """
     examples = []
-    for lineno, line in read_lines(path):
-        if not line.strip(JSON_WHITESPACE):
-            continue
-        try:
-            # strict=False, as for corpus files: raw control characters are text (see sources).
-            record = json.loads(line, strict=False)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+    for lineno, record in read_json_lines(path):
         if not isinstance(record, dict):
             raise DataError(f'{path}:{lineno}: expected a JSON object with "prompt" and '
                             f'"response" fields, got a JSON {JSON_TYPES[type(record)]}')

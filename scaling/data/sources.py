@@ -11,7 +11,6 @@ import ast
 import glob
 import hashlib
 import itertools
-import json
 import os
 import sys
 import sysconfig
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scaling.data.errors import DataError
-from scaling.data.text import read_lines, read_text
+from scaling.data.text import read_json_lines, read_text
 
 SUPPORTED_SUFFIXES = (".jsonl", ".md", ".py", ".txt")
 # Directory names never read from an installed tree: tests hold odd encodings and
@@ -32,9 +31,6 @@ STDLIB_EXCLUDED_DIRS = TEST_DIRS | {"site-packages", "dist-packages", "pydoc_dat
 SITE_DIRS = ("site-packages", "dist-packages")
 # The documentation's prose that ships with CPython: a dict of topic name -> text.
 PROSE_FILE = "pydoc_data/topics.py"
-# What JSON itself skips between values (RFC 8259 §2): a .jsonl line of only these is blank.
-# str.strip() would also drop U+2028, U+0085 and \x1c-\x1f, which are no JSON whitespace.
-JSON_WHITESPACE = " \t\r"
 
 
 @dataclass(frozen=True)
@@ -270,16 +266,7 @@ def _read_file(path: str, name: str) -> Iterator[Document]:
     if not path.lower().endswith(".jsonl"):
         yield Document(name, read_text(path))
         return
-    for lineno, line in read_lines(path):
-        if not line.strip(JSON_WHITESPACE):
-            continue
-        try:
-            # strict=False keeps raw control characters (\v, \f, \x1c-\x1e, tab) that JSON
-            # wants escaped but scraped corpora hold raw: records end at "\n" only, so they are
-            # unambiguous text.
-            record = json.loads(line, strict=False)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+    for lineno, record in read_json_lines(path):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(f'{path}:{lineno}: expected a JSON object with a string "text" field')
         yield Document(f"{name}:{lineno}", record["text"])

@@ -8,8 +8,10 @@ two and shift every later line number.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from scaling.data.errors import DataError
 
@@ -35,3 +37,24 @@ def read_lines(path: str) -> Iterator[tuple[int, str]]:
     Text after the last "\\n" is a line of its own, empty when the file ends with "\\n".
     """
     return enumerate(read_text(path).split("\n"), start=1)
+
+
+# What JSON itself skips between values (RFC 8259 §2): a .jsonl line of only these is blank.
+# str.strip() would also drop U+2028, U+0085 and \x1c-\x1f, which are no JSON whitespace.
+JSON_WHITESPACE = " \t\r"
+
+
+def read_json_lines(path: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSON Lines file.
+
+    Parsed with strict=False: raw control characters (\v, \f, \x1c-\x1e, tab) that JSON wants
+    escaped but scraped corpora hold raw are text, unambiguous since records end at "\n" only.
+    Raises DataError naming `path:line` for a line that is not JSON.
+    """
+    for lineno, line in read_lines(path):
+        if not line.strip(JSON_WHITESPACE):
+            continue
+        try:
+            yield lineno, json.loads(line, strict=False)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None

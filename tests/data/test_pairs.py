@@ -51,7 +51,7 @@ def test_jsonl_pairs_read_every_record_and_skip_blank_lines(tmp_path):
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ('{"prompt": "a", "response": ', r"p\.jsonl:2: not JSON \(Expecting value\)$"),
+    ('{"prompt": "a", "response": ', r"p\.jsonl:2: malformed JSON \(Expecting value\)$"),
     ('["a", "b"]', r'p\.jsonl:2: expected a JSON object with "prompt" and "response" fields, '
                    r"got a JSON array$"),
     ('{"response": "b"}', r'p\.jsonl:2: no "prompt" field$'),

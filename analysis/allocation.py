@@ -1,5 +1,6 @@
 """Compute-optimal N and D from a fitted L(N, D), and loss predictions, with bootstrap bands."""
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -8,48 +9,21 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from analysis import laws
-from analysis.result import Fit, jsonable, worst_status
+from analysis import registry
+from analysis.result import Fit, jsonable, misallocation, worst_status
 from analysis.table import FLOPS_PER_TOKEN
 from analysis.uncertainty import LEVEL, percentile_interval
 
 
-def allocation_params(law: str, params: dict[str, float]) -> dict[str, float]:
-    """G, a, b with N_opt = G·(C/k)^a, D_opt = (C/k)^b / G, minimising L(N, D) at C = k·N·D.
-
-    Chinchilla (Hoffmann eq 4): G = (αA/(βB))^(1/(α+β)), a = β/(α+β).
-    Kaplan eq 1.5, with p = α_N/α_D: G = (p·N_c^p/D_c)^(1/(1+p)), a = 1/(1+p).
-    """
-    p = {k: np.float64(v) for k, v in params.items()}  # a degenerate fit's 0 gives inf, not a raise
-    with np.errstate(all="ignore"):
-        if law == "chinchilla":
-            alpha, beta = p["alpha"], p["beta"]
-            G = (alpha * p["A"] / (beta * p["B"])) ** (1 / (alpha + beta))
-            a = beta / (alpha + beta)
-        elif law == "kaplan-nd":
-            ratio = p["alpha_N"] / p["alpha_D"]
-            G = np.exp((np.log(ratio) + ratio * np.log(p["N_c"]) - np.log(p["D_c"])) / (1 + ratio))
-            a = 1 / (1 + ratio)
-        else:
-            raise ValueError(f"compute-optimal allocation needs an L(N, D) law, not {law!r}")
-    return {"G": float(G), "a": float(a), "b": float(1 - a)}
-
-
-def misallocation(exponents: Mapping[str, float]) -> str:
-    """`degenerate: …` naming each exponent of N_opt ∝ C^a, D_opt ∝ C^b outside (0, 1), else "".
-
-    With C = k·N·D, a + b = 1: an exponent outside (0, 1) makes the other negative, so
-    N_opt or D_opt would shrink as compute grows, which no loss that falls in both N and D
-    allows (Hoffmann et al. 2022 eq 4: a = β/(α+β)). It comes from optima the data did not
-    bracket, not from the law.
-    """
-    outside = [f"{name} = {value:.3g}" for name, value in exponents.items() if not 0 < value < 1]
-    if not outside:
-        return ""
-    return (
-        f"degenerate: {', '.join(outside)} outside (0, 1): N_opt or D_opt would shrink as "
-        "compute grows"
-    )
+def allocation_params(law: str, params: Mapping[str, float]) -> dict[str, float]:
+    """G, a, b with N_opt = G·(C/k)^a, D_opt = (C/k)^b / G, minimising L(N, D) at C = k·N·D
+    (the law's `optimum` in `analysis.registry`); ValueError for a law without one."""
+    entry = registry.get(law)
+    if entry.optimum is None:
+        raise ValueError(f"compute-optimal allocation needs an L(N, D) law, not {law!r}")
+    names = inspect.signature(entry.optimum).parameters
+    # NumPy scalars: a degenerate fit's 0 gives inf, not a raise
+    return entry.optimum(**{k: np.float64(params[k]) for k in names})
 
 
 @dataclass(frozen=True)
@@ -124,10 +98,10 @@ def predict(fit: Fit, *values: ArrayLike) -> pd.DataFrame:
     if len(arrays) != len(fit.variables):
         raise ValueError(f"{fit.law} predicts from {fit.variables}, got {len(arrays)} inputs")
     out = pd.DataFrame(dict(zip(fit.variables, arrays, strict=True)))
-    out["loss"] = laws.evaluate(fit.law, fit.params, *arrays)
+    out["loss"] = registry.evaluate(fit.law, fit.params, *arrays)
     if fit.samples is not None and len(fit.samples) > 1:
         draws = np.array(
-            [laws.evaluate(fit.law, row, *arrays) for row in fit.samples.to_dict("records")]
+            [registry.evaluate(fit.law, row, *arrays) for row in fit.samples.to_dict("records")]
         )
         level = fit.diagnostics.get("bootstrap", {}).get("level", LEVEL)
         out["loss_lo"], out["loss_hi"] = percentile_interval(draws, level)

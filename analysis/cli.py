@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 
 from analysis.allocation import compute_optimal
-from analysis.api import ALLOCATING, LAWS, fit_law, required_columns
 from analysis.plots import plot_fit
+from analysis.registry import LAWS, fit_law, required_columns
 from analysis.result import Fit
 from analysis.table import CANONICAL, FLOPS_PER_TOKEN, FitInputError, derive, load_table, select
 from scaling.console import ArgumentParser, exit_status
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scaling-fit", description="Fit a scaling law to a results table (CSV or Parquet)."
     )
     parser.add_argument("table", help="CSV or Parquet file, one row per run or evaluation")
-    parser.add_argument("--law", required=True, choices=LAWS)
+    parser.add_argument("--law", required=True, choices=tuple(LAWS))
     for name in CANONICAL:
         what = "loss (rising: y)" if name == "loss" else name
         parser.add_argument(f"--{name}", default=name, metavar="COL", help=f"column for {what}")
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         allocation = (
             compute_optimal(fit, args.flops_per_token or FLOPS_PER_TOKEN)
-            if args.law in ALLOCATING
+            if LAWS[args.law].optimum
             else None
         )
         if args.json:

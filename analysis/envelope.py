@@ -3,9 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from analysis.allocation import misallocation
 from analysis.fit import fit_power, ols
-from analysis.result import Fit, worst_status
+from analysis.result import Fit, misallocation, worst_status
 from analysis.table import FLOPS_PER_TOKEN, FitInputError
 
 N_GRID = 200  # log-spaced compute values at which the envelope is read

@@ -3,9 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from analysis.allocation import misallocation
 from analysis.fit import ols
-from analysis.result import Fit
+from analysis.result import Fit, misallocation
 from analysis.table import FLOPS_PER_TOKEN, FitInputError
 
 MIN_BUDGET_POINTS = 3  # a parabola has three coefficients

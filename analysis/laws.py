@@ -1,6 +1,5 @@
-"""The functional forms as plain NumPy functions; parameter names are the JSON contract."""
-
-from collections.abc import Callable, Mapping
+"""The functional forms as plain NumPy functions, and the compute-optimal split of the L(N, D)
+forms; parameter names are the JSON contract. `analysis.registry` says which law uses which."""
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -40,20 +39,20 @@ def chinchilla(
     return E + A * np.exp(-alpha * np.log(N)) + B * np.exp(-beta * np.log(D))
 
 
-# Law name → (form, parameter names it fits). `envelope` fits a power law in C.
-FORMS: dict[str, tuple[Callable[..., Array], tuple[str, ...]]] = {
-    "power": (power, ("E", "x_c", "alpha")),
-    "rising": (rising, ("k", "a")),
-    "envelope": (power, ("E", "x_c", "alpha")),
-    "kaplan-nd": (kaplan_nd, ("N_c", "D_c", "alpha_N", "alpha_D")),
-    "kaplan-ns": (kaplan_ns, ("N_c", "S_c", "alpha_N", "alpha_S")),
-    "chinchilla": (chinchilla, ("E", "A", "B", "alpha", "beta")),
-}
+def chinchilla_optimum(E: float, A: float, B: float, alpha: float, beta: float) -> dict:
+    """G, a, b of N_opt = G·(C/k)^a, D_opt = (C/k)^b / G (Hoffmann eq 4): G = (αA/(βB))^(1/(α+β)),
+    a = β/(α+β)."""
+    with np.errstate(all="ignore"):  # a degenerate fit's 0 gives inf, not a raise
+        G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+        a = beta / (alpha + beta)
+    return {"G": float(G), "a": float(a), "b": float(1 - a)}
 
 
-def evaluate(law: str, params: Mapping[str, float], *variables: ArrayLike) -> Array:
-    """The law's loss at the given inputs (in its variables' order), for prediction and plots."""
-    if law not in FORMS:
-        raise ValueError(f"{law} has no loss form to evaluate (forms: {', '.join(FORMS)})")
-    form, names = FORMS[law]
-    return form(*variables, **{k: params[k] for k in names if k in params})
+def kaplan_nd_optimum(N_c: float, D_c: float, alpha_N: float, alpha_D: float) -> dict:
+    """G, a, b as for `chinchilla_optimum`, for Kaplan eq 1.5: with p = α_N/α_D,
+    G = (p·N_c^p/D_c)^(1/(1+p)), a = 1/(1+p)."""
+    with np.errstate(all="ignore"):
+        ratio = alpha_N / alpha_D
+        G = np.exp((np.log(ratio) + ratio * np.log(N_c) - np.log(D_c)) / (1 + ratio))
+        a = 1 / (1 + ratio)
+    return {"G": float(G), "a": float(a), "b": float(1 - a)}

@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.allocation import compute_optimal, predict
+from analysis.registry import LAWS
 from analysis.result import Fit
 from analysis.uncertainty import percentile_interval
 
@@ -18,17 +19,9 @@ N_CURVES = 5  # fitted curves drawn at this many quantiles of the other variable
 
 
 def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:
-    """The figure for `fit`, drawn over the table it was fitted on (canonical columns)."""
-    plotters = {
-        "power": _plot_power,
-        "rising": _plot_power,
-        "kaplan-nd": _plot_two_variable,
-        "kaplan-ns": _plot_two_variable,
-        "chinchilla": _plot_two_variable,
-        "isoflop": _plot_isoflop,
-        "envelope": _plot_envelope,
-    }
-    return plotters[fit.law](fit, df)
+    """The figure for `fit` (its law's `plot` in `analysis.registry`), drawn over the table it
+    was fitted on (canonical columns)."""
+    return PLOTTERS[LAWS[fit.law].plot](fit, df)
 
 
 def _plot_power(fit: Fit, df: pd.DataFrame) -> Figure:
@@ -47,7 +40,7 @@ def _plot_two_variable(fit: Fit, df: pd.DataFrame) -> Figure:
 
     For L(N, D) laws a second panel shows the compute-optimal N and D with their bands.
     """
-    allocating = fit.law in ("chinchilla", "kaplan-nd")
+    allocating = LAWS[fit.law].optimum is not None
     fig = Figure(figsize=(11 if allocating else 6, 4.5), layout="constrained")
     axes = fig.subplots(1, 2 if allocating else 1, squeeze=False)[0]
     ax, second = axes[0], fit.variables[1]
@@ -132,6 +125,15 @@ def _plot_envelope(fit: Fit, df: pd.DataFrame) -> Figure:
         )
     _finish(right, "C (FLOP)", "N_opt", "compute-optimal model size")
     return fig
+
+
+# Figure kinds a law's registry entry names.
+PLOTTERS = {
+    "curve": _plot_power,
+    "two-variable": _plot_two_variable,
+    "isoflop": _plot_isoflop,
+    "envelope": _plot_envelope,
+}
 
 
 def _law_line(

@@ -14,21 +14,11 @@ from typing import Any
 import pandas as pd
 
 from analysis.allocation import compute_optimal
-from analysis.api import ALLOCATING, fit_law, required_columns
 from analysis.isoflop import MIN_BUDGET_POINTS
 from analysis.plots import plot_fit
+from analysis.registry import LAWS, fit_law, required_columns
 from analysis.result import Fit
 from analysis.table import FitInputError, select
-
-TITLES = {
-    "power": "Power law L = E + (x_c/x)^α",
-    "rising": "Rising power law y = k·x^a",
-    "kaplan-nd": "Kaplan L(N, D) (eq 1.5)",
-    "kaplan-ns": "Kaplan L(N, S) from learning curves (eq 1.6)",
-    "chinchilla": "Chinchilla Approach 3: L = E + A/N^α + B/D^β",
-    "isoflop": "IsoFLOP profiles (Chinchilla Approach 2)",
-    "envelope": "Envelope of learning curves (Chinchilla Approach 1, Kaplan L(C_min))",
-}
 
 
 def plan_fits(
@@ -94,7 +84,7 @@ def write_fits(
     results: dict[str, Any] = {}
     parts, rows = [], []
     for key, law, frame, options in plan_fits(table, curves):
-        title = TITLES[law] + (f" in {options['x']}" if "x" in options else "")
+        title = LAWS[law].title + (f" in {options['x']}" if "x" in options else "")
         parts.append(f"<h3>{html.escape(title)}</h3>")
         try:
             data = select(frame, required_columns(law, bootstrap=n_bootstrap > 0, **options))
@@ -108,7 +98,7 @@ def write_fits(
             {"fit": title, "status": fit.status, "points": fit.n_points, "parameters": _shown(fit)}
         )
         results[key] = fit.to_dict()
-        if law in ALLOCATING:
+        if LAWS[law].optimum:
             results[key]["allocation"] = compute_optimal(fit).to_dict()
         image = f"fit_{key}.png"
         plot_fit(fit, data).savefig(out / image, dpi=120)

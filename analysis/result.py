@@ -2,6 +2,7 @@
 
 import math
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,23 @@ def worst_status(*statuses: str) -> str:
     """The worst of `statuses` in the order of `STATUSES` (empty strings are ignored)."""
     given = [s for s in statuses if s] or ["ok"]
     return min(given, key=lambda s: [s.startswith(p) for p in STATUSES].index(True))
+
+
+def misallocation(exponents: Mapping[str, float]) -> str:
+    """`degenerate: …` naming each exponent of N_opt ∝ C^a, D_opt ∝ C^b outside (0, 1), else "".
+
+    With C = k·N·D, a + b = 1: an exponent outside (0, 1) makes the other negative, so
+    N_opt or D_opt would shrink as compute grows, which no loss that falls in both N and D
+    allows (Hoffmann et al. 2022 eq 4: a = β/(α+β)). It comes from optima the data did not
+    bracket, not from the law.
+    """
+    outside = [f"{name} = {value:.3g}" for name, value in exponents.items() if not 0 < value < 1]
+    if not outside:
+        return ""
+    return (
+        f"degenerate: {', '.join(outside)} outside (0, 1): N_opt or D_opt would shrink as "
+        "compute grows"
+    )
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from analysis.allocation import compute_optimal
-from analysis.api import fit_law
 from analysis.envelope import lower_envelope
 from analysis.fit import fit_power
 from analysis.kaplan.constants import (
@@ -26,6 +25,7 @@ from analysis.kaplan.constants import (
     WARMUP_FRACTION,
 )
 from analysis.kaplan.tables import levels
+from analysis.registry import fit_law
 from analysis.result import Fit, jsonable
 from analysis.table import FitInputError, select
 

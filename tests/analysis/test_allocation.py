@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from analysis import laws
-from analysis.allocation import allocation_params, compute_optimal, misallocation, predict
-from analysis.api import fit_law
-from analysis.result import Fit
+from analysis import laws, registry
+from analysis.allocation import allocation_params, compute_optimal, predict
+from analysis.registry import fit_law
+from analysis.result import Fit, misallocation
 from tests.analysis.synthetic import TRUE_CHINCHILLA, TRUE_KAPLAN_ND, kaplan_nd_table
 
 CHINCHILLA_COMPUTE = 6 * 70e9 * 1.4e12
@@ -16,7 +16,7 @@ CHINCHILLA_COMPUTE = 6 * 70e9 * 1.4e12
 def _numeric_optimum(law: str, params: dict, C: float) -> float:
     """N minimising L(N, C/(6N)), by brute force in ln N."""
     res = minimize_scalar(
-        lambda lnN: laws.evaluate(law, params, np.exp(lnN), C / (6 * np.exp(lnN))),
+        lambda lnN: registry.evaluate(law, params, np.exp(lnN), C / (6 * np.exp(lnN))),
         bounds=(5, 40),
         method="bounded",
         options={"xatol": 1e-10},

@@ -5,8 +5,8 @@ import pytest
 
 from analysis import chinchilla
 from analysis.allocation import compute_optimal
-from analysis.api import fit_law
 from analysis.chinchilla import bootstrap_refit, fit_chinchilla, published_grid, warm_starts
+from analysis.registry import fit_law
 from analysis.table import FitInputError
 from analysis.uncertainty import bootstrap, resample
 from tests.analysis.synthetic import TRUE_CHINCHILLA, chinchilla_table, noisy

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.api import fit_law
 from analysis.envelope import fit_envelope, lower_envelope
+from analysis.registry import fit_law
 from analysis.table import FitInputError
 from tests.analysis.synthetic import TRUE_CHINCHILLA, learning_curves, noisy
 

@@ -6,8 +6,8 @@ import pytest
 
 from analysis import fit as fit_module
 from analysis import laws
-from analysis.api import fit_law
 from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, fit_rising, ols
+from analysis.registry import fit_law
 from analysis.table import FitInputError, select
 from tests.analysis.conftest import DATA
 from tests.analysis.synthetic import (

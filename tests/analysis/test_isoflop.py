@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.api import fit_law
 from analysis.isoflop import MAX_REJECTION_ROUNDS, fit_isoflop
+from analysis.registry import fit_law
 from analysis.table import FitInputError
 from tests.analysis.conftest import DATA, isoflop_experiment
 from tests.analysis.synthetic import TRUE_CHINCHILLA, isoflop_table

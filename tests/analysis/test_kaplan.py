@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from analysis import laws
-from analysis.api import fit_law
 from analysis.kaplan import (
     FINDINGS,
     KAPLAN_A_EQ15,
@@ -21,6 +20,7 @@ from analysis.kaplan import (
     main_series,
     write_kaplan_report,
 )
+from analysis.registry import fit_law
 from analysis.uncertainty import bootstrap
 from tests.analysis.synthetic import (
     TRUE_CHINCHILLA,

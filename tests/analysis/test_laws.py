@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analysis import laws
+from analysis import laws, registry
 
 
 def test_power_is_kaplan_pure_form_without_offset():
@@ -33,14 +33,14 @@ def test_kaplan_ns_and_chinchilla_are_sums_of_terms():
 def test_evaluate_takes_parameters_by_name_and_broadcasts():
     params = {"E": 1.0, "A": 400.0, "B": 400.0, "alpha": 0.3, "beta": 0.3}
     N = np.array([1e8, 1e9])
-    out = laws.evaluate("chinchilla", params, N, 1e10)
+    out = registry.evaluate("chinchilla", params, N, 1e10)
     assert out.shape == (2,)
     assert out[0] > out[1]
-    assert laws.evaluate("power", {"x_c": 8.8e13, "alpha": 0.076}, 1e9) == pytest.approx(
+    assert registry.evaluate("power", {"x_c": 8.8e13, "alpha": 0.076}, 1e9) == pytest.approx(
         laws.power(1e9, 8.8e13, 0.076)
     )
 
 
 def test_evaluate_refuses_laws_without_a_loss_form():
     with pytest.raises(ValueError, match="isoflop has no loss form"):
-        laws.evaluate("isoflop", {"a": 0.5}, 1e20)
+        registry.evaluate("isoflop", {"a": 0.5}, 1e20)

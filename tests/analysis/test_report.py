@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from analysis.api import fit_law
 from analysis.isoflop import fit_isoflop
 from analysis.plots import plot_fit
+from analysis.registry import fit_law
 from analysis.report import plan_fits, write_fits
 from tests.analysis.synthetic import isoflop_table, learning_curves
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.api import fit_law
 from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, warm_starts
+from analysis.registry import fit_law
 from analysis.uncertainty import bootstrap, percentile_interval, resample
 from tests.analysis.synthetic import TRUE_KAPLAN_NS, kaplan_nd_table, kaplan_ns_curves
 

@@ -99,6 +99,21 @@ def completed_record(run_dir: Path, config: dict[str, Any],
     return None if data_changed(summary, fingerprints, run_dir) else summary
 
 
+def completed_same_config(run_dir: Path, config: dict[str, Any],
+                          group: bool = False) -> dict[str, Any] | None:
+    """The record of `run_dir` (its summary.json, or a group's replicas.json) where it says
+    that this very config (`scaling.sweep.identity`) completed; else None, an unreadable or
+    another run's record included. Never raises: what a launcher asks before it starts a run,
+    whose own process then checks the data (`completed_record`)."""
+    try:
+        record = _read_json(Path(run_dir) / (REPLICAS if group else SUMMARY))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") != "completed":
+        return None
+    return record if identity(record.get("config") or {}) == identity(config) else None
+
+
 def versions() -> dict[str, str]:
     """Python's version and those of RECORDED_VERSIONS, as a run record states them."""
     return {"python": platform.python_version(),

@@ -36,7 +36,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scaling.config import is_replica_group
 from scaling.data.errors import DataError
-from scaling.sweep import IDENTITY_GROUPS, corpus_fingerprint, identity, planned_flops
+from scaling.record import completed_same_config
+from scaling.sweep import IDENTITY_GROUPS, corpus_fingerprint, planned_flops
 
 log = logging.getLogger(__name__)
 LOG = "launcher.log"  # each run's output, in its directory
@@ -186,17 +187,10 @@ def completed(job_config: DictConfig, run_dir: Path,
     reads each corpus once. A corpus that cannot be read leaves the run to its process, which
     says what is wrong; so does a stage that reads its parent's tokens (finetune, sft).
     """
-    record = "replicas.json" if is_replica_group(job_config.train) else "summary.json"
-    try:
-        with open(run_dir / record) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return False
-    if not isinstance(summary, dict) or summary.get("status") != "completed":
-        return False
     config = {k: OmegaConf.to_container(job_config[k], resolve=True)
               for k in IDENTITY_GROUPS if k in job_config}
-    if identity(summary.get("config") or {}) != identity(config):
+    summary = completed_same_config(run_dir, config, group=is_replica_group(job_config.train))
+    if summary is None:
         return False
     if job_config.stage.kind != "pretrain":
         return False  # its data is the parent's tokens: only its process can check them

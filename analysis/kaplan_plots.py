@@ -13,9 +13,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis.allocation import predict
+from analysis.plots import SIZE, colours, log_axes
 from analysis.result import Fit
 
 MARKERS = "osD^vPX*hp<>d"  # one per D level in the loss-against-N figure
@@ -25,10 +25,10 @@ MAX_LEGEND = 12
 def loss_vs_params(runs: pd.DataFrame, fit: Fit | None, levels: pd.Series) -> Figure:
     """Loss against non-embedding N and against all parameters, a colour per depth, a marker
     per D level (`levels`), and the fitted L(N) on the first panel."""
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["double"], layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     depth = runs["model.n_layer"] if "model.n_layer" in runs else pd.Series(0, index=runs.index)
-    colours = _distinct_colours(depth)
+    palette = colours(depth)
     for ax, x, label in (
         (axes[0], "N", "non-embedding parameters N"),
         (axes[1], "n_params", "all parameters (embeddings included)"),
@@ -41,7 +41,7 @@ def loss_vs_params(runs: pd.DataFrame, fit: Fit | None, levels: pd.Series) -> Fi
                 group[x],
                 group["loss"],
                 s=28,
-                color=colours[layers],
+                color=palette[layers],
                 marker=MARKERS[int(level) % len(MARKERS)],
             )
         _finish(ax, label, "final validation loss (nats/token)")
@@ -49,10 +49,10 @@ def loss_vs_params(runs: pd.DataFrame, fit: Fit | None, levels: pd.Series) -> Fi
         N = np.geomspace(runs["N"].min(), runs["N"].max(), 100)
         _law_line(axes[0], fit, N, "C3", _labelled(fit, f"L(N) fit, α = {fit.params['alpha']:.3f}"))
     handles = []
-    if "model.n_layer" in runs and len(colours) <= MAX_LEGEND:
+    if "model.n_layer" in runs and len(palette) <= MAX_LEGEND:
         handles += [
             Line2D([], [], ls="", marker="o", color=c, label=f"n_layer = {v:g}")
-            for v, c in colours.items()
+            for v, c in palette.items()
         ]
     for level, group in runs.groupby(levels):
         marker = MARKERS[int(level) % len(MARKERS)]
@@ -78,7 +78,7 @@ def learning_curves(
 ) -> Figure:
     """Every run's validation loss against `x` (D or C), coloured by N; over compute, the
     lower envelope (the compute-efficient frontier) and L(C) over the points it was fitted on."""
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
     ax = fig.subplots()
     lnN = np.log10(curves.groupby("run")["N"].first())
     colour = colormaps["viridis"]
@@ -119,7 +119,7 @@ def power_law(
 ) -> Figure:
     """The points a power law was fitted on, its fit, Kaplan's pure form, and any context
     (other runs, or the rest of the frontier) in grey."""
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
     ax = fig.subplots()
     if context is not None and not context.empty:
         ax.scatter(context[x], context["loss"], s=10, color="0.75", label="not fitted")
@@ -136,7 +136,7 @@ def power_law(
 
 def per_position(positions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
     """Loss against context position per run (coloured by N), then the ICL score against N."""
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["double"], layout="constrained")
     left, right = fig.subplots(1, 2)
     lnN = np.log10(positions.groupby("run_id")["N"].first())
     span = max(float(np.ptp(lnN)), 1e-12)
@@ -159,7 +159,7 @@ def per_position(positions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
 def noise_scale(points: pd.DataFrame, slope: float, intercept: float) -> Figure:
     """The gradient noise scale at every evaluation against the loss there (Kaplan Fig. 10's
     B_crit(L)), coloured by N, with the robust power-law line B = B_*·L^slope."""
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
     ax = fig.subplots()
     norm = LogNorm(points["N"].min(), max(points["N"].max(), points["N"].min() * 1.001))
     ax.scatter(points["loss"], points["noise_scale"], c=colormaps["viridis"](norm(points["N"])),
@@ -167,11 +167,8 @@ def noise_scale(points: pd.DataFrame, slope: float, intercept: float) -> Figure:
     L = np.geomspace(points["loss"].min(), points["loss"].max(), 50)
     ax.plot(L, np.exp(intercept) * L**slope, color="C3",
             label=f"B_noise ∝ L^{slope:.2f} (Theil–Sen)")
-    ax.set(xscale="log", yscale="log", xlabel="validation loss (nats/token)",
-           ylabel="gradient noise scale B_simple (tokens)")
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_yscale("log")
+    log_axes(ax, "validation loss (nats/token)", "gradient noise scale B_simple (tokens)")
     fig.colorbar(ScalarMappable(norm, colormaps["viridis"]), ax=ax,
                  label="non-embedding parameters N")
     ax.set_title("critical batch size: grows as the loss falls (Kaplan: L^-4.8)", fontsize=10)
@@ -190,7 +187,7 @@ def transfer(
     during training, a line per run, the final points on top.
     """
     panels = 2 if curves is not None else 1
-    fig = Figure(figsize=(6 * panels + 1, 4.8), layout="constrained")
+    fig = Figure(figsize=SIZE["double" if panels == 2 else "single"], layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, panels))
     norm = LogNorm(runs["N"].min(), max(runs["N"].max(), runs["N"].min() * 1.001))
     cmap = colormaps["viridis"]
@@ -231,13 +228,6 @@ def transfer(
     return fig
 
 
-def _distinct_colours(values: pd.Series) -> dict:
-    """One colour per distinct value, along a sequential map."""
-    distinct = sorted(values.dropna().unique())
-    cmap = colormaps["viridis"]
-    return {v: cmap(i / max(len(distinct) - 1, 1)) for i, v in enumerate(distinct)}
-
-
 def _law_line(ax: Axes, fit: Fit, x: np.ndarray, colour: str, label: str, ls: str = "-") -> None:
     """The fitted law at `x`, with its bootstrap band when it has one."""
     table = predict(fit, x)
@@ -258,9 +248,4 @@ def _labelled(fit: Fit, label: str) -> str:
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str) -> None:
-    """Log axes with plain numbers on the loss axis (losses span well under a decade)."""
-    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())  # 2×10⁴ 3×10⁴ … collide under 2 decades
-    ax.grid(True, which="both", alpha=0.3)
+    log_axes(ax, xlabel, ylabel, legend=False)

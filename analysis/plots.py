@@ -4,11 +4,14 @@ Built on `matplotlib.figure.Figure`, never pyplot, so no display or global state
 involved and PNGs are rendered by Agg wherever this runs.
 """
 
+import html
+
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from analysis.allocation import compute_optimal, predict
 from analysis.registry import LAWS
@@ -16,6 +19,43 @@ from analysis.result import Fit
 from analysis.uncertainty import percentile_interval
 
 N_CURVES = 5  # fitted curves drawn at this many quantiles of the other variable
+# One figure size per kind (inches; saved at 100 dpi they fit the page's grid or width).
+SIZE = {"single": (6.4, 4.4), "double": (12.8, 4.6)}
+
+
+def colours(values: pd.Series) -> dict:
+    """One colour per distinct value, ordered along a sequential map."""
+    distinct = sorted(values.dropna().unique())
+    cmap = colormaps["viridis"]
+    return {v: cmap(i / max(len(distinct) - 1, 1)) for i, v in enumerate(distinct)}
+
+
+def log_axes(
+    ax: Axes, xlabel: str, ylabel: str, title: str = "", log_y: bool = True, legend: bool = True
+) -> None:
+    """The house style: log axes whose labels never collide (decades on x, plain numbers at
+    1–9 × 10^k on a loss axis spanning under a decade), grid, legend outside the data."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if log_y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+
+
+def figure_html(name: str, caption: str) -> str:
+    """A figure with its caption: which runs and which fit it shows."""
+    e = html.escape
+    image = f'<img src="{e(name)}" alt="{e(caption)}">'
+    return f"<figure>{image}<figcaption>{e(caption)}</figcaption></figure>"
 
 
 def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:
@@ -26,7 +66,7 @@ def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:
 
 def _plot_power(fit: Fit, df: pd.DataFrame) -> Figure:
     """Loss (for `rising`, y) against x with the fitted law."""
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
     ax = fig.subplots()
     x = fit.variables[0]
     ax.scatter(df[x], df["loss"], s=12, color="0.3", label="data")
@@ -41,7 +81,7 @@ def _plot_two_variable(fit: Fit, df: pd.DataFrame) -> Figure:
     For L(N, D) laws a second panel shows the compute-optimal N and D with their bands.
     """
     allocating = LAWS[fit.law].optimum is not None
-    fig = Figure(figsize=(11 if allocating else 6, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["double" if allocating else "single"], layout="constrained")
     axes = fig.subplots(1, 2 if allocating else 1, squeeze=False)[0]
     ax, second = axes[0], fit.variables[1]
     lnN = np.log10(df["N"])
@@ -81,7 +121,7 @@ def _plot_allocation(ax: Axes, fit: Fit, df: pd.DataFrame) -> None:
 
 def _plot_isoflop(fit: Fit, df: pd.DataFrame) -> Figure:
     """IsoFLOP profiles with their parabolas and vertices, then N* and D* against C."""
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["double"], layout="constrained")
     left, right = fig.subplots(1, 2)
     budgets = fit.tables["budgets"]
     colour = colormaps["plasma"]
@@ -108,7 +148,7 @@ def _plot_isoflop(fit: Fit, df: pd.DataFrame) -> Figure:
 
 def _plot_envelope(fit: Fit, df: pd.DataFrame) -> Figure:
     """All learning curves, their lower envelope and its power law; then N_opt against C."""
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    fig = Figure(figsize=SIZE["double"], layout="constrained")
     left, right = fig.subplots(1, 2)
     for _, run in df.groupby("run", sort=False):
         run = run.sort_values("C")
@@ -166,14 +206,7 @@ def _power_line(
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, log_y: bool = True) -> None:
-    """Log axes, labels, title and legend."""
-    ax.set_xscale("log")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    log_axes(ax, xlabel, ylabel, title, log_y)
 
 
 def _title(fit: Fit) -> str:

@@ -1,12 +1,11 @@
-"""Fit every law a results table supports; write figures, fits.json and an HTML section.
+"""Diagnostics: every law the tables support, fitted on all the rows at once.
 
-`scaling-report` calls `write_fits` with the results table (one row per run) and,
-when it has them, the learning curves (one row per evaluation of a run), and places the
-returned section after its own overview of the runs.
+Pooled over whatever varies in a study (batch size, shape, D), these fits answer no
+question of the study's; they show how each law behaves on the whole table. The page
+(`analysis.page`) places them under "Diagnostics", after the study's own fits.
 """
 
 import html
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from analysis.isoflop import MIN_BUDGET_POINTS
 from analysis.plots import plot_fit
 from analysis.registry import LAWS, fit_law, required_columns
 from analysis.result import Fit
+from analysis.section import Section
 from analysis.table import FitInputError, select
 
 
@@ -59,8 +59,9 @@ def write_fits(
     curve_columns: Mapping[str, str] | None = None,
     n_bootstrap: int = 0,
     seed: int = 0,
-) -> str:
-    """Run the applicable fits, write `fit_<key>.png` and `fits.json` to `out_dir`, return HTML.
+) -> Section:
+    """Run the applicable fits, write `fit_<key>.png` to `out_dir`; return the section, whose
+    fits (fits.json's "diagnostics") are keyed like `power_N`, `chinchilla`.
 
     `columns` and `curve_columns` map canonical names (N, D, C, S, loss, run, budget) to
     each table's own; curves without N take it from the table by run. Rows without a loss
@@ -103,14 +104,24 @@ def write_fits(
         image = f"fit_{key}.png"
         plot_fit(fit, data).savefig(out / image, dpi=120)
         parts += [_section(fit), f'<img src="{image}" alt="{html.escape(title)}">']
-    head = ['<section class="scaling-fits">', "<h2>Scaling-law fits</h2>"]
+    head = [
+        '<section class="scaling-fits">',
+        "<h2>Diagnostics: every law on all rows, pooled</h2>",
+        "<p>Each law fitted on every completed run (or evaluation) at once, whatever else "
+        "varies between them. These are not the study's answers, which the summary gives "
+        "with the rows each was fitted on.</p>",
+    ]
     if left_out:
         head.append(f"<p>{left_out} rows without a loss left out.</p>")
     if rows:
         overview = pd.DataFrame(rows).convert_dtypes()  # points stay integers beside skips
         head.append(overview.to_html(index=False, na_rep="", border=0))
-    (out / "fits.json").write_text(json.dumps(results, indent=2, allow_nan=False))
-    return "\n".join([*head, *parts, "</section>"])
+    return Section(
+        title="Diagnostics",
+        html="\n".join([*head, *parts, "</section>"]),
+        fits={"diagnostics": results},
+        statuses=tuple((f"pooled {key}", fit["status"]) for key, fit in results.items()),
+    )
 
 
 def _canonical(df: pd.DataFrame, columns: Mapping[str, str] | None) -> pd.DataFrame:

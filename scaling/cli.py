@@ -8,7 +8,6 @@ included.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -142,7 +141,7 @@ def train() -> None:
 
 def report(argv: list[str] | None = None) -> None:
     """`scaling-report SWEEP_DIR`: gather every run below SWEEP_DIR into results.parquet and
-    curves.parquet, and write SWEEP_DIR/report/ (index.html and plots)."""
+    curves.parquet, and write SWEEP_DIR/report/ (index.html, its figures and fits.json)."""
     try:
         _report(argv)
     except Exception as error:
@@ -158,9 +157,7 @@ def _report(argv: list[str] | None) -> None:
     if not args.sweep_dir.is_dir():
         raise UsageError(f"{args.sweep_dir} is not a directory")
 
-    from analysis.kaplan import write_kaplan_report
-    from analysis.overview import write_report
-    from analysis.report import write_fits
+    from analysis.page import write_page
     from scaling.results import write_tables
 
     collected = write_tables(args.sweep_dir)
@@ -170,24 +167,11 @@ def _report(argv: list[str] | None) -> None:
     if collected.results.empty:
         raise UsageError(f"no run records (summary.json) below {args.sweep_dir}"
                          + (f"; {skipped}" if skipped else ""))
-    results, curves = collected.results, collected.curves
-    completed = results[results["status"] == "completed"]
-    report_dir = args.sweep_dir / "report"
-    fits = write_fits(
-        completed, report_dir, curves=curves[curves["run_id"].isin(completed["run_id"])],
-        columns={"run": "run_id"},
-        curve_columns={"run": "run_id", "S": "step", "D": "tokens", "C": "flops",
-                       "loss": "val_loss"},
-        n_bootstrap=args.bootstrap,
-    )
-    kaplan, kaplan_fits = write_kaplan_report(
-        results, curves, report_dir, n_bootstrap=args.bootstrap,
-        positions=collected.positions if not collected.positions.empty else None)
-    fits_json = report_dir / "fits.json"
-    every_fit = {**json.loads(fits_json.read_text()), **kaplan_fits}
-    fits_json.write_text(json.dumps(every_fit, indent=2, allow_nan=False))
-    index = write_report(results, curves, report_dir, title=f"Sweep {args.sweep_dir.name}",
-                         problems=collected.problems, sections=[kaplan, fits])
+    index = write_page(
+        collected.results, collected.curves, args.sweep_dir / "report",
+        title=f"Sweep {args.sweep_dir.name}", problems=collected.problems,
+        positions=collected.positions if not collected.positions.empty else None,
+        n_bootstrap=args.bootstrap)
     if skipped:
         print(one_line(f"{skipped} (all listed in {index})"), file=sys.stderr)
     counts = collected.results["status"].value_counts().to_dict()

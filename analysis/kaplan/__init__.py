@@ -52,7 +52,7 @@ from analysis.kaplan.fits import (
     law_ns,
 )
 from analysis.kaplan.icl import per_position_icl
-from analysis.kaplan.section import FIGURES_OF, _figures, _html
+from analysis.kaplan.section import FIGURES_OF, _figures, _html, headline
 from analysis.kaplan.tables import (
     completed_runs,
     curve_table,
@@ -61,6 +61,7 @@ from analysis.kaplan.tables import (
     transfer_curves,
 )
 from analysis.result import jsonable
+from analysis.section import Section
 from analysis.table import FitInputError
 
 __all__ = [
@@ -110,15 +111,16 @@ def write_kaplan_report(
     positions: pd.DataFrame | None = None,
     n_bootstrap: int = 0,
     seed: int = 0,
-) -> tuple[str, dict[str, Any]]:
+) -> Section:
     """Fit Kaplan's laws, judge the eight findings, write `kaplan_*.png` into `out_dir`.
 
     `results` has one row per run (run_id, status, N, n_params, D, C, loss, best_val_loss,
     model.n_layer, ...), `curves` one row per evaluation (run_id, step, tokens, flops,
     val_loss, lr), `positions` the validation loss per context position (run_id, position,
     loss). Only completed runs count. Returns the HTML section (image paths relative to
-    `out_dir`) and a dict for fits.json with keys "L(N)", "L(D)", "L(C)", "L(N,D)",
-    "N_opt(C)", "L(N,S)", "kaplan_findings" and, with `positions`, "icl".
+    `out_dir`), fits.json's keys "L(N)", "L(D)", "L(C)", "L(N,D)", "N_opt(C)", "L(N,S)",
+    "kaplan_findings" and, with `positions`, "icl", the headline exponents against Kaplan's,
+    the study's caveats and the status of every fit, as a `Section`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +167,26 @@ def write_kaplan_report(
     out_dict["kaplan_findings"] = [f.to_dict() for f in findings]
     if icl is not None:
         out_dict["icl"] = jsonable({k: v for k, v in icl.items() if k not in ("table", "scores")})
-    return _html(runs, len(main), (ln, ld, lc, lnd, lns), n_opt, findings, figures, icl), out_dict
+    laws = (ln, ld, lc, lnd, lns)
+    statuses = (
+        *((f"Kaplan {law.key}", law.fit.status if law.fit else f"skipped: {law.skipped}")
+          for law in laws),
+        ("Kaplan N_opt(C)", n_opt["status"]),
+    )
+    return Section(
+        title="Kaplan et al. 2020: laws and findings",
+        html=_html(runs, len(main), laws, n_opt, findings, figures, icl),
+        fits=out_dict,
+        headline=headline(laws, n_opt),
+        caveats=(CAVEAT,),
+        statuses=statuses,
+    )
+
+
+CAVEAT = (
+    "Kaplan's constants hold for WebText2 with GPT-2's 50,257-token BPE and N up to 1.5e9: "
+    "compare exponents, not constants, and mind the range."
+)
 
 
 def _guard(key: str, law: str, build: Callable[[], LawFit]) -> LawFit:

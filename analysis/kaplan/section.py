@@ -18,7 +18,8 @@ from analysis.kaplan.constants import CHINCHILLA_A, D_LEVEL_RATIO, KAPLAN, KAPLA
 from analysis.kaplan.findings import Finding
 from analysis.kaplan.fits import LawFit
 from analysis.kaplan.tables import levels, transfer_curves
-from analysis.result import Fit
+from analysis.result import Fit, jsonable
+from analysis.uncertainty import LEVEL, percentile_interval
 
 FIGURES_OF = {
     1: ("kaplan_loss_vs_params.png",),
@@ -215,3 +216,85 @@ def _num(value: Any) -> str:
     if value is None or not np.isfinite(value):
         return "—"
     return f"{value:.3g}"
+
+
+# The study's answers, one per question: (key, parameter, what it measures, published value).
+HEADLINE = (
+    ("L(N)", "alpha", "α_N of L(N)", KAPLAN["L(N)"]["alpha"]),
+    ("L(D)", "alpha", "α_D of L(D)", KAPLAN["L(D)"]["alpha"]),
+    ("L(C)", "alpha", "α_C of L(C_min)", KAPLAN["L(C)"]["alpha"]),
+    (
+        "L(N,D)",
+        "alpha_N/alpha_D",
+        "α_N/α_D of eq 1.5 (D ∝ N^(α_N/α_D) avoids overfitting)",
+        KAPLAN["L(N,D)"]["alpha_N"] / KAPLAN["L(N,D)"]["alpha_D"],
+    ),
+    ("L(N,S)", "alpha_S", "α_S of eq 1.6", KAPLAN["L(N,S)"]["alpha_S"]),
+)
+SELECTIONS = {
+    "L(N,D)": "main series (one batch size, one shape per size), early-stopped loss",
+}
+
+
+def headline(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each law's headline exponent with its interval, the points and rows it was fitted on,
+    Kaplan's value and a verdict: `consistent` when the interval holds Kaplan's value,
+    `differs` when it does not, `no interval` without a bootstrap, `not determined` when the
+    fit gives no estimate, `skipped` when the data cannot support it."""
+    by_key = {law.key: law for law in laws}
+    out = {}
+    for key, name, what, published in HEADLINE:
+        law = by_key[key]
+        entry: dict[str, Any] = {"parameter": name, "measures": what, "published": published}
+        if law.fit is None:
+            out[key] = entry | {"value": None, "ci": None, "n_points": 0,
+                                "selection": "", "status": f"skipped: {law.skipped}"}
+            out[key]["verdict"] = "skipped"
+            continue
+        value, ci = _value(law.fit, name)
+        selection = SELECTIONS.get(key) or law.info.get("selection") or law.info.get("method", "")
+        if key == "L(D)":
+            selection += f" (N = {law.info['N']:.3g})"
+        out[key] = entry | {"value": value, "ci": ci, "n_points": law.fit.n_points,
+                            "selection": selection, "status": law.fit.status}
+        out[key]["verdict"] = _verdict(law.fit.usable, ci, published)
+    route = n_opt.get("method")
+    ci = None
+    if route == "kaplan-nd allocation":
+        ci = n_opt["from_kaplan_nd"]["intervals"].get("a")
+    elif route == "envelope of learning curves":
+        lc = by_key["L(C)"]
+        ci = list(lc.fit.intervals["a"]) if lc.fit and "a" in lc.fit.intervals else None
+    n_points = {"kaplan-nd allocation": by_key["L(N,D)"], "envelope of learning curves":
+                by_key["L(C)"]}.get(route)
+    out["N_opt(C)"] = {
+        "parameter": "a", "measures": "a of N_opt ∝ C^a", "published": KAPLAN_A,
+        "value": n_opt.get("a"), "ci": ci,
+        "n_points": n_points.fit.n_points if n_points and n_points.fit else 0,
+        "selection": route or "", "status": n_opt["status"],
+        "verdict": "skipped" if n_opt.get("a") is None
+        else _verdict(n_opt["status"].startswith("ok"), ci, KAPLAN_A),
+    }
+    return jsonable(out)
+
+
+def _value(fit: Fit, name: str) -> tuple[float, list[float] | None]:
+    """A parameter, or the ratio `a/b` of two, and its bootstrap interval when there is one."""
+    if "/" not in name:
+        interval = fit.intervals.get(name)
+        return fit.params[name], list(interval) if interval else None
+    top, bottom = name.split("/")
+    value = fit.params[top] / fit.params[bottom]
+    if fit.samples is None or len(fit.samples) < 2:
+        return value, None
+    level = fit.diagnostics.get("bootstrap", {}).get("level", LEVEL)
+    draws = (fit.samples[top] / fit.samples[bottom]).to_numpy(float)
+    return value, [float(v) for v in percentile_interval(draws, level)]
+
+
+def _verdict(usable: bool, ci: list[float] | None, published: float) -> str:
+    if not usable:
+        return "not determined"
+    if ci is None or None in ci:
+        return "no interval"
+    return "consistent" if ci[0] <= published <= ci[1] else "differs"

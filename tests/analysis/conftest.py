@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from analysis.chinchilla import fit_chinchilla
+from analysis.page import write_page
 from analysis.table import derive, select
+from tests.analysis.synthetic import demo_sweep
 
 # The repository is checked out with `shared/` beside it: <parent>/main and <parent>/shared.
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -54,3 +56,13 @@ def isoflop_experiment(isoflops: pd.DataFrame, experiment: str) -> pd.DataFrame:
 def table3() -> pd.DataFrame:
     """Hoffmann et al. 2022 Table 3: N_opt (params) and D_opt (tokens) against C (flops)."""
     return pd.read_csv(DATA / "chinchilla_table3.csv")
+
+
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory) -> Path:
+    """A demo-sized report (16 runs with curves, depth and batch-size variations): its
+    directory, holding index.html, the figures and fits.json."""
+    out = tmp_path_factory.mktemp("report")
+    results, curves = demo_sweep()
+    write_page(results, curves, out, title="Synthetic demo sweep")
+    return out

@@ -77,3 +77,30 @@ def kaplan_ns_curves(params: dict[str, float] = TRUE_KAPLAN_NS, seed: int = 0) -
     df = pd.DataFrame([{"run": f"r{i}", "N": N, "S": S} for (i, N), S in rows])
     df["loss"] = noisy(laws.kaplan_ns(df["N"], df["S"], **params), rng)
     return df
+
+
+def demo_sweep(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Results and curves shaped like `make demo`'s: 4 sizes × 3 token budgets, 2 more depths
+    at one size and 2 more batch sizes, 12 evaluations per run, Chinchilla-law losses."""
+    rng = np.random.default_rng(seed)
+    specs = [(N, D, 4, 64) for N in (1e7, 3e7, 1e8, 3e8) for D in (2e9, 5e9, 1.2e10)]
+    specs += [(1e8, 5e9, depth, 64) for depth in (2, 8)]
+    specs += [(1e8, 5e9, 4, batch) for batch in (16, 256)]
+    rows, curves = [], []
+    for i, (N, D, depth, batch) in enumerate(specs):
+        run = f"L{depth}-B{batch}-N{N:.0e}-D{D:.0e}-{i}"
+        tokens = np.geomspace(D / 100, D, 12)
+        loss = noisy(laws.chinchilla(N, tokens, **TRUE_CHINCHILLA), rng, 0.003)
+        curves.append(
+            pd.DataFrame(
+                {"run_id": run, "step": tokens / (batch * 2048), "tokens": tokens,
+                 "flops": 6 * N * tokens, "val_loss": loss}
+            )
+        )
+        rows.append(
+            {"run_id": run, "status": "completed", "N": N, "n_params": 1.05 * N, "D": D,
+             "C": 6 * N * D, "loss": loss[-1], "best_val_loss": loss.min(), "epochs": D / 5e10,
+             "wall_s": N * D / 1e16, "tokens_per_step": batch * 2048, "model.n_layer": depth,
+             "model.d_model": np.sqrt(N / (12 * depth)), "train.batch_size": batch}
+        )
+    return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)

@@ -109,7 +109,8 @@ def _sweep(seed: int = 0, sigma: float = 0.003) -> tuple[pd.DataFrame, pd.DataFr
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("kaplan")
     results, curves, positions = _sweep()
-    html, fits = write_kaplan_report(results, curves, out, positions=positions)
+    section = write_kaplan_report(results, curves, out, positions=positions)
+    html, fits = section.html, section.fits
     return out, html, fits
 
 
@@ -219,7 +220,8 @@ def test_transfer_with_a_constant_offset_is_reproduced_and_plotted(tmp_path):
     assert fit["slope"] == pytest.approx(1, abs=0.1)
     assert fit["offset_mean"] == pytest.approx(0.4, abs=0.01)
     assert fit["intercept"] + fit["slope"] * 2.75 == pytest.approx(3.15, abs=0.01)
-    html, fits = write_kaplan_report(results, curves, tmp_path)
+    section = write_kaplan_report(results, curves, tmp_path)
+    html, fits = section.html, section.fits
     assert (tmp_path / "kaplan_transfer.png").stat().st_size > 10_000
     assert 'src="kaplan_transfer.png"' in html
     (reported,) = [f for f in fits["kaplan_findings"] if f["number"] == 5]
@@ -227,13 +229,15 @@ def test_transfer_with_a_constant_offset_is_reproduced_and_plotted(tmp_path):
 
     doubled, _ = _transfer_sweep(2 * loss)  # the offset grows with the loss: slope 2
     assert finding_transfer(completed_runs(doubled)).verdict == "not reproduced"
-    html, _ = write_kaplan_report(doubled, None, tmp_path / "no_curves")
+    section = write_kaplan_report(doubled, None, tmp_path / "no_curves")
+    html, _ = section.html, section.fits
     assert (tmp_path / "no_curves" / "kaplan_transfer.png").exists()
 
 
 def test_eq_1_5_grid_recovers_kaplan_and_skips_what_it_lacks(tmp_path):
     """Kaplan's own constants on an (N, D) grid, without curves, shapes or run ids."""
-    html, fits = write_kaplan_report(kaplan_nd_table(), None, tmp_path, n_bootstrap=4)
+    section = write_kaplan_report(kaplan_nd_table(), None, tmp_path, n_bootstrap=4)
+    html, fits = section.html, section.fits
     nd = fits["L(N,D)"]
     assert nd["status"] == "ok"
     assert nd["alpha_N"] == pytest.approx(TRUE_KAPLAN_ND["alpha_N"], rel=0.05)
@@ -253,7 +257,8 @@ def test_missing_columns_and_failed_runs_are_skips_not_errors(tmp_path):
     results = pd.DataFrame({"N": [1e6, 2e6, 4e6, 8e6], "loss": [4.0, 3.8, 3.6, 3.4]})
     curves = pd.DataFrame({"run_id": ["run0"], "step": [1]})
     positions = pd.DataFrame({"run_id": ["run0"], "loss": [3.0]})
-    html, fits = write_kaplan_report(results, curves, tmp_path, positions=positions)
+    section = write_kaplan_report(results, curves, tmp_path, positions=positions)
+    html, fits = section.html, section.fits
     for key in CONTRACT:
         assert fits[key]["status"].startswith("skipped"), key
     assert fits["L(N)"]["status"] == "skipped: L(N) needs column(s) D"
@@ -264,7 +269,8 @@ def test_missing_columns_and_failed_runs_are_skips_not_errors(tmp_path):
     assert html.count("Verdict: <strong>") == 8
 
     failed = pd.DataFrame({"run_id": ["a", "b"], "status": ["failed", "diverged"], "N": [1, 2]})
-    _, fits = write_kaplan_report(failed, None, tmp_path)
+    section = write_kaplan_report(failed, None, tmp_path)
+    _, fits = section.html, section.fits
     assert all(fits[key]["status"].startswith("skipped") for key in CONTRACT)
 
 
@@ -306,7 +312,8 @@ def test_frontier_is_fitted_directly_when_the_envelope_cannot_be(tmp_path):
     results, curves, _ = _sweep()
     sizes = np.geomspace(1e7, 3e10, 16)[[0, 8, 15]]
     kept = results[results["N"].isin(sizes) & (results["D"] == D_MAX)]
-    _, fits = write_kaplan_report(kept, curves[curves["run_id"].isin(kept["run_id"])], tmp_path)
+    section = write_kaplan_report(kept, curves[curves["run_id"].isin(kept["run_id"])], tmp_path)
+    _, fits = section.html, section.fits
     lc = fits["L(C)"]
     assert lc["status"] in ("ok", "hit_bound:E") and lc["alpha"] > 0
     assert lc["method"].startswith("frontier points from C = ")
@@ -332,7 +339,8 @@ def test_a_degenerate_eq_1_5_fit_is_named_and_not_used(tmp_path):
     """A flat loss: eq 1.5's constants run off, so finding 3 and N_opt(C) must not use it."""
     runs = kaplan_nd_table().assign(run_id=lambda d: [f"r{i}" for i in range(len(d))])
     runs["loss"] = noisy(np.full(len(runs), 3.0), np.random.default_rng(0))
-    _, fits = write_kaplan_report(runs, None, tmp_path)
+    section = write_kaplan_report(runs, None, tmp_path)
+    _, fits = section.html, section.fits
     assert fits["L(N,D)"]["status"].startswith("degenerate: N_c ran off to ∞")
     overfitting = next(f for f in fits["kaplan_findings"] if f["number"] == 3)
     assert overfitting["verdict"] == "not reproduced"

@@ -1,6 +1,5 @@
 """The report section: every applicable fit, its figure, fits.json, and skipped fits named."""
 
-import json
 import re
 
 import numpy as np
@@ -19,8 +18,8 @@ from tests.analysis.synthetic import isoflop_table, learning_curves
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     table = isoflop_table().sample(frac=1.0, random_state=0)
-    html = write_fits(table, out, curves=learning_curves(), n_bootstrap=5, seed=0)
-    return out, html, json.loads((out / "fits.json").read_text())
+    section = write_fits(table, out, curves=learning_curves(), n_bootstrap=5, seed=0)
+    return out, section.html, section.fits["diagnostics"]
 
 
 def test_every_applicable_law_is_fitted(report):
@@ -52,8 +51,8 @@ def test_figures_and_html_match(report):
 def test_skipped_fits_are_recorded_with_the_reason(tmp_path):
     table = isoflop_table().head(9)  # one budget only: isoflop is not planned, power is
     table.loc[0, "N"] = 0.0
-    html = write_fits(table, tmp_path)
-    fits = json.loads((tmp_path / "fits.json").read_text())
+    section = write_fits(table, tmp_path)
+    html, fits = section.html, section.fits["diagnostics"]
     assert fits["power_N"]["status"] == "skipped: column 'N' has non-positive values"
     assert "Skipped: column &#x27;N&#x27;" in html
 
@@ -68,7 +67,7 @@ def test_a_sweeps_tables_with_their_own_names(tmp_path):
         columns={"run": "run_id", "S": "step", "D": "tokens", "C": "flops", "loss": "val_loss"}
     )
     sizes = curves.drop_duplicates("run_id")[["run_id", "N"]]
-    html = write_fits(
+    section = write_fits(
         pd.concat([runs, sizes]),
         tmp_path,
         curves=curves.drop(columns="N"),
@@ -81,7 +80,7 @@ def test_a_sweeps_tables_with_their_own_names(tmp_path):
             "loss": "val_loss",
         },
     )
-    fits = json.loads((tmp_path / "fits.json").read_text())
+    html, fits = section.html, section.fits["diagnostics"]
     assert fits["isoflop"]["diagnostics"]["n_budgets"] == 7  # grouped by the nominal budget
     assert fits["envelope"]["status"] == "ok" and fits["kaplan-ns"]["n_points"] == len(curves)
     assert f"{1 + len(sizes)} rows without a loss left out" in html
@@ -96,8 +95,8 @@ def test_columns_map_a_users_names(tmp_path):
     table = isoflop_table().rename(columns={"N": "params", "loss": "val_loss"})[
         ["params", "val_loss"]
     ]
-    write_fits(table, tmp_path, columns={"N": "params", "loss": "val_loss"})
-    assert json.loads((tmp_path / "fits.json").read_text())["power_N"]["status"] == "ok"
+    section = write_fits(table, tmp_path, columns={"N": "params", "loss": "val_loss"})
+    assert section.fits["diagnostics"]["power_N"]["status"] == "ok"
 
 
 @pytest.mark.parametrize("law", ["power", "kaplan-nd", "chinchilla", "isoflop"])
@@ -135,8 +134,8 @@ def test_an_isoflop_fit_with_edge_vertices_says_so_in_row_and_plot(tmp_path):
         pd.DataFrame({"C": C, "N": sizes, "loss": 2 + 0.05 * np.log(sizes / N_opt) ** 2})
         for C, N_opt in ((5e11, 1.2e4), (1e12, 1.2e4 * 2**1.9))
     )
-    html = write_fits(table, tmp_path)
-    fits = json.loads((tmp_path / "fits.json").read_text())
+    section = write_fits(table, tmp_path)
+    html, fits = section.html, section.fits["diagnostics"]
     assert fits["isoflop"]["status"].startswith("degenerate: the vertices of 1 of 2 budgets")
     rows = {row[0]: row[1] for row in _rows(html)}
     assert rows["IsoFLOP profiles (Chinchilla Approach 2)"] == fits["isoflop"]["status"]

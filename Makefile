@@ -21,7 +21,9 @@ demo: $(STAMP)
 		hydra.launcher.n_jobs=2
 	$(BIN)/scaling-report runs/demo --bootstrap 100
 
+# The report's browser test needs Debian's chromium; installed here when missing (CI runs as root).
 test: $(STAMP)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

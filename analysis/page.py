@@ -50,6 +50,7 @@ th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f4f4f4}td.num,th.num{text-align:right}
 .figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em}
 figure{margin:0}figure img,img{max-width:100%;height:auto;display:block}
+figure.wide-figure{grid-column:1/-1}
 figcaption{font-size:13px;color:#555;margin-top:.3em}
 .verdict-consistent{color:#1a7f37}.verdict-differs{color:#b35900}
 .caveats li{margin:.2em 0}

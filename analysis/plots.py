@@ -51,11 +51,13 @@ def log_axes(
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
-def figure_html(name: str, caption: str) -> str:
-    """A figure with its caption: which runs and which fit it shows."""
+def figure_html(name: str, caption: str, wide: bool = False) -> str:
+    """A figure with its caption (which runs and which fit it shows); `wide` figures (two
+    panels) take a whole row of the page's grid."""
     e = html.escape
     image = f'<img src="{e(name)}" alt="{e(caption)}">'
-    return f"<figure>{image}<figcaption>{e(caption)}</figcaption></figure>"
+    kind = ' class="wide-figure"' if wide else ""
+    return f"<figure{kind}>{image}<figcaption>{e(caption)}</figcaption></figure>"
 
 
 def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:

@@ -27,6 +27,7 @@ from analysis.kaplan.constants import (
     KAPLAN_A,
     KAPLAN_A_EQ15,
     KAPLAN_STOP_GAP,
+    MIN_EVIDENCE,
     VERDICTS,
 )
 from analysis.kaplan.findings import (
@@ -38,8 +39,10 @@ from analysis.kaplan.findings import (
     finding_smooth,
     finding_stopping,
     finding_transfer,
+    gate,
     reach,
     shape_groups,
+    study_evidence,
 )
 from analysis.kaplan.fits import (
     LawFit,
@@ -153,8 +156,12 @@ def write_kaplan_report(
         finding_stopping(lc, lnd, main),
         batch,
     ]
+    evidence = study_evidence(runs)
     findings = [
-        replace(f, figures=tuple(name for name in FIGURES_OF[f.number] if name in figures))
+        replace(
+            gate(f, evidence),
+            figures=tuple(name for name in FIGURES_OF[f.number] if name in figures),
+        )
         for f in findings
     ]
     out_dict: dict[str, Any] = {law.key: law.to_dict() for law in (ln, ld, lc)}
@@ -165,6 +172,7 @@ def write_kaplan_report(
     out_dict["N_opt(C)"] = n_opt
     out_dict["L(N,S)"] = lns.to_dict()
     out_dict["kaplan_findings"] = [f.to_dict() for f in findings]
+    out_dict["kaplan_evidence"] = jsonable(evidence | {"minimum": MIN_EVIDENCE})
     if icl is not None:
         out_dict["icl"] = jsonable({k: v for k, v in icl.items() if k not in ("table", "scores")})
     laws = (ln, ld, lc, lnd, lns)
@@ -175,7 +183,7 @@ def write_kaplan_report(
     )
     return Section(
         title="Kaplan et al. 2020: laws and findings",
-        html=_html(runs, len(main), laws, n_opt, findings, figures, icl),
+        html=_html(runs, len(main), laws, n_opt, findings, figures, icl, evidence),
         fits=out_dict,
         headline=headline(laws, n_opt),
         caveats=(CAVEAT,),

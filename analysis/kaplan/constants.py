@@ -46,6 +46,9 @@ SHAPE_FACTOR = (2.0, 5.0)  # shape spread worth at most ×2 in N: weak; ×5: par
 TRANSFER_SLOPE = (0.2, 0.5)  # |d L_transfer / d L − 1| for "constant offset"; "partly"
 STOP_GAP = (0.03, 0.01)  # median frontier gap above converged: reproduced; partly
 BCRIT_R2 = 0.8
+# The least a study must hold before any finding is called "reproduced": completed runs,
+# decades of N spanned, and no data repeated (Kaplan's runs never see a token twice).
+MIN_EVIDENCE = {"runs": 6, "decades_N": 1.0, "max_epochs": 1.0}
 DEGENERATE_TERM = 0.05  # a law term that changes loss < 5% over the data acts as a constant
 WARMUP_FRACTION = 0.05  # curves without lr: the trainer's default warmup
 SAMPLE_TARGET_SLACK = 1.05  # a second, looser loss target for sample efficiency

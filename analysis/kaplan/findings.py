@@ -3,7 +3,7 @@ and the numbers behind it, judged from the law fits and the tables. Finding 8, t
 critical batch size, has two methods of its own and lives in `batch`.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from analysis.kaplan.constants import (
     FINDINGS,
     KAPLAN_STOP_GAP,
     MAX_EXPONENT,
+    MIN_EVIDENCE,
     N_LEVEL_RATIO,
     SAMPLE_TARGET_SLACK,
     SHAPE_FACTOR,
@@ -279,7 +280,11 @@ def finding_transfer(runs: pd.DataFrame) -> Finding:
             5, "not measured", evidence, "fewer than 3 runs carry a transfer loss", numbers
         )
     verdict = grades[0] if len(set(grades)) == 1 else "partly"
-    reason = f"constant offset means d L_transfer / d L = 1 (within {TRANSFER_SLOPE[0]:g})"
+    measured = ", ".join(f"{abs(v['slope'] - 1):.2f}" for v in numbers.values() if "slope" in v)
+    reason = (
+        f"criterion |d L_transfer / d L − 1|: reproduced ≤ {TRANSFER_SLOPE[0]:g}, partly ≤ "
+        f"{TRANSFER_SLOPE[1]:g}; measured {measured}"
+    )
     return Finding(5, verdict, evidence, reason, numbers)
 
 
@@ -387,6 +392,40 @@ def reach(curve: pd.DataFrame, target: float) -> tuple[float, float]:
         return S[0], D[0]
     w = np.log(loss[i - 1] / target) / np.log(loss[i - 1] / loss[i])
     return tuple(float(np.exp((1 - w) * np.log(v[i - 1]) + w * np.log(v[i]))) for v in (S, D))
+
+
+def study_evidence(runs: pd.DataFrame) -> dict[str, float]:
+    """What the study holds against `MIN_EVIDENCE`: completed runs, decades of N, epochs."""
+    N = pd.to_numeric(runs.get("N", pd.Series(dtype=float)), errors="coerce").dropna()
+    epochs = pd.to_numeric(runs.get("epochs", pd.Series(dtype=float)), errors="coerce").dropna()
+    return {
+        "runs": len(runs),
+        "decades_N": float(np.log10(N.max() / N.min())) if len(N) and N.min() > 0 else 0.0,
+        "max_epochs": float(epochs.max()) if len(epochs) else float("nan"),
+    }
+
+
+def minimum_evidence(evidence: dict[str, float]) -> str:
+    """"" when the study holds the minimum evidence for "reproduced", else what it lacks."""
+    lacking = []
+    if evidence["runs"] < MIN_EVIDENCE["runs"]:
+        lacking.append(f"{evidence['runs']} completed runs (needs {MIN_EVIDENCE['runs']})")
+    if evidence["decades_N"] < MIN_EVIDENCE["decades_N"]:
+        lacking.append(
+            f"N over {evidence['decades_N']:.2g} decades (needs {MIN_EVIDENCE['decades_N']:g})"
+        )
+    if evidence["max_epochs"] > MIN_EVIDENCE["max_epochs"]:
+        lacking.append(f"up to {evidence['max_epochs']:.2g} epochs (needs ≤ 1: no repeated data)")
+    return "; ".join(lacking)
+
+
+def gate(finding: Finding, evidence: dict[str, float]) -> Finding:
+    """"reproduced" becomes "partly" when the study lacks the minimum evidence, saying why."""
+    lacking = minimum_evidence(evidence)
+    if finding.verdict != "reproduced" or not lacking:
+        return finding
+    reason = "; ".join(filter(None, (finding.reason, f"below the minimum evidence: {lacking}")))
+    return replace(finding, verdict="partly", reason=reason)
 
 
 def _grade(value: float, thresholds: tuple[float, float], *, higher_is_better: bool) -> str:

@@ -14,10 +14,18 @@ from matplotlib.figure import Figure
 
 from analysis import kaplan_plots
 from analysis.kaplan.batch import noise_scale_points
-from analysis.kaplan.constants import CHINCHILLA_A, D_LEVEL_RATIO, KAPLAN, KAPLAN_A, KAPLAN_A_EQ15
+from analysis.kaplan.constants import (
+    CHINCHILLA_A,
+    D_LEVEL_RATIO,
+    KAPLAN,
+    KAPLAN_A,
+    KAPLAN_A_EQ15,
+    MIN_EVIDENCE,
+)
 from analysis.kaplan.findings import Finding
 from analysis.kaplan.fits import LawFit
 from analysis.kaplan.tables import levels, transfer_curves
+from analysis.plots import figure_html
 from analysis.result import Fit, jsonable
 from analysis.uncertainty import LEVEL, percentile_interval
 
@@ -33,6 +41,37 @@ FIGURES_OF = {
 }
 # Figures shown in their own part of the report rather than in the gallery at its top.
 SECTION_FIGURES = ("kaplan_icl.png", "kaplan_transfer.png", "kaplan_noise_scale.png")
+WIDE_FIGURES = ("kaplan_loss_vs_params.png", "kaplan_icl.png", "kaplan_transfer.png")
+CAPTIONS = {
+    "kaplan_loss_vs_params.png": (
+        "Final loss of every completed run against non-embedding N (left, with the L(N) fit "
+        "on its selected points) and against all parameters (right); colour: depth, marker: "
+        "D level (Kaplan Fig. 6)."
+    ),
+    "kaplan_curves_tokens.png": "Learning curves of the main series against tokens; colour: N.",
+    "kaplan_curves_flops.png": (
+        "Learning curves of the main series against compute, their lower envelope (the "
+        "compute-efficient frontier) and the L(C) fit."
+    ),
+    "kaplan_L_D.png": (
+        "L(D): early-stopped loss of one model size at several D, with the fit; grey: the "
+        "other sizes, not fitted."
+    ),
+    "kaplan_L_C.png": "L(C) on the compute-efficient frontier: dark points fitted, grey not.",
+    "kaplan_icl.png": "Validation loss per context position of every completed run (ICL).",
+    "kaplan_transfer.png": (
+        "Loss on the transfer corpus against in-distribution loss, every completed run; "
+        "slope 1 is a constant offset (Kaplan Fig. 8)."
+    ),
+    "kaplan_noise_scale.png": (
+        "Gradient noise scale at every evaluation against the loss there, colour: N, with "
+        "its power-law fit (Kaplan Fig. 10)."
+    ),
+}
+
+
+def _figure(name: str) -> str:
+    return figure_html(name, CAPTIONS[name], wide=name in WIDE_FIGURES)
 
 
 def _figures(
@@ -104,6 +143,7 @@ def _html(
     findings: list[Finding],
     figures: list[str],
     icl: dict[str, Any] | None,
+    evidence: dict[str, float],
 ) -> str:
     """The section: the exponents against Kaplan's, the figures, then one part per finding."""
     e = html.escape
@@ -123,14 +163,16 @@ def _html(
         "mind the range.</p>",
         "<h3>Exponents against Kaplan's</h3>",
         _exponent_table(laws, n_opt),
-        "<div>"
-        + "".join(
-            f'<img src="{e(f)}" alt="{e(f)}" width="520">'
-            for f in figures
-            if f not in SECTION_FIGURES
-        )
+        '<div class="figures">'
+        + "".join(_figure(f) for f in figures if f not in SECTION_FIGURES)
         + "</div>",
         "<h3>The eight findings</h3>",
+        f"<p>A finding is called reproduced only when the study holds the minimum evidence: "
+        f"{MIN_EVIDENCE['runs']} or more completed runs, N over {MIN_EVIDENCE['decades_N']:g} "
+        f"decade or more, and at most {MIN_EVIDENCE['max_epochs']:g} epoch (no repeated data). "
+        f"This study: {evidence['runs']} runs, N over {evidence['decades_N']:.2g} decades, up "
+        f"to {_num(evidence['max_epochs'])} epochs. Each verdict states its criterion and the "
+        "measured value.</p>",
         "<table><tr><th>#</th><th>finding</th><th>verdict</th></tr>"
         + "".join(
             f"<tr><td>{f.number}</td><td>{e(f.title)}</td><td>{e(f.verdict)}</td></tr>"
@@ -149,11 +191,7 @@ def _html(
         if f.figures:
             links = ", ".join(f'<a href="{e(name)}">{e(name)}</a>' for name in f.figures)
             parts.append(f"<p>Figures: {links}</p>")
-        parts += [
-            f'<img src="{e(name)}" alt="{e(name)}" width="900">'
-            for name in f.figures
-            if name in SECTION_FIGURES
-        ]
+        parts += [_figure(name) for name in f.figures if name in SECTION_FIGURES]
     if icl is not None:
         parts.append("<h3>Loss per context position (in-context learning)</h3>")
         if icl.get("status") == "ok":
@@ -165,7 +203,7 @@ def _html(
                 + pd.DataFrame(icl["runs"]).to_html(
                     index=False, float_format=lambda v: f"{v:.4g}", border=0
                 )
-                + '<img src="kaplan_icl.png" alt="per-position loss" width="900">'
+                + _figure("kaplan_icl.png")
             )
         else:
             parts.append(f"<p>{e(icl['status'])}</p>")
@@ -188,21 +226,25 @@ def _exponent_table(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> str:
                 f"{law.info.get('form', law.law)}; {law.fit.n_points} points; "
                 f"rms {law.rms():.2%}; {law.fit.status}"
             )
-            pure = _num(law.pure.params["alpha"]) if law.pure is not None else ""
-            rows.append((law.key, name, value, how, pure, _num(KAPLAN[law.key][name])))
+            rows.append((law.key, name, value, how, _selection(law), _num(KAPLAN[law.key][name])))
     rows.append(
         (
             "N_opt ∝ C^a",
             "a",
             _num(n_opt.get("a")),
-            str(n_opt.get("method") or n_opt["status"]),
-            "",
+            str(n_opt["status"]),
+            str(n_opt.get("method") or ""),
             f"{KAPLAN_A} (eq 1.5 with Kaplan's constants: {KAPLAN_A_EQ15:.3f}; Chinchilla "
             f"{CHINCHILLA_A})",
         )
     )
-    header = ("law", "constant", "ours", "fit", "ours, pure form", "Kaplan")
+    header = ("law", "constant", "ours", "fit", "fitted on", "Kaplan")
     return pd.DataFrame(rows, columns=header).to_html(index=False, border=0, escape=True)
+
+
+def _selection(law: LawFit) -> str:
+    """The rows a law was fitted on, as the headline states them."""
+    return SELECTIONS.get(law.key) or law.info.get("selection") or law.info.get("method", "")
 
 
 def _interval(fit: Fit, name: str) -> str:
@@ -252,7 +294,7 @@ def headline(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> dict[str, dict[
             out[key]["verdict"] = "skipped"
             continue
         value, ci = _value(law.fit, name)
-        selection = SELECTIONS.get(key) or law.info.get("selection") or law.info.get("method", "")
+        selection = _selection(law)
         if key == "L(D)":
             selection += f" (N = {law.info['N']:.3g})"
         out[key] = entry | {"value": value, "ci": ci, "n_points": law.fit.n_points,

@@ -12,6 +12,7 @@ from analysis.kaplan import (
     FINDINGS,
     KAPLAN_A_EQ15,
     VERDICTS,
+    Finding,
     completed_runs,
     curve_table,
     finding_batch,
@@ -20,6 +21,7 @@ from analysis.kaplan import (
     main_series,
     write_kaplan_report,
 )
+from analysis.kaplan.findings import gate, study_evidence
 from analysis.registry import fit_law
 from analysis.uncertainty import bootstrap
 from tests.analysis.synthetic import (
@@ -382,3 +384,13 @@ def test_the_critical_batch_size_trend_is_read_from_the_gradient_noise_scale():
     assert finding.numbers["alpha_B"] == pytest.approx(0.2, rel=0.15)
     flat = curves.assign(noise_scale=5e4 * np.exp(rng.normal(0, 0.2, 40)))
     assert finding_batch(flat, "").verdict != "reproduced"
+
+
+def test_reproduced_needs_the_minimum_evidence():
+    finding = Finding(6, "reproduced", "bigger models reach the loss in fewer tokens")
+    few = pd.DataFrame({"N": [1e6, 2e6, 4e6], "epochs": [10.0, 10.0, 10.0]})
+    gated = gate(finding, study_evidence(few))
+    assert gated.verdict == "partly"
+    assert "3 completed runs (needs 6)" in gated.reason and "up to 10 epochs" in gated.reason
+    enough = pd.DataFrame({"N": np.geomspace(1e6, 1e8, 6), "epochs": 0.5})
+    assert gate(finding, study_evidence(enough)).verdict == "reproduced"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from scaling.console import (
     listing,
     one_line,
     print_error,
+    program,
 )
 from scaling.sweep import exclusive_run, register_resolvers
 
@@ -114,6 +116,7 @@ def _train_task(cfg: DictConfig) -> None:
 
     # after validation: config errors come before JAX loads
     from scaling.stages import run_stage
+    from scaling.train import Interrupted
 
     with exclusive_run(run_dir) as ours:
         if not ours:
@@ -122,6 +125,16 @@ def _train_task(cfg: DictConfig) -> None:
             return
         try:
             run_stage(config, run_dir)
+        # A signal (Ctrl-C, a scheduler's SIGTERM) stopped the loop, which checkpointed and
+        # recorded it: one line and the shell's status for that signal; a sweep in this process
+        # stops here too (SystemExit gets past Hydra's job runner).
+        except Interrupted as stop:
+            print(f"{program()}: {stop}", file=sys.stderr, flush=True)
+            sys.exit(stop.exit_status)
+        except KeyboardInterrupt:  # Ctrl-C before the loop took the signal: nothing trained
+            print(f"{program()}: interrupted before training started; nothing to resume",
+                  file=sys.stderr, flush=True)
+            sys.exit(128 + signal.SIGINT)
         # Errors a user can fix (a batch the devices cannot split, missing data, a directory of
         # another run, no readable checkpoint, a parent run that does not fit), already
         # recorded where the run's record is ours: one line, no traceback. A sweep in this

@@ -12,7 +12,10 @@ values carry a leading replica axis when K > 1, and `LoopState.per_model` splits
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -35,6 +38,11 @@ from scaling.step import (
     noise_scale_micro_batches,
     over_replicas,
 )
+
+log = logging.getLogger("scaling")
+# What asks a run to stop: Ctrl-C, and what `kill`, Slurm (at its time limit, or earlier with
+# `--signal=TERM@SECONDS`) and most schedulers send first.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Clock:
@@ -85,6 +93,7 @@ class LoopState:
     metrics: dict | None = None  # the last step's metrics, still on the device
     compile_s: float | None = None  # the first step's wall time, compilation included
     stop: bool = False  # set by a hook to end the loop after this step
+    interrupted: str | None = None  # the signal that stopped the loop early (SIGINT, SIGTERM)
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # per model, from `finish`
 
     def per_model(self, x: Any) -> list[np.ndarray]:
@@ -226,14 +235,60 @@ class Checkpointing(Hook):
             checkpointer, every_steps, every_seconds)
         self.meta = meta
         self.last = time.monotonic()
+        self.saved = -1  # the step of the last checkpoint saved here
 
     def __call__(self, loop: LoopState) -> None:
         if (loop.step % self.every_steps == 0
                 or time.monotonic() - self.last >= self.every_seconds
                 or loop.step == loop.total_steps):
-            with loop.clock.paused():
-                self.checkpointer.save(loop.step, loop.state, self.meta(loop))
-            self.last = time.monotonic()
+            self.save(loop)
+
+    def save(self, loop: LoopState) -> None:
+        """Checkpoint this step, unless it is saved already."""
+        if loop.step == self.saved:
+            return
+        with loop.clock.paused():
+            self.checkpointer.save(loop.step, loop.state, self.meta(loop))
+        self.last, self.saved = time.monotonic(), loop.step
+
+
+class Interruption(Hook):
+    """On SIGINT or SIGTERM, finish the step under way, checkpoint it and stop the loop, with
+    `loop.interrupted` set: the run resumes from that step when launched again.
+
+    The handlers are this hook's from its creation to its `close`, and only take the first
+    signal: a second one acts as it would have without them (Ctrl-C twice: KeyboardInterrupt).
+    A signal during the last step changes nothing, the run completes. Off the main thread,
+    where Python cannot take signals, it does nothing.
+    """
+
+    def __init__(self, checkpointing: Checkpointing,
+                 signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
+        self.checkpointing = checkpointing
+        self.received: signal.Signals | None = None
+        self.previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._receive) for s in signals}
+
+    def _receive(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum)
+        self._restore()  # a second signal is not ours to soften
+        log.warning("%s received: stopping after this step, with a checkpoint",
+                    self.received.name)
+
+    def __call__(self, loop: LoopState) -> None:
+        if self.received is None or loop.step == loop.total_steps:
+            return
+        self.checkpointing.save(loop)
+        loop.interrupted, loop.stop = self.received.name, True
+
+    def _restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def close(self) -> None:
+        self._restore()
 
 
 class ExtraEval(Measurement):

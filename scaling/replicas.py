@@ -24,7 +24,7 @@ from scaling.record import (
     write_replicas,
 )
 from scaling.sweep import exclusive_run, run_id
-from scaling.train import Replica, train_models
+from scaling.train import Interrupted, Replica, train_models
 
 log = logging.getLogger("scaling")
 
@@ -76,6 +76,11 @@ def train_replicas(
             try:
                 summaries = train_models(replicas, cfg, config_dict, group_dir, dirs, recorded,
                                          total_steps, group_name=group_dir.name)
+            except Interrupted as stop:
+                _record_group(group_dir, "interrupted", config_dict, dirs,
+                              [(read_summary(d) or {"status": "running"})["status"] for d in dirs],
+                              fingerprints, interrupted_step=stop.step)
+                raise
             except Exception as error:
                 _record_group(group_dir, "failed", config_dict, dirs,
                               [(read_summary(d) or {"status": "failed"})["status"] for d in dirs],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -37,6 +38,7 @@ from scaling.hooks import (
     CompileTime,
     Evaluation,
     Hook,
+    Interruption,
     LoopState,
     Measurement,
     Meter,
@@ -57,6 +59,24 @@ from scaling.record import (
 from scaling.step import Batch, LossFn, Params, init_state, setup
 
 log = logging.getLogger("scaling")
+
+
+class Interrupted(BaseException):
+    """The run stopped early on a signal, checkpointed and recorded as `interrupted`.
+
+    Like KeyboardInterrupt, not an Exception: no handler of errors records it as a failure,
+    and a sweep in this process stops instead of going on to its next run.
+    """
+
+    def __init__(self, step: int, signal_name: str, run_dir: Path) -> None:
+        super().__init__(f"interrupted at step {step} ({signal_name}); "
+                         "run the same command to resume")
+        self.step, self.signal_name, self.run_dir = step, signal_name, run_dir
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number, as a shell reports a process that the signal ended."""
+        return 128 + int(signal.Signals[self.signal_name])
 
 
 @dataclass(frozen=True)
@@ -142,7 +162,8 @@ def training_steps(loop: LoopState, step_fn: Callable) -> Iterator[LoopState]:
 
 def run_loop(loop: LoopState, step_fn: Callable, hooks: Sequence[Hook]) -> LoopState:
     """Step until the last step or a hook says stop, calling every hook after each step, then
-    each hook's `finish`. Returns the loop as it ended."""
+    each hook's `finish` unless the run was interrupted (it has not ended: it will resume).
+    Returns the loop as it ended."""
     try:
         for _ in training_steps(loop, step_fn):
             for hook in hooks:
@@ -152,7 +173,7 @@ def run_loop(loop: LoopState, step_fn: Callable, hooks: Sequence[Hook]) -> LoopS
             if loop.stop:
                 break
         loop.see_divergence(loop.state["bad_step"])
-        for hook in hooks:
+        for hook in hooks if loop.interrupted is None else ():
             hook.finish(loop)
     finally:
         for hook in hooks:
@@ -195,6 +216,7 @@ def train_models(
     model has diverged. `group_name` (a group's directory) goes into each model's summary.
     Any error but a refusal (ResumeError: the directory holds another run, or other data, whose
     record is not this run's to change) is recorded in each model's record as its failure.
+    Raises Interrupted, each model recorded as interrupted, when a signal stopped the loop.
     """
     try:
         with closing(Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)) as ckpt:
@@ -268,16 +290,25 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
     log_meter = Meter(loop.clock, k * stage.tokens_per_step, loop.step)  # the group's
     eval_data = jax.tree_util.tree_map(jnp.asarray, placement.batch(stage.eval_data, axis=1))
     start_step = loop.step
+    checkpointing = Checkpointing(checkpointer, cfg.checkpoint_every_steps,
+                                  cfg.checkpoint_every_seconds, meta)
     run_loop(loop, step_fn, [
         CompileTime([eval_meter, log_meter]),
         Progress(progress, log_meter, cfg.log_every_steps),
         Evaluation(set(eval_steps(total_steps, cfg.eval_count)), stage.loss_fn, eval_data,
                    stage.measurements, [r.schedule for r in replicas], stage.tokens_per_step,
                    stage.flops_per_token, progress, eval_meter),
-        Checkpointing(checkpointer, cfg.checkpoint_every_steps, cfg.checkpoint_every_seconds,
-                      meta),
+        checkpointing,
         *stage.hooks,
+        Interruption(checkpointing),
     ])
+    if loop.interrupted is not None:
+        wall_s = wall_before + time.time() - started
+        for i in training:
+            summaries[i].update(status="interrupted", interrupted_step=loop.step, wall_s=wall_s)
+            write_metrics(record_dirs[i], loop.rows[i])
+            write_summary(record_dirs[i], summaries[i])
+        raise Interrupted(loop.step, loop.interrupted, run_dir)
     timed_steps = int(np.max(loop.state["step"])) - start_step - 1
     tokens_per_s = (
         timed_steps * stage.tokens_per_step / loop.clock.seconds() if timed_steps > 0 else None
@@ -306,6 +337,7 @@ def _resume(loop: LoopState, checkpointer: Checkpointer, config_dict: dict,
         checkpointer.discard()
         restored = None
     if restored is None:
+        log.info("%s: no checkpoint to resume from; training from step 0", run_dir)
         return 0.0
     loop.step, loop.state, meta = restored
     loop.rows = meta["rows"] if loop.k > 1 else [meta["rows"]]  # one model's: as before groups

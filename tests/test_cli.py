@@ -1,4 +1,4 @@
-"""The `scaling-train` command as users type it: fast config errors, and SIGKILL then resume."""
+"""`scaling-train` as users type it: fast config errors, SIGKILL or Ctrl-C then resume."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 TRAIN = [sys.executable, "-c", "from scaling.cli import train; train()"]
@@ -64,23 +65,37 @@ def _run_args(corpus_dir: Path, cache_dir: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def test_sigkill_mid_training_then_rerun_matches_uninterrupted(corpus_dir, cache_dir, tmp_path):
-    reference = scaling_train(*_run_args(corpus_dir, cache_dir, tmp_path / "reference"))
+@pytest.fixture(scope="module")
+def uninterrupted(corpus_dir, cache_dir, tmp_path_factory) -> Path:
+    """The run of `_run_args` trained without a stop: its directory."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    reference = scaling_train(*_run_args(corpus_dir, cache_dir, run_dir))
     assert reference.returncode == 0, reference.stderr
-    expected = json.loads((tmp_path / "reference" / "summary.json").read_text())
+    return run_dir
 
-    run_dir = tmp_path / "killed"
-    args = _run_args(corpus_dir, cache_dir, run_dir)
-    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+def _start_and_signal(args: list[str], run_dir: Path, signum: int) -> tuple[int, str]:
+    """Launch `scaling-train` and send `signum` to it (its process group, as a terminal's
+    Ctrl-C does) once it has saved its first checkpoint; its exit status and stderr."""
+    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     checkpoints = run_dir / "checkpoints"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
             break
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, signum)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+def test_sigkill_mid_training_then_rerun_matches_uninterrupted(corpus_dir, cache_dir, tmp_path,
+                                                               uninterrupted):
+    expected = json.loads((uninterrupted / "summary.json").read_text())
+    run_dir = tmp_path / "killed"
+    args = _run_args(corpus_dir, cache_dir, run_dir)
+    _start_and_signal(args, run_dir, signal.SIGKILL)
     interrupted = json.loads((run_dir / "summary.json").read_text())
     assert interrupted["status"] == "running", "the run finished before it could be killed"
 
@@ -90,3 +105,28 @@ def test_sigkill_mid_training_then_rerun_matches_uninterrupted(corpus_dir, cache
     assert summary["status"] == "completed"
     assert 0 < summary["resumed_from_step"] < summary["steps"]
     assert summary["final_val_loss"] == expected["final_val_loss"]
+
+
+def test_ctrl_c_checkpoints_records_and_the_relaunch_ends_with_the_same_losses(
+        corpus_dir, cache_dir, tmp_path, uninterrupted):
+    run_dir = tmp_path / "interrupted"
+    args = _run_args(corpus_dir, cache_dir, run_dir)
+    status, stderr = _start_and_signal(args, run_dir, signal.SIGINT)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted", stderr
+    step = summary["interrupted_step"]
+    assert 0 < step < summary["steps"]
+    assert status == 128 + signal.SIGINT
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"-c: interrupted at step {step} (SIGINT); run the same command to resume")
+    assert str(step) in os.listdir(run_dir / "checkpoints")
+
+    resumed = scaling_train(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_dir} from step {step}" in resumed.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from_step"] == step
+    curve = ["step", "train_loss", "val_loss"]
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "metrics.parquet")[curve],
+                                  pd.read_parquet(uninterrupted / "metrics.parquet")[curve])

@@ -274,3 +274,10 @@ def test_the_local_launcher_lists_failed_runs_with_their_errors_and_retries_them
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert "Launching 1 runs (1 already completed)" in again.stdout + again.stderr
     assert "1 of 2 runs failed" in again.stdout + again.stderr
+
+
+def test_a_run_without_a_checkpoint_says_it_trains_from_step_0(tiny_config, tmp_path, caplog):
+    write_summary(tmp_path, {"status": "interrupted", "config": to_dict(tiny_config())})
+    with caplog.at_level(logging.INFO, logger="scaling"):
+        pretrain(tiny_config(), tmp_path)
+    assert f"{tmp_path}: no checkpoint to resume from; training from step 0" in caplog.text

@@ -120,6 +120,7 @@ STAGE_SOURCES = {"pretrain": ("stdlib", "python", "files"),
                  "finetune": ("stdlib", "python", "files"),
                  "sft": ("sft_stdlib", "jsonl")}
 STAGES_FROM_PARENT = ("finetune", "sft")
+PATH_SOURCES = ("files", "jsonl")  # the sources that read data.paths
 
 
 @dataclass
@@ -211,10 +212,18 @@ def validate(cfg: Config) -> Config:
     _validate_stage(cfg)
     _check(d.source not in ("files", "jsonl") or len(d.paths) > 0, "data.paths", d.paths,
            f"at least one path or glob when data={d.source}")
+    # Paths that no source reads would train on another corpus without a word.
+    readers = " or ".join(f"data={s}" for s in PATH_SOURCES
+                          if s in STAGE_SOURCES.get(cfg.stage.kind, ()))
+    _check(d.source in PATH_SOURCES or not d.paths, "data.paths", d.paths,
+           f"empty with data={d.source}, which reads no paths: add {readers} to train on them")
     _check(d.transfer in ("none", "prose", "files"), "data.transfer", d.transfer,
            "one of none, prose, files")
     _check(d.transfer != "files" or len(d.transfer_paths) > 0, "data.transfer_paths",
            d.transfer_paths, "at least one path or glob when data.transfer=files")
+    _check(d.transfer == "files" or not d.transfer_paths, "data.transfer_paths",
+           d.transfer_paths, f"empty with data.transfer={d.transfer}, which reads no paths: add "
+           "data.transfer=files to score these files")
     _check(d.tokenizer in ("bpe", "bytes"), "data.tokenizer", d.tokenizer, "one of bpe, bytes")
     _check(257 <= d.vocab_size <= 65535, "data.vocab_size", d.vocab_size,
            "an integer in [257, 65535] for the BPE tokenizer")

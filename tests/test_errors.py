@@ -47,6 +47,12 @@ def assert_one_line(script: str, status: int, stderr: str, *names: str) -> None:
         # these reach our validation, which runs before anything is read or trained
         (["model.d_model=-8"], ["model.d_model=-8"]),
         (["train.tokens=${nosuch:}"], ["train.tokens", "nosuch"]),
+        # paths that the source would not read: the wrong corpus, silently
+        (["data.paths=[corpus/*.txt]"], ["data.paths=['corpus/*.txt']", "data=stdlib",
+                                         "add data=files"]),
+        (["stage=sft", "stage.init_from=runs/p", "data=sft_stdlib", "data.paths=[p.jsonl]"],
+         ["data.paths", "add data=jsonl"]),
+        (["data.transfer_paths=[prose/*.md]"], ["data.transfer_paths", "data.transfer=files"]),
     ],
 )
 def test_train_names_the_bad_field_in_one_line(tmp_path, args, names):

@@ -12,11 +12,18 @@ from scaling.data.pairs import (
     sft_stdlib,
     split_pairs,
 )
-from scaling.data.shards import Dataset, load_dataset, open_dataset
+from scaling.data.shards import (
+    Dataset,
+    describe,
+    load_dataset,
+    open_dataset,
+    vocabulary_shortfall,
+)
 from scaling.data.tokenizer import Tokenizer
 
 __all__ = [
     "Batches", "DataError", "Dataset", "Example", "PairBatches", "PairSplit", "PairWindows",
-    "Tokenizer", "encode_examples", "eval_pairs", "eval_windows", "load_dataset", "open_dataset",
-    "read_jsonl_pairs", "read_pairs", "sft_stdlib", "split_pairs", "transfer_windows",
+    "Tokenizer", "describe", "encode_examples", "eval_pairs", "eval_windows", "load_dataset",
+    "open_dataset", "read_jsonl_pairs", "read_pairs", "sft_stdlib", "split_pairs",
+    "transfer_windows", "vocabulary_shortfall",
 ]

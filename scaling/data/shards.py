@@ -35,6 +35,7 @@ import numpy as np
 import tokenizers
 
 from scaling.config import DataConfig
+from scaling.console import listing
 from scaling.data.errors import DataError
 from scaling.data.sources import Corpus, Document, read_corpus, read_transfer, split_documents
 from scaling.data.tokenizer import BPETokenizer, BytesTokenizer, Tokenizer, train_bpe
@@ -279,6 +280,41 @@ def _open(path: Path) -> Dataset:
         n_train_docs=meta["documents"]["train"],
         n_val_docs=meta["documents"]["val"],
     )
+
+
+def describe(dataset: Dataset) -> str:
+    """The corpus in one line, for a run's start: the source and its files, the tokens and
+    documents of each split, the rule that split them, and the tokenizer."""
+    meta = _read_meta(dataset.cache_path)
+    source, tokenizer, split = meta["source"], meta["tokenizer"], meta["split"]
+    files = source["files"]
+    fraction = split["val_fraction"]
+    rule = {"by_document": f"split by document (a name whose hash falls below "
+                           f"data.val_fraction={fraction} is held out)",
+            "by_text_tail": f"split by text (the last {fraction:.0%} of every document held "
+                            "out: too few documents to hold whole ones out)"}
+    if "from" in tokenizer:
+        words = f"the parent's tokenizer ({dataset.vocab_size:,} tokens, {tokenizer['from']})"
+    elif tokenizer["kind"] == "bpe":
+        words = (f"BPE vocabulary {dataset.vocab_size:,}"
+                 + (f" (data.vocab_size={tokenizer['requested_vocab_size']:,} asked)"
+                    if dataset.vocab_size < tokenizer["requested_vocab_size"] else ""))
+    else:
+        words = f"bytes ({dataset.vocab_size} tokens)"
+    return (f"data={source['kind']}: {len(files):,} files ({listing(files, 3)}); "
+            f"{len(dataset.train):,} train / {len(dataset.val):,} validation tokens "
+            f"({dataset.n_train_docs:,} / {dataset.n_val_docs:,} documents), "
+            f"{rule.get(split['rule'], split['rule'])}; {words}")
+
+
+def vocabulary_shortfall(dataset: Dataset) -> tuple[int, int] | None:
+    """(learned, asked) where the BPE learned fewer tokens than data.vocab_size asked for (a
+    small corpus has too few pairs to merge), else None."""
+    tokenizer = _read_meta(dataset.cache_path)["tokenizer"]
+    if tokenizer["kind"] != "bpe" or "from" in tokenizer:
+        return None
+    asked = tokenizer["requested_vocab_size"]
+    return (dataset.vocab_size, asked) if dataset.vocab_size < asked else None
 
 
 def _read_meta(path: Path) -> dict:

@@ -7,7 +7,9 @@ config; `prepare_models` and `run` do the rest the same way for all of them.
 
 from __future__ import annotations
 
+import glob
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -18,6 +20,7 @@ import jax
 
 from scaling.batch import LmBatch
 from scaling.config import Config, is_replica_group, replica_configs, to_dict
+from scaling.data import Dataset, describe, vocabulary_shortfall
 from scaling.data.shards import cache_root
 from scaling.flops import count_params
 from scaling.model import (
@@ -91,6 +94,44 @@ def compile_cache_dir(cfg: Config) -> Path | None:
     return Path(cfg.train.compile_cache_dir or cache_root(cfg.data.cache_dir) / "jax")
 
 
+def log_corpus(dataset: Dataset) -> None:
+    """Name the corpus a run trains on (`scaling.data.describe`), and warn where its BPE
+    learned fewer tokens than asked."""
+    log.info("corpus %s", describe(dataset))
+    shortfall = vocabulary_shortfall(dataset)
+    if shortfall is not None:
+        log.warning("the BPE learned %d tokens, fewer than data.vocab_size=%d: the train split "
+                    "is too small for more merges (the run's vocab_size is %d)",
+                    shortfall[0], shortfall[1], shortfall[0])
+
+
+def visible_gpus() -> list[str]:
+    """NVIDIA GPUs this machine shows, whatever JAX found: device files, or nvidia-smi."""
+    return sorted(glob.glob("/dev/nvidia[0-9]*")) or (
+        ["nvidia-smi"] if shutil.which("nvidia-smi") else [])
+
+
+def _warn_about(cfg: Config, stage: Stage, steps: int) -> None:
+    """Warn about a run whose numbers will mislead: more than one epoch of its train split,
+    evaluations on fewer batches than asked, GPUs that JAX does not use."""
+    t = cfg.train
+    epochs = stage.record.get("epochs", 0)
+    if epochs > 1:
+        log.warning("%d steps are %.1f epochs of the train split: the model sees its data "
+                    "again and its validation loss may turn up (best_val_loss keeps the lowest; "
+                    "a larger corpus or fewer train.tokens avoid it)", steps, epochs)
+    k = jax.tree_util.tree_leaves(stage.eval_data)[0].shape[0]
+    if k < t.eval_batches:
+        log.warning("the validation split fills %d of train.eval_batches=%d batches: every "
+                    "evaluation scores the same %d batch(es), a noisy val_loss (raise "
+                    "data.val_fraction or use a larger corpus)", k, t.eval_batches, k)
+    gpus = visible_gpus()
+    if gpus and jax.default_backend() == "cpu":
+        log.warning("this machine has NVIDIA GPUs (%s) but JAX runs on the CPU: install the "
+                    "CUDA build of JAX (pip install -e '.[cuda]') to use them",
+                    ", ".join(gpus[:4]))
+
+
 def _replica(cfg: Config, stage: Stage, steps: int, peak: float, lr_in_state: bool) -> Replica:
     """The model of the standalone config `cfg`, at peak LR `peak`; `lr_in_state` for groups."""
     s = cfg.stage
@@ -113,9 +154,12 @@ def prepare_models(cfg: Config, build: Callable[[Config], Stage]) -> Prepared:
     peak = peak_lr(cfg.train, n_nonembed)
     log.info(
         "%s: N=%d non-embedding params (%d total), %d steps of %d tokens, peak lr %.2e, "
-        "%s on %s", stage.name, n_nonembed, stage.record["n_params"], steps,
-        stage.tokens_per_step, peak, stage.record["dtype"], jax.devices()[0].device_kind,
+        "%s on %s: %d %s device(s), train.parallel=%s", stage.name, n_nonembed,
+        stage.record["n_params"], steps, stage.tokens_per_step, peak, stage.record["dtype"],
+        jax.default_backend(), jax.device_count(), jax.devices()[0].device_kind,
+        cfg.train.parallel,
     )
+    _warn_about(cfg, stage, steps)
     if not is_replica_group(cfg.train):
         return Prepared([_replica(cfg, stage, steps, peak, lr_in_state=False)], steps,
                         to_dict(cfg))

@@ -14,7 +14,13 @@ from scaling.batch import LmBatch
 from scaling.config import Config
 from scaling.data import eval_windows, load_dataset
 from scaling.hooks import ExtraEval
-from scaling.stages.common import Prepared, lm_loss, model_config, prepare_models
+from scaling.stages.common import (
+    Prepared,
+    lm_loss,
+    log_corpus,
+    model_config,
+    prepare_models,
+)
 from scaling.stages.parent import load_parent
 from scaling.stages.pretrain import lm_stage
 from scaling.sweep import canonical_data
@@ -26,6 +32,7 @@ def prepare(cfg: Config) -> Prepared:
     cfg = replace(cfg, data=canonical_data(cfg.data))
     parent = load_parent(cfg)
     dataset = load_dataset(cfg.data, tokenizer_from=parent.tokenizer_dataset())
+    log_corpus(dataset)
     model_cfg = model_config(cfg, dataset.vocab_size)
     t = cfg.train
     source = parent.dataset()

@@ -21,6 +21,7 @@ from scaling.stages.common import (
     Prepared,
     causal_batches,
     lm_loss,
+    log_corpus,
     model_config,
     model_record,
     prepare_models,
@@ -84,5 +85,6 @@ def prepare(cfg: Config) -> Prepared:
     """
     cfg = replace(cfg, data=canonical_data(cfg.data))
     dataset = load_dataset(cfg.data)
+    log_corpus(dataset)
     model_cfg = model_config(cfg, dataset.vocab_size)
     return prepare_models(cfg, lambda c: lm_stage(c, dataset, model_cfg))

@@ -47,7 +47,7 @@ h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin
 .wide{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.num,th.num{text-align:right}
+th{background:#f4f4f4}td.num,th.num{text-align:right;white-space:nowrap}
 .figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em}
 figure{margin:0}figure img,img{max-width:100%;height:auto;display:block}
 figure.wide-figure{grid-column:1/-1}

@@ -22,6 +22,16 @@ AT_EDGE = 0.05
 MAX_REJECTION_ROUNDS = 5
 
 
+def budget_table(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The runs with C set to their nominal `budget` (as sweeps record it) when the table has
+    one; None unless 2 budgets have `MIN_BUDGET_POINTS` runs or more."""
+    if "budget" in runs:
+        runs = runs[runs["budget"].notna()].assign(C=lambda d: d["budget"])
+    if "C" not in runs or (runs["C"].value_counts() >= MIN_BUDGET_POINTS).sum() < 2:
+        return None
+    return runs
+
+
 def fit_isoflop(
     df: pd.DataFrame,
     *,

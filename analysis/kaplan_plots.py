@@ -148,11 +148,14 @@ def per_position(positions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
     if len(lnN) <= MAX_LEGEND:
         left.legend(fontsize=7)
     right.scatter(scores["N"], scores["icl_score"], color="C3")
-    right.set_xscale("log")
     right.axhline(0, color="0.6", lw=0.8)
-    right.set(xlabel="non-embedding parameters N", ylabel="ICL score (nats)")
-    right.set_title("loss(late position) − loss(early position)", fontsize=10)
-    right.grid(True, which="both", alpha=0.3)
+    log_axes(
+        right,
+        "non-embedding parameters N",
+        "ICL score (nats)",
+        "loss(late position) − loss(early position)",
+        log_y=False,
+    )
     return fig
 
 

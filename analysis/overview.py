@@ -11,9 +11,8 @@ import html
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from analysis.plots import SIZE, colours, figure_html, log_axes
+from analysis.plots import figure_html, learning_curves, loss_against
 
 SUMMARY_COLUMNS = [
     "run_id",
@@ -42,63 +41,6 @@ def knobs(results: pd.DataFrame) -> list[str]:
     ]
 
 
-def plot_loss_vs(results: pd.DataFrame, x: str, colour_by: str, xlabel: str) -> Figure:
-    """Final validation loss against one scale variable, a colour per value of another.
-
-    Runs are joined by a line only within a series: one value of `colour_by` and of every
-    knob that varies (batch size, depth, width), so unrelated runs are never connected.
-    """
-    fig = Figure(figsize=SIZE["single"], layout="constrained")
-    ax = fig.subplots()
-    palette = colours(results[colour_by])
-    series = [colour_by, *[k for k in SERIES_KNOBS if k in knobs(results) and k != x]]
-    labelled = set()
-    for key, group in results.groupby(series, dropna=False):
-        value = key[0] if isinstance(key, tuple) else key
-        group = group.sort_values(x)
-        joined = len(group) > 1 and group[x].is_unique
-        ax.plot(
-            group[x],
-            group["loss"],
-            "o-" if joined else "o",
-            color=palette[value],
-            label=None if value in labelled else f"{colour_by} = {value:.3g}",
-        )
-        labelled.add(value)
-    log_axes(ax, xlabel, "final validation loss (nats/token)", legend=len(palette) <= 12)
-    return fig
-
-
-def plot_learning_curves(
-    results: pd.DataFrame, curves: pd.DataFrame, x: str, xlabel: str
-) -> Figure:
-    """Validation loss along training for every run, coloured by N; with x = flops the lower
-    envelope of these curves is the compute-efficient frontier."""
-    fig = Figure(figsize=SIZE["single"], layout="constrained")
-    ax = fig.subplots()
-    n_of_run = results.set_index("run_id")["N"]
-    palette = colours(n_of_run)
-    labelled = set()
-    for run, curve in curves.groupby("run_id"):
-        if run not in n_of_run:
-            continue
-        n = n_of_run[run]
-        ax.plot(
-            curve[x],
-            curve["val_loss"],
-            "-",
-            color=palette[n],
-            alpha=0.8,
-            label=None if n in labelled else f"N = {n:.3g}",
-        )
-        labelled.add(n)
-    if x == "flops" and not curves.empty:
-        frontier = curves.sort_values(x)
-        ax.plot(frontier[x], frontier["val_loss"].cummin(), "k--", lw=1, label="frontier")
-    log_axes(ax, xlabel, "validation loss (nats/token)", legend=len(labelled) <= 12)
-    return fig
-
-
 def write_overview(results: pd.DataFrame, curves: pd.DataFrame, out_dir: Path) -> str:
     """Write the data plots into `out_dir` and return the HTML section that shows them."""
     out_dir = Path(out_dir)
@@ -114,7 +56,8 @@ def write_overview(results: pd.DataFrame, curves: pd.DataFrame, out_dir: Path) -
             ("D", "N", "loss_vs_D.png", "training tokens D"),
             ("C", "N", "loss_vs_C.png", "training compute C (FLOPs)"),
         ):
-            plot_loss_vs(done, x, by, xlabel).savefig(out_dir / name, dpi=100)
+            series = [k for k in SERIES_KNOBS if k in varying and k != x]
+            loss_against(done, x, by, xlabel, series).savefig(out_dir / name, dpi=100)
             caption = (
                 f"Final validation loss of the {len(done)} completed runs against {x}; colour: "
                 f"{by}; {joined.format(by)}. No fit."
@@ -125,7 +68,7 @@ def write_overview(results: pd.DataFrame, curves: pd.DataFrame, out_dir: Path) -
             ("tokens", "curves_tokens.png", "tokens"),
             ("flops", "curves_flops.png", "compute (FLOPs)"),
         ):
-            plot_learning_curves(results, curves, x, xlabel).savefig(out_dir / name, dpi=100)
+            learning_curves(results, curves, x, xlabel).savefig(out_dir / name, dpi=100)
             caption = (
                 f"Validation loss along training of every run with a curve, against {xlabel}; "
                 "colour: N" + ("; dashed: their lower envelope." if x == "flops" else ".")

@@ -1,17 +1,18 @@
-"""Figures of fitted laws: data, fit and bootstrap band on log axes.
+"""Figures: the runs of a study, and fitted laws (data, fit and bootstrap band), in one style.
 
 Built on `matplotlib.figure.Figure`, never pyplot, so no display or global state is
 involved and PNGs are rendered by Agg wherever this runs.
 """
 
 import html
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter, ScalarFormatter
 
 from analysis.allocation import compute_optimal, predict
 from analysis.registry import LAWS
@@ -21,6 +22,7 @@ from analysis.uncertainty import percentile_interval
 N_CURVES = 5  # fitted curves drawn at this many quantiles of the other variable
 # One figure size per kind (inches; saved at 100 dpi they fit the page's grid or width).
 SIZE = {"single": (6.4, 4.4), "double": (12.8, 4.6)}
+LEGEND_INSIDE = 5  # longer legends go beside the axes
 
 
 def colours(values: pd.Series) -> dict:
@@ -33,22 +35,38 @@ def colours(values: pd.Series) -> dict:
 def log_axes(
     ax: Axes, xlabel: str, ylabel: str, title: str = "", log_y: bool = True, legend: bool = True
 ) -> None:
-    """The house style: log axes whose labels never collide (decades on x, plain numbers at
-    1–9 × 10^k on a loss axis spanning under a decade), grid, legend outside the data."""
+    """The house style, applied once the data are drawn: log axes whose labels never collide,
+    grid, and a legend where it covers the least data."""
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _log_ticks(ax.xaxis, ax.dataLim.intervalx)
     if log_y:
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)))
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        _log_ticks(ax.yaxis, ax.dataLim.intervaly)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    if legend and ax.get_legend_handles_labels()[0]:
+    entries = len(ax.get_legend_handles_labels()[0])
+    if legend and entries > LEGEND_INSIDE:  # beside the axes: a long legend would hide data
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    elif legend and entries:
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
+
+
+def _log_ticks(axis: Any, limits: np.ndarray) -> None:
+    """Tick labels that never collide and never leave an axis with one label: under a decade
+    (a loss), plain numbers at 1–8 × 10^k; up to 2.5 decades, 1, 2 and 5 × 10^k; beyond,
+    the decades only. Minor ticks are never labelled."""
+    low, high = (float(v) for v in limits)
+    decades = np.log10(high / low) if 0 < low < high else np.inf
+    if decades < 1:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)))
+        axis.set_major_formatter(ScalarFormatter())
+    elif decades <= 2.5:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def figure_html(name: str, caption: str, wide: bool = False) -> str:
@@ -58,6 +76,66 @@ def figure_html(name: str, caption: str, wide: bool = False) -> str:
     image = f'<img src="{e(name)}" alt="{e(caption)}">'
     kind = ' class="wide-figure"' if wide else ""
     return f"<figure{kind}>{image}<figcaption>{e(caption)}</figcaption></figure>"
+
+
+def loss_against(
+    results: pd.DataFrame, x: str, colour_by: str, xlabel: str, series: list[str]
+) -> Figure:
+    """Final validation loss against one scale variable, a colour per value of another.
+
+    Runs are joined by a line only within a series, one value of `colour_by` and of each
+    column in `series` (the knobs that vary: batch size, depth, width), and only where x
+    does not repeat in it, so unrelated runs are never connected.
+    """
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
+    ax = fig.subplots()
+    palette = colours(results[colour_by])
+    labelled = set()
+    for key, group in results.groupby([colour_by, *series], dropna=False):
+        value = key[0] if isinstance(key, tuple) else key
+        group = group.sort_values(x)
+        joined = len(group) > 1 and group[x].is_unique
+        ax.plot(
+            group[x],
+            group["loss"],
+            "o-" if joined else "o",
+            color=palette[value],
+            label=None if value in labelled else f"{colour_by} = {value:.3g}",
+        )
+        labelled.add(value)
+    log_axes(ax, xlabel, "final validation loss (nats/token)", legend=len(palette) <= 12)
+    return fig
+
+
+def learning_curves(
+    results: pd.DataFrame, curves: pd.DataFrame, x: str, xlabel: str
+) -> Figure:
+    """Validation loss along training for every run, coloured by N; with x = flops the lower
+    envelope of these curves is the compute-efficient frontier."""
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
+    ax = fig.subplots()
+    n_of_run = results.set_index("run_id")["N"]
+    palette = colours(n_of_run)
+    labelled = set()
+    by_run = dict(tuple(curves.groupby("run_id")))
+    for run, n in n_of_run.sort_values().items():  # legend entries in order of N
+        if run not in by_run:
+            continue
+        curve = by_run[run]
+        ax.plot(
+            curve[x],
+            curve["val_loss"],
+            "-",
+            color=palette[n],
+            alpha=0.8,
+            label=None if n in labelled else f"N = {n:.3g}",
+        )
+        labelled.add(n)
+    if x == "flops" and not curves.empty:
+        frontier = curves.sort_values(x)
+        ax.plot(frontier[x], frontier["val_loss"].cummin(), "k--", lw=1, label="frontier")
+    log_axes(ax, xlabel, "validation loss (nats/token)", legend=len(labelled) <= 12)
+    return fig
 
 
 def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:

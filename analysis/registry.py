@@ -17,7 +17,7 @@ from analysis import laws
 from analysis.chinchilla import bootstrap_refit, fit_chinchilla
 from analysis.envelope import fit_envelope
 from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, fit_rising, warm_starts
-from analysis.isoflop import fit_isoflop
+from analysis.isoflop import budget_table, fit_isoflop
 from analysis.result import Fit
 from analysis.table import FLOPS_PER_TOKEN
 from analysis.uncertainty import LEVEL, bootstrap
@@ -47,6 +47,9 @@ class Law:
     share a run's noise) and `strata` the column it resamples within; `form` evaluates the
     loss from the parameters (None: the law predicts no loss); `optimum` gives G, a, b of
     the compute-optimal split for L(N, D) laws; `plot` names the figure in `plots.PLOTTERS`.
+    The report's diagnostics fit it on `source` ("runs": a row per run, or "curves": a row
+    per evaluation) once per option set in `variants` (none: never), on the rows `rows`
+    picks (None from it: the table cannot support the law).
     """
 
     title: str
@@ -59,6 +62,9 @@ class Law:
     strata: str | None = None
     form: Callable[..., np.ndarray] | None = None
     optimum: Callable[..., dict[str, float]] | None = None
+    source: str = "runs"
+    variants: tuple[dict[str, str], ...] = ({},)
+    rows: Callable[[pd.DataFrame], pd.DataFrame | None] | None = None
 
 
 LAWS: dict[str, Law] = {
@@ -70,6 +76,7 @@ LAWS: dict[str, Law] = {
         refit=lambda f, o: partial(fit_power, x=o.x, offset=o.offset, starts=warm_starts(f)),
         form=laws.power,
         plot="curve",
+        variants=({"x": "N"}, {"x": "D"}, {"x": "C"}),
     ),
     "rising": Law(
         title="Rising power law y = k·x^a",
@@ -78,6 +85,7 @@ LAWS: dict[str, Law] = {
         fit=lambda df, o: fit_rising(df, x=o.x),
         form=laws.rising,
         plot="curve",
+        variants=(),  # y = k·x^a fits quantities other than loss: nothing to pool
     ),
     "kaplan-nd": Law(
         title="Kaplan L(N, D) (eq 1.5)",
@@ -98,6 +106,7 @@ LAWS: dict[str, Law] = {
         unit="run",
         form=laws.kaplan_ns,
         plot="two-variable",
+        source="curves",
     ),
     "chinchilla": Law(
         title="Chinchilla Approach 3: L = E + A/N^α + B/D^β",
@@ -118,6 +127,7 @@ LAWS: dict[str, Law] = {
         ),
         strata="C",
         plot="isoflop",
+        rows=budget_table,
     ),
     "envelope": Law(
         title="Envelope of learning curves (Chinchilla Approach 1, Kaplan L(C_min))",
@@ -129,6 +139,7 @@ LAWS: dict[str, Law] = {
         unit="run",
         form=laws.power,
         plot="envelope",
+        source="curves",
     ),
 }
 

@@ -13,8 +13,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.allocation import compute_optimal
-from analysis.isoflop import MIN_BUDGET_POINTS
-from analysis.plots import plot_fit
+from analysis.plots import SIZE, figure_html, plot_fit
 from analysis.registry import LAWS, fit_law, required_columns
 from analysis.result import Fit
 from analysis.section import Section
@@ -24,29 +23,21 @@ from analysis.table import FitInputError, select
 def plan_fits(
     table: pd.DataFrame, curves: pd.DataFrame | None = None
 ) -> list[tuple[str, str, pd.DataFrame, dict[str, Any]]]:
-    """(key, law, frame, options) for every fit the tables' columns support.
-
-    IsoFLOP profiles group runs by `budget` (the nominal budget, as sweeps record it) when
-    the table has one, else by C, and are planned when 2 budgets have 3 runs or more.
-    """
-    plans: list[tuple[str, str, pd.DataFrame, dict[str, Any]]] = []
-    has = set(table.columns)
-    plans += [
-        (f"power_{x}", "power", table, {"x": x}) for x in ("N", "D", "C") if {x, "loss"} <= has
-    ]
-    if {"N", "D", "loss"} <= has:
-        plans += [("kaplan-nd", "kaplan-nd", table, {}), ("chinchilla", "chinchilla", table, {})]
-    iso = table
-    if "budget" in has:
-        iso = table[table["budget"].notna()].assign(C=lambda d: d["budget"])
-    if {"N", "C", "loss"} <= set(iso) and (iso["C"].value_counts() >= MIN_BUDGET_POINTS).sum() >= 2:
-        plans.append(("isoflop", "isoflop", iso, {}))
-    if curves is not None:
-        has = set(curves.columns)
-        if {"run", "N", "S", "loss"} <= has:
-            plans.append(("kaplan-ns", "kaplan-ns", curves, {}))
-        if {"run", "N", "C", "loss"} <= has:
-            plans.append(("envelope", "envelope", curves, {}))
+    """(key, law, frame, options) for every fit of the registry the tables' columns support:
+    each law on its `source` table, once per option set in its `variants`, on the rows its
+    `rows` picks (IsoFLOP: runs grouped by nominal budget, when 2 budgets have 3 runs)."""
+    plans = []
+    sources = {"runs": table, "curves": curves}
+    for name, law in LAWS.items():
+        frame = sources[law.source]
+        if frame is not None and law.rows is not None:
+            frame = law.rows(frame)
+        if frame is None:
+            continue
+        for options in law.variants:
+            if set(required_columns(name, bootstrap=True, **options)) <= set(frame):
+                key = "_".join([name, *options.values()])
+                plans.append((key, name, frame, dict(options)))
     return plans
 
 
@@ -101,9 +92,11 @@ def write_fits(
         results[key] = fit.to_dict()
         if LAWS[law].optimum:
             results[key]["allocation"] = compute_optimal(fit).to_dict()
-        image = f"fit_{key}.png"
-        plot_fit(fit, data).savefig(out / image, dpi=120)
-        parts += [_section(fit), f'<img src="{image}" alt="{html.escape(title)}">']
+        image, figure = f"fit_{key}.png", plot_fit(fit, data)
+        figure.savefig(out / image, dpi=100)
+        caption = f"{title}, fitted on all {fit.n_points} rows at once (pooled: a diagnostic)."
+        wide = figure.get_figwidth() > SIZE["single"][0]
+        parts += [_section(fit), figure_html(image, caption, wide=wide)]
     head = [
         '<section class="scaling-fits">',
         "<h2>Diagnostics: every law on all rows, pooled</h2>",

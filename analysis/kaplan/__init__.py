@@ -159,7 +159,7 @@ def write_kaplan_report(
     evidence = study_evidence(runs)
     findings = [
         replace(
-            gate(f, evidence),
+            gate(f, study_evidence(runs, f)),
             figures=tuple(name for name in FIGURES_OF[f.number] if name in figures),
         )
         for f in findings

@@ -207,9 +207,11 @@ def finding_overfitting(lnd: LawFit, runs: pd.DataFrame) -> Finding:
     if not lnd.fit.usable:
         reason = f"the fit gives no estimate ({lnd.fit.status})"
         return Finding(3, "not reproduced", evidence, reason, numbers)
-    return Finding(
-        3, "partly", evidence, f"the fit is {lnd.fit.status} with rms {lnd.rms():.2%}", numbers
+    reason = (
+        f"criterion: an ok fit within {SMOOTH_RMS:.0%} rms; measured {lnd.fit.status}, rms "
+        f"{lnd.rms():.2%}"
     )
+    return Finding(3, "partly", evidence, reason, numbers)
 
 
 def finding_learning_curves(lns: LawFit) -> Finding:
@@ -235,9 +237,11 @@ def finding_learning_curves(lns: LawFit) -> Finding:
     if not lns.fit.usable:
         reason = f"the fit gives no estimate ({lns.fit.status})"
         return Finding(4, "not reproduced", evidence, reason, numbers)
-    return Finding(
-        4, "partly", evidence, f"the fit is {lns.fit.status} with rms {lns.rms():.2%}", numbers
+    reason = (
+        f"criterion: an ok fit within {SMOOTH_RMS:.0%} rms; measured {lns.fit.status}, rms "
+        f"{lns.rms():.2%}"
     )
+    return Finding(4, "partly", evidence, reason, numbers)
 
 
 def finding_transfer(runs: pd.DataFrame) -> Finding:
@@ -328,7 +332,11 @@ def finding_sample_efficiency(curves: pd.DataFrame | None, ln: LawFit, no_curves
             f"{slope:.2f} ± {se:.2f} over {len(t)} sizes"
         )
     evidence = "On runs of equal length, " + "; ".join(lines) + "."
-    numbers = {"table": table, "slopes": [s for s, _ in slopes]}
+    numbers = {
+        "table": table,
+        "slopes": [s for s, _ in slopes],
+        "run_ids": sorted(cur["run"].unique()),
+    }
     if all(significant for _, significant in slopes):
         reason = "larger sizes reach each loss in fewer tokens and steps"
         return Finding(6, "reproduced", evidence, reason, numbers)
@@ -364,6 +372,7 @@ def finding_stopping(lc: LawFit, lnd: LawFit, runs: pd.DataFrame) -> Finding:
         "median_gap": float(np.nanmedian(gap)),
         "converged_from": method,
         "kaplan_gap": KAPLAN_STOP_GAP,
+        "run_ids": sorted(frontier["run"].unique()),
     }
     evidence = (
         f"Along the fitted frontier ({len(frontier)} points, {frontier['run'].nunique()} runs) "
@@ -374,7 +383,10 @@ def finding_stopping(lc: LawFit, lnd: LawFit, runs: pd.DataFrame) -> Finding:
     numbers["median_gap_to_own_final"] = float(np.nanmedian(own))
     evidence += f" Above the frontier run's own final loss: median {np.nanmedian(own):.1%}."
     verdict = _grade(numbers["median_gap"], STOP_GAP, higher_is_better=True)
-    reason = f"stopping well short means a gap ≥ {STOP_GAP[0]:.0%} above converged loss"
+    reason = (
+        f"criterion: median gap above converged loss, reproduced ≥ {STOP_GAP[0]:.0%}, partly ≥ "
+        f"{STOP_GAP[1]:.0%}; measured {numbers['median_gap']:.1%}"
+    )
     return Finding(7, verdict, evidence, reason, numbers)
 
 
@@ -394,8 +406,12 @@ def reach(curve: pd.DataFrame, target: float) -> tuple[float, float]:
     return tuple(float(np.exp((1 - w) * np.log(v[i - 1]) + w * np.log(v[i]))) for v in (S, D))
 
 
-def study_evidence(runs: pd.DataFrame) -> dict[str, float]:
-    """What the study holds against `MIN_EVIDENCE`: completed runs, decades of N, epochs."""
+def study_evidence(runs: pd.DataFrame, finding: Finding | None = None) -> dict[str, float]:
+    """What the runs hold against `MIN_EVIDENCE`: completed runs, decades of N, epochs; with
+    a `finding` that records the runs it used (`numbers["run_ids"]`), those runs only."""
+    used = finding.numbers.get("run_ids") if finding is not None else None
+    if used is not None and "run_id" in runs:
+        runs = runs[runs["run_id"].isin(used)]
     N = pd.to_numeric(runs.get("N", pd.Series(dtype=float)), errors="coerce").dropna()
     epochs = pd.to_numeric(runs.get("epochs", pd.Series(dtype=float)), errors="coerce").dropna()
     return {

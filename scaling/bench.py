@@ -100,6 +100,12 @@ def _bench_task(cfg: DictConfig) -> None:
     print(json.dumps(result), flush=True)
 
 
+ABOUT = f"""scaling-bench [KEY=VALUE ...]: time the trainer's own step, trains nothing.
+Builds the run that scaling-train would (same keys, same data, model, optimizer and jitted
+step), runs {WARMUP_STEPS} warm-up and {TIMED_STEPS} timed steps on real batches and prints one JSON
+line: tokens_per_s, step_ms, mfu (with its formula), compile_s, peak_mem_gb, flops_per_token,
+n_params, the device and the settings. Writes no run record."""
+
 # Hydra's own files (.hydra/, the log) go under runs/bench/, not into the directory where
 # scaling-train would train the same config; an explicit override still wins.
 HYDRA_DEFAULTS = ("hydra.run.dir=runs/bench/${run_id:}", "hydra.job.name=bench")
@@ -109,4 +115,4 @@ def main() -> None:
     """`scaling-bench [overrides]`: one JSON line on stdout (after Hydra's log lines)."""
     given = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
     sys.argv[1:1] = [arg for arg in HYDRA_DEFAULTS if arg.split("=", 1)[0] not in given]
-    hydra_entry(_bench_task)
+    hydra_entry(_bench_task, ABOUT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from scaling.config import (
     Config,
     ConfigError,
+    key_help,
     register_configs,
     reject_unknown_keys,
     validate,
@@ -64,9 +66,28 @@ def load_config(cfg: DictConfig) -> Config:
         reject_unknown_keys(cfg, Config)  # `+model.new_key=1` gets past Hydra's struct check
         config = validate(OmegaConf.to_object(cfg))
     except (ConfigError, OmegaConfBaseException) as error:
+        _remove_stub()
         fail(describe(error))
     logging.getLogger("jax").setLevel(logging.WARNING)
     return config
+
+
+def _remove_stub() -> None:
+    """Delete what Hydra wrote for a launch that validation refused (`.hydra/` and the job's
+    log) and its directory, where that is all the directory holds: a stub holds no run, and
+    the results table would list it as a broken one."""
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    stub = {hydra.output_subdir, f"{hydra.job.name}.log"} - {None}
+    if not run_dir.is_dir() or any(path.name not in stub for path in run_dir.iterdir()):
+        return
+    for name in stub:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    run_dir.rmdir()
 
 
 @contextmanager
@@ -83,11 +104,27 @@ def _environ(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def hydra_entry(task: Callable[[DictConfig], None]) -> None:
+def help_text(about: str) -> str:
+    """`--help`: what the command does, then every config group and key with its default and
+    the schema's comment on it. A template for Hydra (`hydra.help.template`), which fills in
+    $APP_CONFIG_GROUPS; any other `$` is escaped."""
+    keys = "\n".join(key_help()).replace("$", "$$")
+    return (f"{about.replace('$', '$$')}\n\n"
+            "Every key below is an override, KEY=VALUE (-m KEY=A,B: a sweep; hydra/launcher=\n"
+            "local or slurm: where a sweep's runs go). --cfg job prints the resolved config,\n"
+            "--hydra-help Hydra's own flags.\n\n"
+            "== Config groups (GROUP=OPTION, from conf/) ==\n$APP_CONFIG_GROUPS\n\n"
+            "== Keys (KEY=DEFAULT, the schema's comment; schema: scaling/config.py) ==\n"
+            f"{keys}\n")
+
+
+def hydra_entry(task: Callable[[DictConfig], None], about: str) -> None:
     """Run `task` under Hydra with this project's conf/ and schema (all console scripts); any
-    error, Hydra's own included, ends the command as `scaling.console.exit_status` says."""
+    error, Hydra's own included, ends the command as `scaling.console.exit_status` says.
+    `about` opens `--help`, before the config keys."""
     register_configs()
     register_resolvers()
+    OmegaConf.register_new_resolver("scaling_help", lambda: help_text(about), replace=True)
 
     @functools.wraps(task)
     def reported(cfg: DictConfig) -> None:
@@ -147,9 +184,15 @@ def _train_task(cfg: DictConfig) -> None:
             fail(str(error))
 
 
+TRAIN_ABOUT = """scaling-train [KEY=VALUE ...]: train one model and record it in hydra.run.dir
+(summary.json, metrics.parquet, checkpoints/); with -m, a sweep of them. The stage
+(stage=pretrain|finetune|sft) picks data, loss and initialisation. The same command again
+resumes an unfinished run and skips a completed one; Ctrl-C saves a checkpoint first."""
+
+
 def train() -> None:
     """`scaling-train [overrides]`: one run of any stage (or a sweep of them with -m)."""
-    hydra_entry(_train_task)
+    hydra_entry(_train_task, TRAIN_ABOUT)
 
 
 def report(argv: list[str] | None = None) -> None:

@@ -9,9 +9,14 @@ is touched.
 
 from __future__ import annotations
 
+import inspect
+import io
 import math
+import re
+import textwrap
+import tokenize
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, get_type_hints
 
 from scaling.console import UsageError, listing, suggestion
@@ -25,10 +30,10 @@ class ConfigError(UsageError):
 class ModelConfig:
     """Decoder-only Transformer shape (GPT-2 architecture)."""
 
-    n_layer: int = 2
-    d_model: int = 64
-    n_head: int = 2
-    n_ctx: int = 64
+    n_layer: int = 2  # Transformer blocks
+    d_model: int = 64  # width of the residual stream
+    n_head: int = 2  # attention heads, a divisor of d_model
+    n_ctx: int = 64  # context length in tokens
     d_ff: int | None = None  # None: 4 * d_model
     dtype: str = "auto"  # compute: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
     attention: str = "auto"  # auto (cudnn on GPU with bf16, else xla) | xla | cudnn
@@ -67,20 +72,20 @@ class TrainConfig:
     tokens: int = 200_000  # token budget D; steps = tokens // (batch_size * n_ctx)
     budget: float | None = None  # compute budget C (FLOPs) of an IsoFLOP run; see sweeps/isoflop*
     batch_size: int = 16  # sequences per step
-    seed: int = 0
+    seed: int = 0  # initialisation and data order
     lr: float | None = None  # None: Kaplan's size rule 0.003239 - 0.0001395 * ln(N)
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
     warmup_fraction: float = 0.05  # of all steps, linear from zero
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.95  # Adam's second-moment decay
     grad_clip: float = 1.0  # global-norm clip; 0 disables
     eval_count: int = 20  # log-spaced validation points (the last step is always one)
     eval_batches: int = 8  # validation batches per evaluation
     log_every_steps: int = 10  # progress updates (each one is a host sync)
-    checkpoint_every_steps: int = 1000
-    checkpoint_every_seconds: float = 600.0
-    keep_checkpoints: int = 2
+    checkpoint_every_steps: int = 1000  # a checkpoint every this many steps,
+    checkpoint_every_seconds: float = 600.0  # and every this much wall time, and at the end
+    keep_checkpoints: int = 2  # the newest checkpoints kept
     grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum sequences each)
     parallel: str = "none"  # none (one device) | dp (batch over all devices) | fsdp (params too)
     # record the gradient noise scale B_simple (tokens) at every evaluation, from this many
@@ -112,7 +117,7 @@ class StageConfig:
     init_from: str | None = None
     init_step: str = "latest"  # latest | best (its best-validation step, if kept) | a step
     schedule: str = "cosine"  # cosine (warmup + cosine, as train.*) | constant (after warmup)
-    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)  # parts kept as the parent left them
 
 
 # What each stage reads: its data sources, and whether it starts from a parent run.
@@ -129,6 +134,48 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+
+
+def field_comments(schema: type) -> dict[str, str]:
+    """Each field's comment in the schema's source: the comment lines right above it, then the
+    one after it on its line (what `--help` says of the key)."""
+    names, comments, above = {f.name for f in fields(schema)}, {}, []
+    for line in inspect.getsource(schema).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        match = re.match(r"(\w+)\s*:", text)
+        if match and match.group(1) in names:
+            tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+            trailing = [t.string.lstrip("#").strip() for t in tokens
+                        if t.type == tokenize.COMMENT]
+            comments[match.group(1)] = " ".join(above + trailing)
+        above = []
+    return comments
+
+
+def _default(f: Any) -> Any:
+    value = f.default_factory() if f.default_factory is not MISSING else f.default
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+
+
+def key_help(schema: type = Config, prefix: str = "") -> list[str]:
+    """Every key of `schema` as `  key=default  comment`, each section headed by its
+    docstring: the keys `--help` lists, from the schema's own comments."""
+    lines, width = [], 34
+    comments = field_comments(schema)
+    if prefix:
+        lines.append(f"{prefix.rstrip('.')}: {inspect.getdoc(schema)}")
+    for f in fields(schema):
+        kind = get_type_hints(schema)[f.name]
+        if is_dataclass(kind):
+            lines += key_help(kind, f"{prefix}{f.name}.")
+            continue
+        key = f"  {prefix}{f.name}={_default(f)}"
+        lines += textwrap.wrap(f"{key:<{width}} {comments.get(f.name, '')}", 100,
+                               subsequent_indent=" " * (width + 1))
+    return lines
 
 
 def register_configs() -> None:

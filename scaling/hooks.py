@@ -17,6 +17,7 @@ import math
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,17 +64,25 @@ class Clock:
 
 
 class Meter:
-    """Tokens per second since the last mark, on the training clock."""
+    """Tokens per second on the training clock, since the oldest of the last `window` marks
+    (1: since the last mark; more: a rate smoothed over the marks of that window)."""
 
-    def __init__(self, clock: Clock, tokens_per_step: int, step: int) -> None:
+    def __init__(self, clock: Clock, tokens_per_step: int, step: int, window: int = 1) -> None:
         self.clock, self.tokens_per_step = clock, tokens_per_step
+        self.marks: deque[tuple[int, float]] = deque(maxlen=window)
         self.mark(step)
 
     def mark(self, step: int) -> None:
-        self.step, self.time = step, self.clock.seconds()
+        self.marks.append((step, self.clock.seconds()))
+
+    def restart(self, step: int) -> None:
+        """Forget the marks so far (taken before compilation ended) and mark `step`."""
+        self.marks.clear()
+        self.mark(step)
 
     def rate(self, step: int) -> float:
-        steps, seconds = step - self.step, self.clock.seconds() - self.time
+        first_step, first_time = self.marks[0]
+        steps, seconds = step - first_step, self.clock.seconds() - first_time
         return steps * self.tokens_per_step / seconds if steps > 0 and seconds > 0 else math.nan
 
 
@@ -95,6 +104,14 @@ class LoopState:
     stop: bool = False  # set by a hook to end the loop after this step
     interrupted: str | None = None  # the signal that stopped the loop early (SIGINT, SIGTERM)
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # per model, from `finish`
+
+    @contextmanager
+    def paused(self):
+        """Time taken out of the training clock (evaluation, checkpoints), once the steps
+        already dispatched have finished: waiting for them is training."""
+        jax.block_until_ready(self.state)
+        with self.clock.paused():
+            yield
 
     def per_model(self, x: Any) -> list[np.ndarray]:
         """Each model's entry of a device value (its K rows for K > 1)."""
@@ -148,7 +165,7 @@ class CompileTime(Hook):
         loop.compile_s = loop.clock.seconds()
         loop.clock.excluded += loop.compile_s
         for meter in self.meters:
-            meter.mark(loop.step)
+            meter.restart(loop.step)
 
 
 class Progress(Hook):
@@ -196,7 +213,7 @@ class Evaluation(Hook):
         if loop.step not in self.at:
             return
         state, step = loop.state, loop.step
-        with loop.clock.paused():
+        with loop.paused():
             val_loss = loop.per_model(self.evaluate(state["params"], self.eval_data))
             extra = {}
             for measure in self.measurements:
@@ -247,7 +264,7 @@ class Checkpointing(Hook):
         """Checkpoint this step, unless it is saved already."""
         if loop.step == self.saved:
             return
-        with loop.clock.paused():
+        with loop.paused():
             self.checkpointer.save(loop.step, loop.state, self.meta(loop))
         self.last, self.saved = time.monotonic(), loop.step
 

@@ -46,6 +46,7 @@ from scaling.hooks import (
 )
 from scaling.progress import TrainProgress
 from scaling.record import (
+    SUMMARY,
     ResumeError,
     check_same_run,
     completed_record,
@@ -59,6 +60,9 @@ from scaling.record import (
 from scaling.step import Batch, LossFn, Params, init_state, setup
 
 log = logging.getLogger("scaling")
+# Progress lines the logged tokens/s is averaged over: one interval swings with the host's
+# hiccups (a save, a sync), a window of them shows the run's pace.
+LOG_WINDOW = 10
 
 
 class Interrupted(BaseException):
@@ -287,7 +291,8 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
 
     progress = TrainProgress(total_steps, loop.step)
     eval_meter = Meter(loop.clock, stage.tokens_per_step, loop.step)  # each model's rate
-    log_meter = Meter(loop.clock, k * stage.tokens_per_step, loop.step)  # the group's
+    # the group's, over the last LOG_WINDOW progress lines
+    log_meter = Meter(loop.clock, k * stage.tokens_per_step, loop.step, LOG_WINDOW)
     eval_data = jax.tree_util.tree_map(jnp.asarray, placement.batch(stage.eval_data, axis=1))
     start_step = loop.step
     checkpointing = Checkpointing(checkpointer, cfg.checkpoint_every_steps,
@@ -323,6 +328,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
             log.warning("loss became non-finite at step %d: %s diverged", loop.diverged[i],
                         record_dirs[i].name)
         write_summary(record_dirs[i], summaries[i])
+        log.info("%s", ending(summaries[i], record_dirs[i]))
     return [recorded[i] or summaries[i] for i in range(k)]
 
 
@@ -344,6 +350,17 @@ def _resume(loop: LoopState, checkpointer: Checkpointer, config_dict: dict,
     loop.diverged = meta.get("diverged", loop.diverged)
     log.info("resuming %s from step %d", run_dir, loop.step)
     return meta["wall_s"]
+
+
+def ending(summary: dict[str, Any], record_dir: Path) -> str:
+    """A run's last line: its final and best validation loss (or where it diverged), and where
+    its record is."""
+    record = Path(record_dir) / SUMMARY
+    if summary["status"] == "diverged":
+        return f"diverged at step {summary['diverged_step']}; record in {record}"
+    final, best = summary["final_val_loss"], summary["best_val_loss"]
+    return (f"done: final val_loss {final:.4f}, best {best:.4f} at step "
+            f"{summary['best_val_step']} of {summary['steps']}; record in {record}")
 
 
 def _finite_or_none(x: float) -> float | None:

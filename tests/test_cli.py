@@ -1,7 +1,9 @@
-"""`scaling-train` as users type it: fast config errors, SIGKILL or Ctrl-C then resume."""
+"""`scaling-train` as users type it: --help, fast config errors, SIGKILL or Ctrl-C, resume."""
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +13,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from scaling.config import (
+    Config,
+    DataConfig,
+    FreezeConfig,
+    ModelConfig,
+    StageConfig,
+    TrainConfig,
+    field_comments,
+    to_dict,
+)
+from scaling.sweep import flatten
+
 TRAIN = [sys.executable, "-c", "from scaling.cli import train; train()"]
+BIN = Path(sys.executable).parent
 
 
 def scaling_train(*overrides: str, **kwargs) -> subprocess.CompletedProcess:
@@ -35,13 +50,52 @@ def scaling_train(*overrides: str, **kwargs) -> subprocess.CompletedProcess:
 )
 def test_bad_config_fails_fast_naming_the_field(overrides, field, tmp_path):
     started = time.perf_counter()
-    result = scaling_train(*overrides, f"hydra.run.dir={tmp_path}")
+    result = scaling_train(*overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0
     assert field in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 8
-    assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "run").exists(), "a refused launch leaves no stub run directory"
     assert time.perf_counter() - started < 30
+
+
+def test_a_refused_launch_keeps_a_directory_that_holds_a_run(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")
+    result = scaling_train("model.d_model=-8", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert (tmp_path / "summary.json").exists() and (tmp_path / ".hydra").is_dir()
+
+
+def test_help_lists_every_key_with_the_schemas_comment():
+    result = subprocess.run([str(BIN / "scaling-train"), "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("scaling-train [KEY=VALUE ...]: train one model")
+    assert "model: n100k, n12k" in result.stdout  # the config groups
+    for key, words in [("model.n_layer=2", "Transformer blocks"),
+                       ("data.paths=[]", "globs, for source=files or jsonl"),
+                       ("data.cache_dir=null", "$SCALING_CACHE"),
+                       ("train.checkpoint_every_seconds=600.0", "and every this much wall"),
+                       ("stage.freeze.blocks=0", "the lowest k Transformer blocks")]:
+        assert any(line.split() == [key, *words.split()] or
+                   (line.split()[:1] == [key] and words in line) for line in lines), key
+    keys = {line.split()[0] for line in lines if re.match(r"  \w", line)}
+    flat = set(flatten(to_dict(Config())))
+    assert {key.split("=")[0] for key in keys} == flat
+
+    bench = subprocess.run([str(BIN / "scaling-bench"), "--help"], capture_output=True,
+                           text=True, timeout=60)
+    assert bench.returncode == 0, bench.stderr
+    assert bench.stdout.startswith("scaling-bench [KEY=VALUE ...]: time the trainer's own step")
+    assert "one JSON\nline" in bench.stdout or "one JSON line" in bench.stdout
+    assert "model.n_layer=2" in bench.stdout
+
+
+def test_every_key_has_a_comment_in_the_schema():
+    for schema in (ModelConfig, DataConfig, TrainConfig, StageConfig, FreezeConfig):
+        comments = field_comments(schema)
+        assert all(comments.get(f.name) for f in dataclasses.fields(schema)), schema
 
 
 def test_missing_corpus_path_is_named_before_training(tmp_path):
@@ -127,6 +181,10 @@ def test_ctrl_c_checkpoints_records_and_the_relaunch_ends_with_the_same_losses(
     assert f"resuming {run_dir} from step {step}" in resumed.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from_step"] == step
+    assert resumed.stdout.strip().splitlines()[-1].endswith(
+        f"done: final val_loss {summary['final_val_loss']:.4f}, best "
+        f"{summary['best_val_loss']:.4f} at step {summary['best_val_step']} of "
+        f"{summary['steps']}; record in {run_dir / 'summary.json'}")
     curve = ["step", "train_loss", "val_loss"]
     pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "metrics.parquet")[curve],
                                   pd.read_parquet(uninterrupted / "metrics.parquet")[curve])

@@ -36,7 +36,7 @@ def plan_fits(
             continue
         for options in law.variants:
             if set(required_columns(name, bootstrap=True, **options)) <= set(frame):
-                key = "_".join([name, *options.values()])
+                key = f"{name}_{options['x']}" if "x" in options else name
                 plans.append((key, name, frame, dict(options)))
     return plans
 

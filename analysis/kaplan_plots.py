@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.allocation import predict
-from analysis.plots import SIZE, colours, log_axes
+from analysis.plots import SIZE, add_legend, colours, log_axes
 from analysis.result import Fit
 
 MARKERS = "osD^vPX*hp<>d"  # one per D level in the loss-against-N figure
@@ -59,8 +59,8 @@ def loss_vs_params(runs: pd.DataFrame, fit: Fit | None, levels: pd.Series) -> Fi
         D = group["D"].median()
         handles.append(Line2D([], [], ls="", marker=marker, color="0.4", label=f"D ≈ {D:.2g}"))
     if len(handles) <= 2 * MAX_LEGEND:
-        axes[1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    axes[0].legend(fontsize=7)
+        add_legend(axes[1], handles=handles)
+    add_legend(axes[0])
     fig.suptitle(
         "Kaplan Fig. 6: without embeddings, depths should fall on one curve (colour: n_layer)",
         fontsize=10,
@@ -104,7 +104,7 @@ def learning_curves(
         C = np.geomspace(fitted["C"].min(), fitted["C"].max(), 100)
         _law_line(ax, fit, C, "C3", _labelled(fit, f"L(C) fit, α_C = {fit.params['alpha']:.3f}"))
     _finish(ax, xlabel, "validation loss (nats/token)")
-    ax.legend(fontsize=7)
+    add_legend(ax)
     return fig
 
 
@@ -130,7 +130,7 @@ def power_law(
         _law_line(ax, pure, grid, "C0", _describe(pure), ls="--")
     _finish(ax, xlabel, "loss (nats/token)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    add_legend(ax)
     return fig
 
 
@@ -146,7 +146,7 @@ def per_position(positions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
         left.plot(rows["T"], rows["loss"], color=c, lw=0.9, label=f"N = {10 ** lnN[run]:.2g}")
     _finish(left, "context position T", "validation loss (nats/token)")
     if len(lnN) <= MAX_LEGEND:
-        left.legend(fontsize=7)
+        add_legend(left)
     right.scatter(scores["N"], scores["icl_score"], color="C3")
     right.axhline(0, color="0.6", lw=0.8)
     log_axes(
@@ -224,7 +224,7 @@ def transfer(
         a.set(xlabel="in-distribution validation loss (nats/token)",
               ylabel="transfer loss (nats/token)")
         a.grid(True, alpha=0.3)
-        a.legend(fontsize=7)
+        add_legend(a)
     fig.colorbar(ScalarMappable(norm, cmap), ax=axes[-1], label="non-embedding parameters N")
     fig.suptitle("Kaplan Fig. 8: transfer tracks in-distribution loss with a constant offset",
                  fontsize=10)

@@ -47,11 +47,22 @@ def log_axes(
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    entries = len(ax.get_legend_handles_labels()[0])
-    if legend and entries > LEGEND_INSIDE:  # beside the axes: a long legend would hide data
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-    elif legend and entries:
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    if legend:
+        add_legend(ax)
+
+
+def add_legend(ax: Axes, handles: list | None = None) -> None:
+    """A legend where it covers the least data, or beside the axes when it is long (more than
+    `LEGEND_INSIDE` lines); none without labelled artists."""
+    handles = handles or ax.get_legend_handles_labels()[0]
+    if not handles:
+        return
+    lines = sum(str(h.get_label()).count("\n") + 1 for h in handles)
+    if lines > LEGEND_INSIDE:
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1),
+                  borderaxespad=0)
+    else:
+        ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
 
 
 def _log_ticks(axis: Any, limits: np.ndarray) -> None:

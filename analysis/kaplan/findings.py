@@ -113,7 +113,10 @@ def shape_groups(runs: pd.DataFrame, alpha_N: float | None) -> list[dict[str, An
         lnL = np.log(group["loss"].to_numpy(float))
         if alpha_N is not None:
             lnL = lnL + alpha_N * np.log(group["N"] / group["N"].median()).to_numpy()
-        total = "n_params" in group and len(group) >= 3 and np.ptp(lnL) > 0
+        total = (
+            "n_params" in group and len(group) >= 3 and np.ptp(lnL) > 0
+            and group["n_params"].nunique() > 1  # a correlation needs both to vary
+        )
         groups.append(
             {
                 "N": group["N"].median(),

@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # The report's browser test needs Debian's chromium; installed here when missing (CI runs as root).
 test: $(STAMP)
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -273,10 +273,11 @@ class Interruption(Hook):
     """On SIGINT or SIGTERM, finish the step under way, checkpoint it and stop the loop, with
     `loop.interrupted` set: the run resumes from that step when launched again.
 
-    The handlers are this hook's from its creation to its `close`, and only take the first
-    signal: a second one acts as it would have without them (Ctrl-C twice: KeyboardInterrupt).
-    A signal during the last step changes nothing, the run completes. Off the main thread,
-    where Python cannot take signals, it does nothing.
+    The handlers are this hook's from its creation to its `close`. After the first signal a
+    Ctrl-C acts as it would without them (twice: KeyboardInterrupt, at once), while a repeated
+    SIGTERM (a scheduler's, sent to every process of the job) does not cut the checkpoint
+    short. A signal during the last step changes nothing, the run completes. Off the main
+    thread, where Python cannot take signals, it does nothing.
     """
 
     def __init__(self, checkpointing: Checkpointing,
@@ -288,8 +289,11 @@ class Interruption(Hook):
             self.previous = {s: signal.signal(s, self._receive) for s in signals}
 
     def _receive(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            return
         self.received = signal.Signals(signum)
-        self._restore()  # a second signal is not ours to soften
+        if signal.SIGINT in self.previous:  # a second Ctrl-C is not ours to soften
+            signal.signal(signal.SIGINT, self.previous.pop(signal.SIGINT))
         log.warning("%s received: stopping after this step, with a checkpoint",
                     self.received.name)
 

@@ -1,6 +1,8 @@
 """train.replicas: K models in one vmapped step, each recorded as the run it would be alone."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -18,6 +20,7 @@ from scaling.record import read_replicas, read_summary
 from scaling.results import collect
 from scaling.stages import pretrain as pretrain_module
 from scaling.sweep import run_id
+from scaling.train import Interrupted
 from tests.runs import pretrain, pretrain_replicas
 
 CURVE = ["step", "tokens", "train_loss", "val_loss", "grad_norm"]
@@ -212,3 +215,32 @@ def test_replicas_scale_the_lr_of_kaplans_rule(group_config):
     assert peak == kaplan_lr(replicas[0].stage.record["n_params_nonembed"])
     assert replicas[1].stage.record["peak_lr"] == 0.5 * peak
     assert [r.config["train"]["lr"] for r in replicas] == [None, 0.5 * peak]
+
+
+def test_a_group_stopped_by_sigterm_is_recorded_interrupted_and_resumes(group_config, tmp_path,
+                                                                        monkeypatch):
+    reference_config = group_config()
+    reference = pretrain_replicas(reference_config, run_dir(tmp_path / "R", reference_config))
+    config = group_config()
+    group = run_dir(tmp_path / "S", config)
+
+    class TerminatedBatches(Batches):
+        def __call__(self, step):
+            if step == 30:  # batch 30 is read for step 31, as a scheduler's SIGTERM comes
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(step)
+
+    monkeypatch.setattr(pretrain_module, "Batches", TerminatedBatches)
+    with pytest.raises(Interrupted) as stop:
+        pretrain_replicas(config, group)
+    assert stop.value.step == 31 and stop.value.exit_status == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is given back
+    stopped = read_replicas(group)
+    assert stopped["status"] == "interrupted" and stopped["interrupted_step"] == 31
+    assert [r["status"] for r in stopped["replicas"]] == ["interrupted", "interrupted"]
+
+    monkeypatch.setattr(pretrain_module, "Batches", Batches)
+    resumed = pretrain_replicas(config, group)
+    for before, after in zip(reference, resumed, strict=True):
+        assert after["status"] == "completed" and after["resumed_from_step"] == 31
+        assert after["final_val_loss"] == before["final_val_loss"]

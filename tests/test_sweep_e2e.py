@@ -1,5 +1,6 @@
 """Whole sweeps as users launch them: re-launch skips, concurrent workers, kill and re-launch."""
 
+import json
 import os
 import signal
 import subprocess
@@ -133,3 +134,36 @@ def test_a_study_launches_the_union_of_its_grids_once(corpus_dir, cache_dir, tmp
     again = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "Launching 0 runs (3 already completed)" in again.stdout + again.stderr
+
+
+def test_ctrl_c_on_a_parallel_sweep_checkpoints_its_runs_and_the_relaunch_resumes_them(
+        corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "S"
+    args = [*sweep_args(corpus_dir, cache_dir, sweep, "16,24", tokens=80_000),
+            "hydra/launcher=local", "hydra.launcher.n_jobs=2"]
+    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len({p.parent.parent for p in sweep.glob("*/checkpoints/*") if p.name.isdigit()}) == 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the launcher and its runs
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].endswith(
+        "sweep interrupted; the 2 running runs stopped, each with a checkpoint of the step it "
+        "reached; run the same command to resume")
+    stopped = summaries(sweep)
+    assert [s["status"] for s in stopped.values()] == ["interrupted"] * 2
+
+    relaunch = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    assert relaunch.returncode == 0, relaunch.stderr
+    for run, summary in summaries(sweep).items():
+        assert summary["status"] == "completed"
+        assert summary["resumed_from_step"] == stopped[run]["interrupted_step"]
+
+
+def summaries(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))}

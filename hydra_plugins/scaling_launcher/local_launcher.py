@@ -19,13 +19,14 @@ orders of magnitude, so counting runs would mislead.
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
@@ -128,12 +129,17 @@ class LocalLauncher(Launcher):
         log.info("Launching %d runs (%d already completed), %d at a time, %s",
                  len(jobs) - len(results), len(results), self.n_jobs,
                  f"on GPUs {gpus}" if gpus else "on the CPU")
-        return self._run_all(jobs, gpus, results)
-
-    def _run_all(self, jobs: list, gpus: list[int],
-                 results: dict[int, JobReturn]) -> list[JobReturn]:
-        free_slots = list(range(self.n_jobs))
         running: dict[int, tuple[subprocess.Popen, Any, int, float, int]] = {}
+        try:
+            return self._run_all(jobs, gpus, results, running)
+        except KeyboardInterrupt:
+            _stop(running)
+
+    def _run_all(self, jobs: list, gpus: list[int], results: dict[int, JobReturn],
+                 running: dict[int, tuple[subprocess.Popen, Any, int, float, int]],
+                 ) -> list[JobReturn]:
+        free_slots = list(range(self.n_jobs))
+
         failed: list[tuple[Path, str]] = []
         queue = [(i, job) for i, job in enumerate(jobs) if i not in results]
         cost = {i: float(planned_flops(job_config)) for i, (_, job_config, _) in queue}
@@ -175,6 +181,23 @@ class LocalLauncher(Launcher):
                       "launching the sweep again retries them):%s", len(failed), len(jobs),
                       "".join(f"\n  {run_dir}: {error}" for run_dir, error in failed))
         return [results[i] for i in range(len(jobs))]
+
+
+def _stop(running: dict[int, tuple[subprocess.Popen, Any, int, float, int]]) -> NoReturn:
+    """Ctrl-C: let the running runs checkpoint, say how to resume, and end the sweep.
+
+    A terminal's Ctrl-C reaches the runs too (one process group); SIGTERM, which a run takes
+    once however often it comes, reaches those that a `kill -INT` of the launcher alone left
+    out. Each run finishes its step, checkpoints and records itself interrupted.
+    """
+    for process, *_ in running.values():
+        process.send_signal(signal.SIGTERM)
+    for process, *_ in running.values():
+        process.wait()
+    print(f"{Path(sys.argv[0]).name}: sweep interrupted; the {len(running)} running runs "
+          "stopped, each with a checkpoint of the step it reached; run the same command to "
+          "resume", file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGINT)
 
 
 def completed(job_config: DictConfig, run_dir: Path,

@@ -167,6 +167,8 @@ def _train_task(cfg: DictConfig) -> None:
         # stops here too (SystemExit gets past Hydra's job runner).
         except Interrupted as stop:
             print(f"{program()}: {stop}", file=sys.stderr, flush=True)
+            if stop.then is not None:  # submitit's requeue of a Slurm job, now that it is safe
+                stop.then(stop.signum, None)
             sys.exit(stop.exit_status)
         except KeyboardInterrupt:  # Ctrl-C before the loop took the signal: nothing trained
             print(f"{program()}: interrupted before training started; nothing to resume",

@@ -41,9 +41,10 @@ from scaling.step import (
 )
 
 log = logging.getLogger("scaling")
-# What asks a run to stop: Ctrl-C, and what `kill`, Slurm (at its time limit, or earlier with
-# `--signal=TERM@SECONDS`) and most schedulers send first.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What asks a run to stop: Ctrl-C, what `kill`, Slurm (at its time limit) and most schedulers
+# send first, and the signals sent ahead of a time limit (`--signal=USR1@SECONDS`; submitit's
+# USR2, before it requeues a job).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Clock:
@@ -276,14 +277,17 @@ class Interruption(Hook):
     The handlers are this hook's from its creation to its `close`. After the first signal a
     Ctrl-C acts as it would without them (twice: KeyboardInterrupt, at once), while a repeated
     SIGTERM (a scheduler's, sent to every process of the job) does not cut the checkpoint
-    short. A signal during the last step changes nothing, the run completes. Off the main
-    thread, where Python cannot take signals, it does nothing.
+    short. A Python handler that the signal had before (submitit's, which requeues a Slurm job)
+    is kept as `chained`, for the caller to run once the run is recorded. A signal during the
+    last step changes nothing, the run completes. Off the main thread, where Python cannot take
+    signals, it does nothing.
     """
 
     def __init__(self, checkpointing: Checkpointing,
                  signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
         self.checkpointing = checkpointing
         self.received: signal.Signals | None = None
+        self.chained: Callable[[int, Any], Any] | None = None
         self.previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._receive) for s in signals}
@@ -292,6 +296,9 @@ class Interruption(Hook):
         if self.received is not None:
             return
         self.received = signal.Signals(signum)
+        previous = self.previous.get(self.received)
+        if callable(previous) and previous is not signal.default_int_handler:
+            self.chained = previous
         if signal.SIGINT in self.previous:  # a second Ctrl-C is not ours to soften
             signal.signal(signal.SIGINT, self.previous.pop(signal.SIGINT))
         log.warning("%s received: stopping after this step, with a checkpoint",

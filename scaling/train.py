@@ -72,15 +72,21 @@ class Interrupted(BaseException):
     and a sweep in this process stops instead of going on to its next run.
     """
 
-    def __init__(self, step: int, signal_name: str, run_dir: Path) -> None:
+    def __init__(self, step: int, signal_name: str, run_dir: Path,
+                 then: Callable[[int, Any], Any] | None = None) -> None:
         super().__init__(f"interrupted at step {step} ({signal_name}); "
                          "run the same command to resume")
         self.step, self.signal_name, self.run_dir = step, signal_name, run_dir
+        self.then = then  # the signal's other handler, to run now (`Interruption.chained`)
+
+    @property
+    def signum(self) -> int:
+        return int(signal.Signals[self.signal_name])
 
     @property
     def exit_status(self) -> int:
         """128 + the signal's number, as a shell reports a process that the signal ended."""
-        return 128 + int(signal.Signals[self.signal_name])
+        return 128 + self.signum
 
 
 @dataclass(frozen=True)
@@ -297,6 +303,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
     start_step = loop.step
     checkpointing = Checkpointing(checkpointer, cfg.checkpoint_every_steps,
                                   cfg.checkpoint_every_seconds, meta)
+    interruption = Interruption(checkpointing)
     run_loop(loop, step_fn, [
         CompileTime([eval_meter, log_meter]),
         Progress(progress, log_meter, cfg.log_every_steps),
@@ -305,7 +312,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
                    stage.flops_per_token, progress, eval_meter),
         checkpointing,
         *stage.hooks,
-        Interruption(checkpointing),
+        interruption,
     ])
     if loop.interrupted is not None:
         wall_s = wall_before + time.time() - started
@@ -313,7 +320,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
             summaries[i].update(status="interrupted", interrupted_step=loop.step, wall_s=wall_s)
             write_metrics(record_dirs[i], loop.rows[i])
             write_summary(record_dirs[i], summaries[i])
-        raise Interrupted(loop.step, loop.interrupted, run_dir)
+        raise Interrupted(loop.step, loop.interrupted, run_dir, interruption.chained)
     timed_steps = int(np.max(loop.state["step"])) - start_step - 1
     tokens_per_s = (
         timed_steps * stage.tokens_per_step / loop.clock.seconds() if timed_steps > 0 else None

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,12 @@ from hydra_plugins.scaling_launcher import local_launcher
 from hydra_plugins.scaling_launcher.local_launcher import completed
 from scaling.checkpoint import CheckpointError
 from scaling.config import Config, DataConfig, to_dict
+from scaling.data import Batches
 from scaling.record import RESTART_ENV, DataChangedError, read_replicas, read_summary, write_summary
 from scaling.results import collect
 from scaling.stages import pretrain as pretrain_module
 from scaling.sweep import corpus_fingerprint, identity, run_id
+from scaling.train import Interrupted
 from tests.runs import crash_at_step, pretrain, pretrain_replicas
 
 TRAIN = [sys.executable, "-c", "from scaling.cli import train; train()"]
@@ -281,3 +284,32 @@ def test_a_run_without_a_checkpoint_says_it_trains_from_step_0(tiny_config, tmp_
     with caplog.at_level(logging.INFO, logger="scaling"):
         pretrain(tiny_config(), tmp_path)
     assert f"{tmp_path}: no checkpoint to resume from; training from step 0" in caplog.text
+
+
+def test_a_pre_timeout_signal_checkpoints_then_runs_the_handler_it_had(tiny_config, tmp_path,
+                                                                      monkeypatch):
+    """Slurm through submitit: its USR2 handler requeues the job and exits; it runs once the
+    run has checkpointed and recorded itself, not in the middle of a step."""
+    calls = []
+
+    def requeue(signum, frame):
+        calls.append(signum)
+
+    class SignalledBatches(Batches):
+        def __call__(self, step):
+            if step == 20:
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return super().__call__(step)
+
+    monkeypatch.setattr(pretrain_module, "Batches", SignalledBatches)
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(Interrupted) as stop:
+            pretrain(tiny_config(), tmp_path)
+        assert signal.getsignal(signal.SIGUSR2) is requeue  # given back
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == [] and stop.value.then is requeue and stop.value.step == 21
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "interrupted" and summary["interrupted_step"] == 21
+    assert 21 in checkpoint_steps(tmp_path)

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from scaling.record import METRICS, POSITIONS, REPLICAS, SUMMARY, atomic_write
@@ -91,8 +92,9 @@ def collect(sweep_dir: Path) -> Collected:
 
     results = pd.DataFrame(rows)
     for alias, column in ALIASES.items():
-        if column in results:
-            results[alias] = results[column]
+        # Always present, NaN where no run recorded it (a sweep of interrupted runs has no
+        # final loss yet), so that the analysis finds its columns and says what is missing.
+        results[alias] = results.get(column, np.nan)
     curve_table = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["run_id", "step", "tokens", "flops", "train_loss", "val_loss"])
     if not curve_table.empty:

@@ -31,7 +31,6 @@ from analysis.kaplan.constants import (
     VERDICTS,
 )
 from analysis.kaplan.findings import (
-    Finding,
     finding_learning_curves,
     finding_overfitting,
     finding_sample_efficiency,
@@ -39,10 +38,8 @@ from analysis.kaplan.findings import (
     finding_smooth,
     finding_stopping,
     finding_transfer,
-    gate,
     reach,
     shape_groups,
-    study_evidence,
 )
 from analysis.kaplan.fits import (
     LawFit,
@@ -63,6 +60,7 @@ from analysis.kaplan.tables import (
     main_series,
     transfer_curves,
 )
+from analysis.kaplan.verdict import Finding, gate, study_evidence
 from analysis.result import jsonable
 from analysis.section import Section
 from analysis.table import FitInputError

@@ -9,7 +9,8 @@ from scipy import stats
 
 from analysis.fit import ols
 from analysis.kaplan.constants import BCRIT_R2, KAPLAN
-from analysis.kaplan.findings import Finding, reach
+from analysis.kaplan.findings import reach
+from analysis.kaplan.verdict import Finding
 
 
 def finding_batch(curves: pd.DataFrame | None, no_curves: str) -> Finding:

@@ -3,7 +3,6 @@ and the numbers behind it, judged from the law fits and the tables. Finding 8, t
 critical batch size, has two methods of its own and lives in `batch`.
 """
 
-from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -13,10 +12,8 @@ from analysis.fit import ols
 from analysis.kaplan.constants import (
     D_LEVEL_RATIO,
     DEGENERATE_TERM,
-    FINDINGS,
     KAPLAN_STOP_GAP,
     MAX_EXPONENT,
-    MIN_EVIDENCE,
     N_LEVEL_RATIO,
     SAMPLE_TARGET_SLACK,
     SHAPE_FACTOR,
@@ -29,31 +26,7 @@ from analysis.kaplan.constants import (
 )
 from analysis.kaplan.fits import LawFit
 from analysis.kaplan.tables import levels
-from analysis.result import jsonable
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One of Kaplan's qualitative findings: the verdict, why, and the numbers behind it."""
-
-    number: int
-    verdict: str
-    evidence: str
-    reason: str = ""
-    numbers: dict[str, Any] = field(default_factory=dict)
-    figures: tuple[str, ...] = ()
-
-    @property
-    def title(self) -> str:
-        return FINDINGS[self.number]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view; tables become lists of records."""
-        numbers = {
-            k: v.to_dict(orient="records") if isinstance(v, pd.DataFrame) else v
-            for k, v in self.numbers.items()
-        }
-        return jsonable(asdict(self) | {"title": self.title, "numbers": numbers})
+from analysis.kaplan.verdict import Finding
 
 
 def finding_shape(runs: pd.DataFrame, ln: LawFit, ld: LawFit, lc: LawFit) -> Finding:
@@ -199,22 +172,13 @@ def finding_overfitting(lnd: LawFit, runs: pd.DataFrame) -> Finding:
         )
     )
     runaway = [name for name in ("alpha_N", "alpha_D") if p[name] > MAX_EXPONENT]
-    if lnd.fit.ok and lnd.rms() <= SMOOTH_RMS and not runaway:
-        return Finding(3, "reproduced", evidence, f"eq 1.5 fits within {SMOOTH_RMS:.0%}", numbers)
     if runaway:
         return Finding(
             3, "partly", evidence,
             f"{' and '.join(runaway)} ran past {MAX_EXPONENT:g}: the fit collapses eq 1.5 to "
             "whichever term is larger at each run, so the data do not pin that exponent down "
             "(too little overlap between the N-limited and the D-limited regimes)", numbers)
-    if not lnd.fit.usable:
-        reason = f"the fit gives no estimate ({lnd.fit.status})"
-        return Finding(3, "not reproduced", evidence, reason, numbers)
-    reason = (
-        f"criterion: an ok fit within {SMOOTH_RMS:.0%} rms; measured {lnd.fit.status}, rms "
-        f"{lnd.rms():.2%}"
-    )
-    return Finding(3, "partly", evidence, reason, numbers)
+    return _fit_verdict(3, lnd, "eq 1.5", evidence, numbers)
 
 
 def finding_learning_curves(lns: LawFit) -> Finding:
@@ -235,16 +199,7 @@ def finding_learning_curves(lns: LawFit) -> Finding:
     if numbers["S_term_change"] < DEGENERATE_TERM:
         reason = "the step term (S_c/S)^α_S is nearly constant: eq 1.6 fits as an offset only"
         return Finding(4, "partly", evidence, reason, numbers)
-    if lns.fit.ok and lns.rms() <= SMOOTH_RMS:
-        return Finding(4, "reproduced", evidence, f"eq 1.6 fits within {SMOOTH_RMS:.0%}", numbers)
-    if not lns.fit.usable:
-        reason = f"the fit gives no estimate ({lns.fit.status})"
-        return Finding(4, "not reproduced", evidence, reason, numbers)
-    reason = (
-        f"criterion: an ok fit within {SMOOTH_RMS:.0%} rms; measured {lns.fit.status}, rms "
-        f"{lns.rms():.2%}"
-    )
-    return Finding(4, "partly", evidence, reason, numbers)
+    return _fit_verdict(4, lns, "eq 1.6", evidence, numbers)
 
 
 def finding_transfer(runs: pd.DataFrame) -> Finding:
@@ -409,47 +364,28 @@ def reach(curve: pd.DataFrame, target: float) -> tuple[float, float]:
     return tuple(float(np.exp((1 - w) * np.log(v[i - 1]) + w * np.log(v[i]))) for v in (S, D))
 
 
-def study_evidence(runs: pd.DataFrame, finding: Finding | None = None) -> dict[str, float]:
-    """What the runs hold against `MIN_EVIDENCE`: completed runs, decades of N, epochs; with
-    a `finding` that records the runs it used (`numbers["run_ids"]`), those runs only."""
-    used = finding.numbers.get("run_ids") if finding is not None else None
-    if used is not None and "run_id" in runs:
-        runs = runs[runs["run_id"].isin(used)]
-    N = pd.to_numeric(runs.get("N", pd.Series(dtype=float)), errors="coerce").dropna()
-    epochs = pd.to_numeric(runs.get("epochs", pd.Series(dtype=float)), errors="coerce").dropna()
-    return {
-        "runs": len(runs),
-        "decades_N": float(np.log10(N.max() / N.min())) if len(N) and N.min() > 0 else 0.0,
-        "max_epochs": float(epochs.max()) if len(epochs) else float("nan"),
-    }
-
-
-def minimum_evidence(evidence: dict[str, float]) -> str:
-    """"" when the study holds the minimum evidence for "reproduced", else what it lacks."""
-    lacking = []
-    if evidence["runs"] < MIN_EVIDENCE["runs"]:
-        lacking.append(f"{evidence['runs']} completed runs (needs {MIN_EVIDENCE['runs']})")
-    if evidence["decades_N"] < MIN_EVIDENCE["decades_N"]:
-        lacking.append(
-            f"N over {evidence['decades_N']:.2g} decades (needs {MIN_EVIDENCE['decades_N']:g})"
-        )
-    if evidence["max_epochs"] > MIN_EVIDENCE["max_epochs"]:
-        lacking.append(f"up to {evidence['max_epochs']:.2g} epochs (needs ≤ 1: no repeated data)")
-    return "; ".join(lacking)
-
-
-def gate(finding: Finding, evidence: dict[str, float]) -> Finding:
-    """"reproduced" becomes "partly" when the study lacks the minimum evidence, saying why."""
-    lacking = minimum_evidence(evidence)
-    if finding.verdict != "reproduced" or not lacking:
-        return finding
-    reason = "; ".join(filter(None, (finding.reason, f"below the minimum evidence: {lacking}")))
-    return replace(finding, verdict="partly", reason=reason)
-
-
 def _grade(value: float, thresholds: tuple[float, float], *, higher_is_better: bool) -> str:
     """'reproduced', 'partly' or 'not reproduced' by two thresholds, best first."""
     good, fair = thresholds
     if higher_is_better:
         return "reproduced" if value >= good else "partly" if value >= fair else "not reproduced"
     return "reproduced" if value <= good else "partly" if value <= fair else "not reproduced"
+
+
+def _fits_within(law: LawFit) -> bool:
+    return law.fit.ok and law.rms() <= SMOOTH_RMS
+
+
+def _fit_verdict(number: int, law: LawFit, equation: str, evidence: str,
+                 numbers: dict) -> Finding:
+    """Finding `number` from how well `equation` fits: reproduced within SMOOTH_RMS, not
+    reproduced without an estimate, else partly, stating the criterion against the measure."""
+    if _fits_within(law):
+        reason = f"{equation} fits within {SMOOTH_RMS:.0%}"
+        return Finding(number, "reproduced", evidence, reason, numbers)
+    if not law.fit.usable:
+        reason = f"the fit gives no estimate ({law.fit.status})"
+        return Finding(number, "not reproduced", evidence, reason, numbers)
+    reason = (f"criterion: an ok fit within {SMOOTH_RMS:.0%} rms; measured {law.fit.status}, "
+              f"rms {law.rms():.2%}")
+    return Finding(number, "partly", evidence, reason, numbers)

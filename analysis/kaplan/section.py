@@ -22,9 +22,9 @@ from analysis.kaplan.constants import (
     KAPLAN_A_EQ15,
     MIN_EVIDENCE,
 )
-from analysis.kaplan.findings import Finding
 from analysis.kaplan.fits import LawFit
 from analysis.kaplan.tables import levels, transfer_curves
+from analysis.kaplan.verdict import Finding
 from analysis.plots import figure_html
 from analysis.result import Fit, jsonable
 from analysis.uncertainty import LEVEL, percentile_interval

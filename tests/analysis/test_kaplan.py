@@ -21,7 +21,7 @@ from analysis.kaplan import (
     main_series,
     write_kaplan_report,
 )
-from analysis.kaplan.findings import gate, study_evidence
+from analysis.kaplan.verdict import gate, study_evidence
 from analysis.registry import fit_law
 from analysis.uncertainty import bootstrap
 from tests.analysis.synthetic import (

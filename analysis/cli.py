@@ -4,14 +4,15 @@ import argparse
 import json
 import sys
 
+import numpy as np
 import pandas as pd
 
-from analysis.allocation import compute_optimal
+from analysis.allocation import compute_optimal, predict
 from analysis.plots import plot_fit
 from analysis.registry import LAWS, fit_law, required_columns
-from analysis.result import Fit
+from analysis.result import Fit, jsonable
 from analysis.table import CANONICAL, FLOPS_PER_TOKEN, FitInputError, derive, load_table, select
-from scaling.console import ArgumentParser, exit_status
+from scaling.console import ArgumentParser, UsageError, exit_status
 
 
 def _flops_per_token(value: str) -> float | None:
@@ -73,7 +74,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--level", type=float, default=0.95, help="interval coverage")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="PNG", help="write the figure here")
+    parser.add_argument(
+        "--predict",
+        action="append",
+        default=[],
+        metavar="VAR=X[,X…]",
+        help="predicted loss at these points, e.g. N=1e9,1e10 or N=1e9,D=2e10 (repeatable); "
+        "intervals need --bootstrap",
+    )
     return parser
+
+
+def parse_points(specs: list[str], variables: tuple[str, ...] | None, law: str) -> pd.DataFrame:
+    """The points of `--predict VAR=X[,X…][,VAR=X…]` as a table with one column per variable.
+
+    A key with one value is repeated to the length of the others. Raises `UsageError` for an
+    unknown or missing variable (unchecked when `variables` is None: before the fit, which
+    names them), a value that is not a positive number, or unequal lengths.
+    """
+    frames = []
+    for spec in specs:
+        values: dict[str, list[float]] = {}
+        key = None
+        for token in spec.split(","):
+            if "=" in token:
+                key, token = (part.strip() for part in token.split("=", 1))
+                if variables is not None and key not in variables:
+                    raise UsageError(
+                        f"--predict {spec!r}: {law} has no variable {key!r} "
+                        f"(it predicts from {', '.join(variables)})"
+                    )
+                values[key] = []
+            if key is None:
+                raise UsageError(f"--predict {spec!r}: write VAR=X, e.g. N=1e9")
+            try:
+                number = float(token)
+            except ValueError:
+                raise UsageError(f"--predict {spec!r}: {token!r} is not a number") from None
+            if not number > 0 or not np.isfinite(number):
+                raise UsageError(f"--predict {spec!r}: {key} must be positive and finite")
+            values[key].append(number)
+        missing = [v for v in variables or () if v not in values]
+        if missing:
+            raise UsageError(f"--predict {spec!r}: {law} also needs {', '.join(missing)}")
+        n = max(len(v) for v in values.values())
+        if any(len(v) not in (1, n) for v in values.values()):
+            raise UsageError(f"--predict {spec!r}: give each variable one value or {n}")
+        frames.append(pd.DataFrame({k: v * (n // len(v)) for k, v in values.items()}))
+    points = pd.concat(frames, ignore_index=True)
+    return points if variables is None else points[list(variables)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     a bug (`scaling.console`, the policy of every console script)."""
     try:
         args = build_parser().parse_args(argv)
+        if args.predict:  # a mistake here fails before a long fit, not after it
+            if LAWS[args.law].form is None:
+                raise UsageError(f"--predict: {args.law} predicts no loss")
+            parse_points(args.predict, None, args.law)
         data = _prepare(args)
         fit = fit_law(
             data,
@@ -99,13 +152,19 @@ def main(argv: list[str] | None = None) -> int:
             if LAWS[args.law].optimum
             else None
         )
+        points = parse_points(args.predict, fit.variables, args.law) if args.predict else None
+        predicted = predict(fit, *points.to_numpy().T) if points is not None else None
         if args.json:
             out = fit.to_dict() | ({"allocation": allocation.to_dict()} if allocation else {})
+            if predicted is not None:
+                out["predictions"] = _prediction_records(predicted, fit.variables)
             print(json.dumps(out, allow_nan=False))
         else:
             print(_describe(fit, allocation.to_dict() if allocation else None))
+            if predicted is not None:
+                print(_describe_predictions(predicted, fit))
         if args.plot:
-            plot_fit(fit, data).savefig(args.plot, dpi=120)
+            plot_fit(fit, data, points).savefig(args.plot, dpi=120)
     except Exception as error:
         return exit_status(error, "scaling-fit", (FitInputError,))
     return 0
@@ -132,12 +191,50 @@ def _prepare(args: argparse.Namespace) -> pd.DataFrame:
     return data
 
 
+def _prediction_records(predicted: pd.DataFrame, variables: tuple[str, ...]) -> list[dict]:
+    """`[{"N": …, "loss": …, "ci": [lo, hi] or None}]` for `--json`."""
+    records = []
+    for row in predicted.to_dict("records"):
+        ci = [row["loss_lo"], row["loss_hi"]] if "loss_lo" in row else None
+        records.append({v: row[v] for v in variables} | {"loss": row["loss"], "ci": ci})
+    return jsonable(records)
+
+
+def _describe_predictions(predicted: pd.DataFrame, fit: Fit) -> str:
+    """One line per predicted point, with its interval or how to get one."""
+    level = fit.diagnostics.get("bootstrap", {}).get("level", 0.95)
+    lines = ["predictions:"]
+    for row in predicted.to_dict("records"):
+        at = ", ".join(f"{v}={row[v]:.4g}" for v in fit.variables)
+        ci = (
+            f"{level:.0%} interval [{row['loss_lo']:.4f}, {row['loss_hi']:.4f}]"
+            if "loss_lo" in row
+            else "no interval: add --bootstrap K"
+        )
+        lines.append(f"  {at}: loss {row['loss']:.4f}, {ci}")
+    return "\n".join(lines)
+
+
+def _stderr_method(fit: Fit) -> str:
+    """How the standard errors and intervals were computed."""
+    b = fit.diagnostics.get("bootstrap")
+    if b and b["used"] > 1:
+        return (
+            f"standard errors and intervals: bootstrap, {b['k']} resamples over {b['unit']} "
+            f"({b['used']} used), {b['level']:.0%} percentile intervals"
+        )
+    method = fit.diagnostics.get("stderr_method", "none")
+    return f"standard errors: {method}; intervals: none (add --bootstrap K)"
+
+
 def _describe(fit: Fit, allocation: dict | None) -> str:
     """A human-readable account of the fit."""
     d = fit.diagnostics
     lines = [
         f"{fit.law} fit on {fit.n_points} points: {fit.status}",
+        f"formula: {LAWS[fit.law].formula}",
         fit.summary().to_string(float_format=lambda v: f"{v:.6g}"),
+        _stderr_method(fit),
     ]
     facts = {
         k: d[k] for k in ("objective", "iterations", "n_starts", "n_at_best", "seconds") if k in d

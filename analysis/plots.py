@@ -13,6 +13,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter, ScalarFormatter
+from numpy.typing import ArrayLike
 
 from analysis.allocation import compute_optimal, predict
 from analysis.registry import LAWS
@@ -149,25 +150,48 @@ def learning_curves(
     return fig
 
 
-def plot_fit(fit: Fit, df: pd.DataFrame) -> Figure:
+def plot_fit(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
     """The figure for `fit` (its law's `plot` in `analysis.registry`), drawn over the table it
-    was fitted on (canonical columns)."""
-    return PLOTTERS[LAWS[fit.law].plot](fit, df)
+    was fitted on (canonical columns); with `points` (a column per variable of the law), the
+    law is drawn out to them and its predictions there are marked."""
+    return PLOTTERS[LAWS[fit.law].plot](fit, df, points)
 
 
-def _plot_power(fit: Fit, df: pd.DataFrame) -> Figure:
-    """Loss (for `rising`, y) against x with the fitted law."""
+def _span(*values: ArrayLike) -> np.ndarray:
+    """A log grid from the smallest to the largest of `values`."""
+    every = np.concatenate([np.ravel(np.asarray(v, float)) for v in values])
+    return np.geomspace(every.min(), every.max(), 200)
+
+
+def _mark_predictions(ax: Axes, fit: Fit, points: pd.DataFrame | None, along: str) -> None:
+    """The predicted losses at `points` (with their intervals), plotted against `along`."""
+    if points is None:
+        return
+    table = predict(fit, *points[list(fit.variables)].to_numpy().T)
+    error = None
+    if "loss_lo" in table:
+        error = [table["loss"] - table["loss_lo"], table["loss_hi"] - table["loss"]]
+    ax.errorbar(
+        table[along], table["loss"], yerr=error, fmt="D", color="k", ms=5, label="predicted"
+    )
+
+
+def _plot_power(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
+    """Loss (for `rising`, y) against x with the fitted law, out to the predicted points."""
     fig = Figure(figsize=SIZE["single"], layout="constrained")
     ax = fig.subplots()
     x = fit.variables[0]
     ax.scatter(df[x], df["loss"], s=12, color="0.3", label="data")
-    _law_line(ax, fit, np.geomspace(df[x].min(), df[x].max(), 200), color="C3", label="fit")
+    beyond = points[x] if points is not None else []
+    _law_line(ax, fit, _span(df[x], beyond), color="C3", label="fit")
+    _mark_predictions(ax, fit, points, x)
     _finish(ax, x, "y" if fit.law == "rising" else "loss", _title(fit))
     return fig
 
 
-def _plot_two_variable(fit: Fit, df: pd.DataFrame) -> Figure:
-    """Loss against the second variable, coloured by N, with fitted curves at a few N.
+def _plot_two_variable(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
+    """Loss against the second variable, coloured by N, with fitted curves at a few N (and at
+    each predicted point's N, drawn out to it).
 
     For L(N, D) laws a second panel shows the compute-optimal N and D with their bands.
     """
@@ -179,9 +203,10 @@ def _plot_two_variable(fit: Fit, df: pd.DataFrame) -> Figure:
     colour = colormaps["viridis"]
     norm = (lnN - lnN.min()) / max(np.ptp(lnN), 1e-12)
     ax.scatter(df[second], df["loss"], s=10, c=colour(norm), alpha=0.8)
-    grid = np.geomspace(df[second].min(), df[second].max(), 200)
-    for q in np.linspace(0, 1, N_CURVES):
-        N = float(10 ** np.quantile(lnN, q))
+    grid = _span(df[second], points[second] if points is not None else [])
+    extra = [] if points is None else list(np.log10(points["N"].unique()))
+    for lnN_i in [*np.quantile(lnN, np.linspace(0, 1, N_CURVES)), *extra]:
+        N = float(10**lnN_i)
         _law_line(
             ax,
             fit,
@@ -191,6 +216,7 @@ def _plot_two_variable(fit: Fit, df: pd.DataFrame) -> Figure:
             color=colour((np.log10(N) - lnN.min()) / max(np.ptp(lnN), 1e-12)),
             label=f"N = {N:.2g}",
         )
+    _mark_predictions(ax, fit, points, second)
     _finish(ax, second, "loss", _title(fit))
     if allocating:
         _plot_allocation(axes[1], fit, df)
@@ -210,7 +236,7 @@ def _plot_allocation(ax: Axes, fit: Fit, df: pd.DataFrame) -> None:
     _finish(ax, "C = 6ND (FLOP)", "compute-optimal N, D", "compute-optimal allocation")
 
 
-def _plot_isoflop(fit: Fit, df: pd.DataFrame) -> Figure:
+def _plot_isoflop(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
     """IsoFLOP profiles with their parabolas and vertices, then N* and D* against C."""
     fig = Figure(figsize=SIZE["double"], layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -237,8 +263,9 @@ def _plot_isoflop(fit: Fit, df: pd.DataFrame) -> Figure:
     return fig
 
 
-def _plot_envelope(fit: Fit, df: pd.DataFrame) -> Figure:
-    """All learning curves, their lower envelope and its power law; then N_opt against C."""
+def _plot_envelope(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
+    """All learning curves, their lower envelope and its power law (out to the predicted
+    points); then N_opt against C."""
     fig = Figure(figsize=SIZE["double"], layout="constrained")
     left, right = fig.subplots(1, 2)
     for _, run in df.groupby("run", sort=False):
@@ -246,7 +273,9 @@ def _plot_envelope(fit: Fit, df: pd.DataFrame) -> Figure:
         left.plot(run["C"], run["loss"], color="0.75", lw=0.8)
     env = fit.tables["envelope"]
     left.plot(env["C"], env["loss"], color="k", lw=1.5, label="envelope")
-    _law_line(left, fit, env["C"].to_numpy(), color="C3", label="fit")
+    beyond = points["C"] if points is not None else []
+    _law_line(left, fit, _span(env["C"], beyond), color="C3", label="fit")
+    _mark_predictions(left, fit, points, "C")
     _finish(left, "C (FLOP)", "loss", _title(fit))
     inner = env[env["interior"]]
     right.scatter(inner["C"], inner["N"], s=8, color="C0", label="envelope N")

@@ -49,7 +49,8 @@ class Law:
     the compute-optimal split for L(N, D) laws; `plot` names the figure in `plots.PLOTTERS`.
     The report's diagnostics fit it on `source` ("runs": a row per run, or "curves": a row
     per evaluation) once per option set in `variants` (none: never), on the rows `rows`
-    picks (None from it: the table cannot support the law).
+    picks (None from it: the table cannot support the law). `formula` is the form as printed
+    with every fit.
     """
 
     title: str
@@ -65,10 +66,12 @@ class Law:
     source: str = "runs"
     variants: tuple[dict[str, str], ...] = ({},)
     rows: Callable[[pd.DataFrame], pd.DataFrame | None] | None = None
+    formula: str = ""
 
 
 LAWS: dict[str, Law] = {
     "power": Law(
+        formula="L = E + (x_c/x)^alpha  (--no-offset: E = 0)",
         title="Power law L = E + (x_c/x)^α",
         params=("E", "x_c", "alpha"),
         columns=lambda o: (o.x, "loss"),
@@ -79,6 +82,7 @@ LAWS: dict[str, Law] = {
         variants=({"x": "N"}, {"x": "D"}, {"x": "C"}),
     ),
     "rising": Law(
+        formula="y = k·x^a",
         title="Rising power law y = k·x^a",
         params=("k", "a"),
         columns=lambda o: (o.x, "loss"),
@@ -88,6 +92,7 @@ LAWS: dict[str, Law] = {
         variants=(),  # y = k·x^a fits quantities other than loss: nothing to pool
     ),
     "kaplan-nd": Law(
+        formula="L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D",
         title="Kaplan L(N, D) (eq 1.5)",
         params=("N_c", "D_c", "alpha_N", "alpha_D"),
         columns=lambda o: ("N", "D", "loss"),
@@ -98,6 +103,7 @@ LAWS: dict[str, Law] = {
         plot="two-variable",
     ),
     "kaplan-ns": Law(
+        formula="L = (N_c/N)^alpha_N + (S_c/S)^alpha_S",
         title="Kaplan L(N, S) from learning curves (eq 1.6)",
         params=("N_c", "S_c", "alpha_N", "alpha_S"),
         columns=lambda o: ("N", "S", "loss"),
@@ -109,6 +115,7 @@ LAWS: dict[str, Law] = {
         source="curves",
     ),
     "chinchilla": Law(
+        formula="L = E + A/N^alpha + B/D^beta",
         title="Chinchilla Approach 3: L = E + A/N^α + B/D^β",
         params=("E", "A", "B", "alpha", "beta"),
         columns=lambda o: ("N", "D", "loss"),
@@ -122,6 +129,10 @@ LAWS: dict[str, Law] = {
         variants=({"method": "varpro"},),
     ),
     "isoflop": Law(
+        formula=(
+            "per budget C: loss = loss_opt + curvature·ln(N/N_opt)^2; "
+            "N_opt = k_N·C^a, D_opt = k_D·C^b"
+        ),
         title="IsoFLOP profiles (Chinchilla Approach 2)",
         params=("k_N", "a", "k_D", "b"),
         columns=lambda o: ("N", "C", "loss", *(("D",) if o.flops_per_token is None else ())),
@@ -133,6 +144,7 @@ LAWS: dict[str, Law] = {
         rows=budget_table,
     ),
     "envelope": Law(
+        formula="envelope L(C) = E + (x_c/C)^alpha; N_opt = k_N·C^a, D_opt = k_D·C^b",
         title="Envelope of learning curves (Chinchilla Approach 1, Kaplan L(C_min))",
         params=("E", "x_c", "alpha", "k_N", "a", "k_D", "b"),
         columns=lambda o: ("run", "N", "C", "loss"),

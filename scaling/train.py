@@ -13,7 +13,6 @@ in one step (`scaling.replicas`), each recorded as the run it would have been al
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +30,6 @@ from jax.experimental.compilation_cache import compilation_cache
 from scaling.batch import batch_rows, stack
 from scaling.checkpoint import Checkpointer
 from scaling.config import TrainConfig
-from scaling.flops import mfu
 from scaling.hooks import (
     Checkpointing,
     Clock,
@@ -46,18 +44,17 @@ from scaling.hooks import (
 )
 from scaling.progress import TrainProgress
 from scaling.record import (
-    SUMMARY,
     ResumeError,
     check_same_run,
     completed_record,
     data_changed,
     record_failure,
-    versions,
     write_artifacts,
     write_metrics,
     write_summary,
 )
 from scaling.step import Batch, LossFn, Params, init_state, setup
+from scaling.summary import ending, finish_summary, start_summary
 
 log = logging.getLogger("scaling")
 # Progress lines the logged tokens/s is averaged over: one interval swings with the host's
@@ -241,33 +238,6 @@ def train_models(
         raise
 
 
-def _start_summary(replica: Replica, i: int, k: int, total_steps: int, n_devices: int,
-                   group_name: str | None) -> dict[str, Any]:
-    """A model's record while it trains (status `running`)."""
-    stage = replica.stage
-    seen = total_steps * stage.tokens_per_step
-    return {
-        "status": "running",
-        "stage": stage.name,
-        **stage.record,
-        "steps": total_steps,
-        # D: every token read, unless the stage counts otherwise (SFT: response tokens)
-        "tokens": stage.record.get("tokens", seen),
-        "tokens_per_step": stage.tokens_per_step,
-        "flops_per_token": stage.flops_per_token,
-        "flops": stage.record.get("flops", seen * stage.flops_per_token),
-        "seed": replica.seed,
-        "device": jax.devices()[0].device_kind,
-        "n_devices": n_devices,
-        "replicas": k,
-        **({"replica": i, "replica_group": group_name} if group_name else {}),
-        "resumed_from_step": None,
-        **stage.data_fingerprints,
-        "versions": versions(),
-        "config": replica.config,
-    }
-
-
 def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run_dir: Path,
            record_dirs: Sequence[Path], recorded: Sequence[dict | None], total_steps: int,
            group_name: str | None, checkpointer: Checkpointer) -> list[dict[str, Any]]:
@@ -275,7 +245,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
     k, stage = len(replicas), replicas[0].stage  # the shape, loss, data of every model
     started = time.time()
     placement, state, step_fn = setup_models(replicas, cfg)
-    summaries = [_start_summary(r, i, k, total_steps, len(placement.devices), group_name)
+    summaries = [start_summary(r, i, k, total_steps, len(placement.devices), group_name)
                  for i, r in enumerate(replicas)]
     training = [i for i in range(k) if recorded[i] is None]  # the models recorded here
     loop = LoopState(state=state, step=0, total_steps=total_steps, k=k, placement=placement,
@@ -327,7 +297,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
     )
     wall_s = wall_before + time.time() - started
     for i in training:
-        _finish_summary(summaries[i], loop, i, stage, tokens_per_s, wall_s, group_name)
+        finish_summary(summaries[i], loop, i, stage, tokens_per_s, wall_s, group_name)
         write_metrics(record_dirs[i], loop.rows[i])
         if not loop.diverged[i]:
             write_artifacts(record_dirs[i], loop.artifacts[i])
@@ -357,53 +327,3 @@ def _resume(loop: LoopState, checkpointer: Checkpointer, config_dict: dict,
     loop.diverged = meta.get("diverged", loop.diverged)
     log.info("resuming %s from step %d", run_dir, loop.step)
     return meta["wall_s"]
-
-
-def ending(summary: dict[str, Any], record_dir: Path) -> str:
-    """A run's last line: its final and best validation loss (or where it diverged), and where
-    its record is."""
-    record = Path(record_dir) / SUMMARY
-    if summary["status"] == "diverged":
-        return f"diverged at step {summary['diverged_step']}; record in {record}"
-    final, best = summary["final_val_loss"], summary["best_val_loss"]
-    return (f"done: final val_loss {final:.4f}, best {best:.4f} at step "
-            f"{summary['best_val_step']} of {summary['steps']}; record in {record}")
-
-
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def _finish_summary(summary: dict[str, Any], loop: LoopState, i: int, stage: Stage,
-                    tokens_per_s: float | None, wall_s: float, group_name: str | None) -> None:
-    """Model i's record once the loop has ended: completed (final and best losses) or
-    diverged, with the run's timings."""
-    devices, k = loop.placement.devices, loop.k
-    summary.update(
-        wall_s=wall_s,
-        compile_s=loop.compile_s,
-        tokens_per_s=tokens_per_s,
-        mfu=mfu(tokens_per_s, stage.flops_per_token, devices) if tokens_per_s else None,
-    )
-    if group_name:  # the whole group's rate, all replicas together
-        summary.update(
-            group_tokens_per_s=k * tokens_per_s if tokens_per_s else None,
-            group_mfu=mfu(k * tokens_per_s, stage.flops_per_token, devices)
-            if tokens_per_s else None,
-        )
-    rows = loop.rows[i]
-    extra_losses = [column for m in stage.measurements for column in m.summary]
-    if loop.diverged[i]:
-        summary.update(status="diverged", diverged_step=loop.diverged[i],
-                       final_train_loss=None, final_val_loss=None,
-                       **dict.fromkeys(extra_losses))
-        return
-    final, best = rows[-1], min(rows, key=lambda r: r["val_loss"])
-    summary.update(
-        status="completed",
-        final_train_loss=_finite_or_none(final["train_loss"]),
-        final_val_loss=_finite_or_none(final["val_loss"]),
-        best_val_loss=_finite_or_none(best["val_loss"]),
-        best_val_step=best["step"],
-        **{column: _finite_or_none(final[column]) for column in extra_losses},
-    )

@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scaling-fit", description="Fit a scaling law to a results table (CSV or Parquet)."
     )
     parser.add_argument("table", help="CSV or Parquet file, one row per run or evaluation")
-    parser.add_argument("--law", required=True, choices=tuple(LAWS))
+    parser.add_argument(
+        "--law",
+        required=True,
+        choices=tuple(LAWS),
+        help="; ".join(f"{name}: {law.formula}" for name, law in LAWS.items()),
+    )
     for name in CANONICAL:
         what = "loss (rising: y)" if name == "loss" else name
         parser.add_argument(f"--{name}", default=name, metavar="COL", help=f"column for {what}")

@@ -116,3 +116,14 @@ def test_plot_draws_the_law_out_to_the_predicted_point(capsys, power_csv, tmp_pa
     ax = figures[0].axes[0]
     law_x = max(line.get_xdata().max() for line in ax.get_lines())
     assert law_x == pytest.approx(1e13) and ax.get_xlim()[1] >= 1e13
+
+
+def test_help_gives_each_law_its_formula(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+
+    def squeeze(text: str) -> str:  # argparse wraps the help at spaces and hyphens
+        return "".join(text.split())
+
+    text = squeeze(capsys.readouterr().out)
+    assert all(squeeze(f"{name}: {law.formula}") in text for name, law in LAWS.items())

@@ -27,6 +27,7 @@ from scaling.model import (
     GPTConfig,
     init_params,
     model_shape,
+    next_token_loss,
     resolve_attention,
     resolve_dtype,
 )
@@ -77,8 +78,6 @@ def model_record(model_cfg: GPTConfig, vocab_size: int) -> dict[str, Any]:
 
 def lm_loss(model_cfg: GPTConfig) -> Callable:
     """(params, LmBatch) -> the weighted next-token loss of this model."""
-    from scaling.model import next_token_loss
-
     return partial(next_token_loss, model_cfg)
 
 

@@ -8,8 +8,9 @@ measured" with the reason, never raised; only an empty results table is an error
 
 The package: `constants` (Kaplan's numbers; the verdict thresholds are imported from
 there), `tables` (which rows each fit reads), `fits` (the laws), `icl` (loss per context
-position), `findings` and `batch` (the verdicts), `section` (figures and HTML); this module
-ties them together.
+position), `findings` and `batch` (the verdicts), `verdict` (the `Finding` type, its one
+criterion line and the minimum-evidence gate on the rows each finding used), `section`
+(figures and HTML); this module ties them together.
 """
 
 from collections.abc import Callable
@@ -60,7 +61,7 @@ from analysis.kaplan.tables import (
     main_series,
     transfer_curves,
 )
-from analysis.kaplan.verdict import Finding, gate, study_evidence
+from analysis.kaplan.verdict import Finding, Selection, explain, gate, study_evidence
 from analysis.result import jsonable
 from analysis.section import Section
 from analysis.table import FitInputError
@@ -75,10 +76,12 @@ __all__ = [
     "VERDICTS",
     "Finding",
     "LawFit",
+    "Selection",
     "after_warmup",
     "completed_runs",
     "compute_optimal_exponent",
     "curve_table",
+    "explain",
     "finding_batch",
     "finding_learning_curves",
     "finding_overfitting",
@@ -157,7 +160,7 @@ def write_kaplan_report(
     evidence = study_evidence(runs)
     findings = [
         replace(
-            gate(f, study_evidence(runs, f)),
+            gate(f, runs),
             figures=tuple(name for name in FIGURES_OF[f.number] if name in figures),
         )
         for f in findings

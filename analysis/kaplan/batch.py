@@ -10,7 +10,7 @@ from scipy import stats
 from analysis.fit import ols
 from analysis.kaplan.constants import BCRIT_R2, KAPLAN
 from analysis.kaplan.findings import reach
-from analysis.kaplan.verdict import Finding
+from analysis.kaplan.verdict import Finding, Selection
 
 
 def finding_batch(curves: pd.DataFrame | None, no_curves: str) -> Finding:
@@ -35,9 +35,10 @@ def finding_batch(curves: pd.DataFrame | None, no_curves: str) -> Finding:
             "per step: the same for every run of a size.",
             "B_crit needs runs of one size that differ in batch size",
         )
-    estimates = []
+    estimates, used = [], []
     for N in varied:
         cur = curves[curves["run"].isin(size.index[size == N])].sort_values("S")
+        used += list(size.index[size == N])
         per_run = cur.groupby("run")["loss"]
         lo, hi = per_run.min().max(), per_run.first().min()
         for L in np.geomspace(lo, hi, 10)[:-1]:
@@ -73,13 +74,22 @@ def finding_batch(curves: pd.DataFrame | None, no_curves: str) -> Finding:
         f"{table['B_crit'].max():.3g} tokens; B_crit ∝ L^(−1/α_B) with α_B = {alpha_B:.3f} "
         f"(Kaplan 0.21), R² = {r2:.2f}."
     )
-    if slope < 0 and r2 >= BCRIT_R2:
-        return Finding(
-            8, "reproduced", evidence, "B_crit grows as the loss falls, as a power", numbers
-        )
+    kept = {
+        "measured": f"slope {slope:.2f} of ln B_crit on ln L, R² = {r2:.2f}",
+        "met": bool(slope < 0 and r2 >= BCRIT_R2),
+        "selection": Selection.of(
+            pd.DataFrame({"run": used, "B": batch[used].to_numpy()}), ["B"], run="run"
+        ),
+    }
+    if kept["met"]:
+        reason = "B_crit grows as the loss falls, as a power"
+        return Finding(8, "reproduced", evidence, reason, numbers, **kept)
     if slope < 0:
-        return Finding(8, "partly", evidence, f"the trend is right but R² < {BCRIT_R2}", numbers)
-    return Finding(8, "not reproduced", evidence, "B_crit does not grow as the loss falls", numbers)
+        return Finding(
+            8, "partly", evidence, f"the trend is right but R² < {BCRIT_R2}", numbers, **kept
+        )
+    reason = "B_crit does not grow as the loss falls"
+    return Finding(8, "not reproduced", evidence, reason, numbers, **kept)
 
 
 def noise_scale_points(curves: pd.DataFrame) -> pd.DataFrame:
@@ -120,11 +130,16 @@ def noise_scale_trend(curves: pd.DataFrame) -> Finding | None:
         f"tokens (10th–90th percentile); B ∝ L^(−1/α_B) with α_B = {alpha_B:.3f} "
         f"(Kaplan 0.21), slope {slope:.2f} (95% {low:.2f} to {high:.2f}), Spearman ρ = {rho:.2f}."
     )
+    kept = {
+        "measured": f"slope {slope:.2f} (95% {low:.2f} to {high:.2f})",
+        "met": bool(high < 0),
+        "selection": Selection.of(points, ["N"], run="run"),
+    }
     if high < 0:
         return Finding(8, "reproduced", evidence,
-                       "the noise scale grows as the loss falls, as a power", numbers)
+                       "the noise scale grows as the loss falls, as a power", numbers, **kept)
     if slope < 0:
         return Finding(8, "partly", evidence,
-                       "the trend is right but its interval includes no trend", numbers)
+                       "the trend is right but its interval includes no trend", numbers, **kept)
     return Finding(8, "not reproduced", evidence,
-                   "the noise scale does not grow as the loss falls", numbers)
+                   "the noise scale does not grow as the loss falls", numbers, **kept)

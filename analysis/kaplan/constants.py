@@ -46,9 +46,10 @@ SHAPE_FACTOR = (2.0, 5.0)  # shape spread worth at most ×2 in N: weak; ×5: par
 TRANSFER_SLOPE = (0.2, 0.5)  # |d L_transfer / d L − 1| for "constant offset"; "partly"
 STOP_GAP = (0.03, 0.01)  # median frontier gap above converged: reproduced; partly
 BCRIT_R2 = 0.8
-# The least a study must hold before any finding is called "reproduced": completed runs,
-# decades of N spanned, and no data repeated (Kaplan's runs never see a token twice).
-MIN_EVIDENCE = {"runs": 6, "decades_N": 1.0, "max_epochs": 1.0}
+# The least the rows a finding uses must hold before it is called "reproduced": completed
+# runs, decades spanned in the finding's variable (N for most), and no data repeated
+# (Kaplan's runs never see a token twice).
+MIN_EVIDENCE = {"runs": 6, "decades": 1.0, "max_epochs": 1.0}
 DEGENERATE_TERM = 0.05  # a law term that changes loss < 5% over the data acts as a constant
 WARMUP_FRACTION = 0.05  # curves without lr: the trainer's default warmup
 SAMPLE_TARGET_SLACK = 1.05  # a second, looser loss target for sample efficiency
@@ -56,3 +57,41 @@ SAMPLE_TARGET_SLACK = 1.05  # a second, looser loss target for sample efficiency
 # tokens 500 and 50 of 8192); scaled to the context length we have.
 ICL_POSITIONS = (0.1, 0.8)
 TRANSFER_PREFIXES = ("transfer_loss", "val_loss_")
+
+# What each finding needs for "reproduced" (and "partly"), from the thresholds above.
+CRITERIA = {
+    1: (
+        f"the loss spread across depths at one N and D is worth at most a ×{SHAPE_FACTOR[0]:g} "
+        f"change in N along the fitted L(N) (partly: ×{SHAPE_FACTOR[1]:g})"
+    ),
+    2: (
+        f"each of L(N), L(D) and L(C) fits within {SMOOTH_RMS:.0%} rms over {SMOOTH_DECADES:g}+ "
+        f"decade and {SMOOTH_POINTS}+ points (partly: some law within {SMOOTH_RMS:.0%} rms)"
+    ),
+    3: (
+        f"eq 1.5 converges (status ok) within {SMOOTH_RMS:.0%} rms with α_N and α_D at most "
+        f"{MAX_EXPONENT:g} (partly: an estimate that misses this)"
+    ),
+    4: (
+        f"eq 1.6 converges (status ok) within {SMOOTH_RMS:.0%} rms and its step term is no "
+        f"constant: α_S·ln(S_max/S_min) ≥ {DEGENERATE_TERM:g} (partly: an estimate that misses "
+        "this)"
+    ),
+    5: (
+        f"|d L_transfer / d L − 1| ≤ {TRANSFER_SLOPE[0]:g} on every transfer corpus (partly: "
+        f"≤ {TRANSFER_SLOPE[1]:g})"
+    ),
+    6: (
+        "at each target loss, d ln D / d ln N < 0 by more than 2 standard errors over 3+ sizes "
+        "(partly: < 0)"
+    ),
+    7: (
+        f"the frontier's median gap above converged loss is {STOP_GAP[0]:.0%}+ (partly: "
+        f"{STOP_GAP[1]:.0%}+)"
+    ),
+    8: (
+        "B_crit grows as the loss falls: from the gradient noise scale, the 95% interval of "
+        "its log-log slope below 0; from runs at several batch sizes, a negative slope with "
+        f"R² ≥ {BCRIT_R2:g} (partly: a negative slope)"
+    ),
+}

@@ -26,7 +26,7 @@ from analysis.kaplan.constants import (
 )
 from analysis.kaplan.fits import LawFit
 from analysis.kaplan.tables import levels
-from analysis.kaplan.verdict import Finding
+from analysis.kaplan.verdict import Finding, Selection
 
 
 def finding_shape(runs: pd.DataFrame, ln: LawFit, ld: LawFit, lc: LawFit) -> Finding:
@@ -48,6 +48,8 @@ def finding_shape(runs: pd.DataFrame, ln: LawFit, ld: LawFit, lc: LawFit) -> Fin
         return Finding(1, "not measured", scale, reason)
     widest = max(groups, key=lambda g: g["loss_spread"])
     numbers = {"alpha": alphas, "shape_groups": groups}
+    used = {run for g in groups for run in g["run_ids"]} | set(ln.run_ids())
+    selection = Selection.of(runs[runs["run_id"].astype(str).isin(used)], ["N"])
     spread = widest["loss_spread"]
     evidence = (
         f"At N ≈ {widest['N']:.3g}, D ≈ {widest['D']:.3g}, depths {widest['n_layer']} span "
@@ -64,15 +66,16 @@ def finding_shape(runs: pd.DataFrame, ln: LawFit, ld: LawFit, lc: LawFit) -> Fin
     if alpha is None or alpha <= 0:
         verdict = "partly" if alpha is None else "not reproduced"
         reason = "no L(N) fit to weigh the spread against" if alpha is None else "no N effect"
-        return Finding(1, verdict, evidence, reason, numbers)
+        measured = f"a {spread:.1%} spread" + ("" if alpha is None else f", α_N = {alpha:.3f}")
+        return Finding(
+            1, verdict, evidence, reason, numbers, measured=measured, selection=selection
+        )
     factor = float(np.exp(spread / alpha))
     numbers["equivalent_N_factor"] = factor
-    reason = (
-        f"the shape spread equals a ×{factor:.3g} change in N by the fitted L(N) (weak: "
-        f"≤ ×{SHAPE_FACTOR[0]:g}; Kaplan: a few % over a 40× range of aspect ratio)"
-    )
-    verdict = _grade(factor, SHAPE_FACTOR, higher_is_better=False)
-    return Finding(1, verdict, evidence, reason, numbers)
+    measured = f"×{factor:.3g} in N (a {spread:.1%} spread, α_N = {alpha:.3f})"
+    reason = "Kaplan: a few % over a 40× range of aspect ratio"
+    return _graded(1, factor, SHAPE_FACTOR, False, measured, evidence, reason, numbers,
+                   selection)
 
 
 def shape_groups(runs: pd.DataFrame, alpha_N: float | None) -> list[dict[str, Any]]:
@@ -92,6 +95,7 @@ def shape_groups(runs: pd.DataFrame, alpha_N: float | None) -> list[dict[str, An
         )
         groups.append(
             {
+                "run_ids": sorted(map(str, group["run_id"])),
                 "N": group["N"].median(),
                 "D": group["D"].median(),
                 "n_layer": sorted(group["model.n_layer"].unique().tolist()),
@@ -135,21 +139,32 @@ def finding_smooth(ln: LawFit, ld: LawFit, lc: LawFit) -> Finding:
         )
         + " (Kaplan: N over 6 decades, D over 3, C over 8)."
     )
-    fitted = sum(law.fit is not None for law in fits)
+    fitted = [law for law in fits if law.fit is not None]
     if not fitted:
         return Finding(2, "not measured", evidence, "no law could be fitted", numbers)
-    if len(good) == 3 and all(good):
-        verdict, reason = "reproduced", f"all three within {SMOOTH_RMS:.0%} rms over a decade+"
+    narrowest = min(fitted, key=lambda law: numbers[law.key]["decades"])
+    selection = Selection(
+        tuple(sorted({run for law in fitted for run in law.run_ids()})),
+        narrowest.fit.variables[0],
+        numbers[narrowest.key]["decades"],
+    )
+    met = len(good) == 3 and all(good)
+    measured = (
+        f"{len(good)} of 3 within {SMOOTH_RMS:.0%} rms, {sum(good)} of them over "
+        f"{SMOOTH_DECADES:g}+ decade and {SMOOTH_POINTS}+ points"
+    )
+    if met:
+        verdict, reason = "reproduced", ""
     elif good:
         verdict = "partly"
-        reason = (
-            f"{len(good)} of 3 laws fit within {SMOOTH_RMS:.0%} rms, but over fewer than "
-            f"{SMOOTH_DECADES:g} decade or {SMOOTH_POINTS} points for some, or one is missing: "
-            "too little range to call it a power law over orders of magnitude"
-        )
+        reason = "too little range to call it a power law over orders of magnitude"
+        if len(good) < 3:
+            reason = "not every law fits smoothly, or one is missing"
     else:
-        verdict, reason = "not reproduced", f"no law fits within {SMOOTH_RMS:.0%} rms"
-    return Finding(2, verdict, evidence, reason, numbers)
+        verdict, reason = "not reproduced", ""
+    return Finding(
+        2, verdict, evidence, reason, numbers, measured=measured, met=met, selection=selection
+    )
 
 
 def finding_overfitting(lnd: LawFit, runs: pd.DataFrame) -> Finding:
@@ -172,13 +187,16 @@ def finding_overfitting(lnd: LawFit, runs: pd.DataFrame) -> Finding:
         )
     )
     runaway = [name for name in ("alpha_N", "alpha_D") if p[name] > MAX_EXPONENT]
-    if runaway:
-        return Finding(
-            3, "partly", evidence,
-            f"{' and '.join(runaway)} ran past {MAX_EXPONENT:g}: the fit collapses eq 1.5 to "
-            "whichever term is larger at each run, so the data do not pin that exponent down "
-            "(too little overlap between the N-limited and the D-limited regimes)", numbers)
-    return _fit_verdict(3, lnd, "eq 1.5", evidence, numbers)
+    flaw = (
+        f"{' and '.join(runaway)} ran past {MAX_EXPONENT:g}: the fit collapses eq 1.5 to "
+        "whichever term is larger at each run, so the data do not pin that exponent down "
+        "(too little overlap between the N-limited and the D-limited regimes)"
+        if runaway
+        else ""
+    )
+    detail = f"α_N = {p['alpha_N']:.3f}, α_D = {p['alpha_D']:.3f}"
+    selection = Selection.of(runs[runs["run_id"].astype(str).isin(lnd.run_ids())], ["N", "D"])
+    return _fit_verdict(3, lnd, detail, flaw, evidence, numbers, selection)
 
 
 def finding_learning_curves(lns: LawFit) -> Finding:
@@ -196,10 +214,14 @@ def finding_learning_curves(lns: LawFit) -> Finding:
     # (S_c/S)^α_S barely moving over the steps fitted means the S term became a constant.
     S = lns.points["S"]
     numbers["S_term_change"] = p["alpha_S"] * float(np.log(S.max() / S.min()))
-    if numbers["S_term_change"] < DEGENERATE_TERM:
-        reason = "the step term (S_c/S)^α_S is nearly constant: eq 1.6 fits as an offset only"
-        return Finding(4, "partly", evidence, reason, numbers)
-    return _fit_verdict(4, lns, "eq 1.6", evidence, numbers)
+    flaw = (
+        "the step term (S_c/S)^α_S is nearly constant: eq 1.6 fits as an offset only"
+        if numbers["S_term_change"] < DEGENERATE_TERM
+        else ""
+    )
+    detail = f"α_S·ln(S_max/S_min) = {numbers['S_term_change']:.2g}"
+    selection = Selection.of(lns.points, ["N", "S"], run="run")
+    return _fit_verdict(4, lns, detail, flaw, evidence, numbers, selection)
 
 
 def finding_transfer(runs: pd.DataFrame) -> Finding:
@@ -213,12 +235,13 @@ def finding_transfer(runs: pd.DataFrame) -> Finding:
             "needs a transfer_loss or val_loss_<corpus> column: every run is "
             "evaluated on its own corpus only",
         )
-    numbers, grades = {}, []
+    numbers, grades, used = {}, [], []
     for column in columns:
         both = runs[["loss", column]].apply(pd.to_numeric, errors="coerce").dropna()
         if len(both) < 3:
             numbers[column] = {"status": f"skipped: {len(both)} runs have it"}
             continue
+        used.append(both.index)
         slope, intercept, se, _ = ols(both["loss"].to_numpy(), both[column].to_numpy())
         offset = both[column] - both["loss"]
         numbers[column] = {
@@ -242,12 +265,20 @@ def finding_transfer(runs: pd.DataFrame) -> Finding:
             5, "not measured", evidence, "fewer than 3 runs carry a transfer loss", numbers
         )
     verdict = grades[0] if len(set(grades)) == 1 else "partly"
-    measured = ", ".join(f"{abs(v['slope'] - 1):.2f}" for v in numbers.values() if "slope" in v)
-    reason = (
-        f"criterion |d L_transfer / d L − 1|: reproduced ≤ {TRANSFER_SLOPE[0]:g}, partly ≤ "
-        f"{TRANSFER_SLOPE[1]:g}; measured {measured}"
+    measured = ", ".join(
+        f"{c}: {abs(v['slope'] - 1):.2f}" for c, v in numbers.items() if "slope" in v
     )
-    return Finding(5, verdict, evidence, reason, numbers)
+    rows = runs.loc[sorted(set().union(*used))]
+    return Finding(
+        5,
+        verdict,
+        evidence,
+        "",
+        numbers,
+        measured=measured,
+        met=set(grades) == {"reproduced"},
+        selection=Selection.of(rows, ["N"]),
+    )
 
 
 def finding_sample_efficiency(curves: pd.DataFrame | None, ln: LawFit, no_curves: str) -> Finding:
@@ -281,8 +312,7 @@ def finding_sample_efficiency(curves: pd.DataFrame | None, ln: LawFit, no_curves
     for L, t in table.groupby("target"):
         t = t.sort_values("N")
         slope, _, se, _ = ols(np.log(t["N"].to_numpy()), np.log(t["D"].to_numpy()))
-        # With 2 sizes there is no error bar: the sign must do.
-        slopes.append((slope, slope + 2 * se < 0 if np.isfinite(se) else slope < 0))
+        slopes.append((slope, se, len(t)))
         lines.append(
             f"to reach loss {L:.3f}, N = {t['N'].iloc[0]:.3g} needs {t['D'].iloc[0]:.3g} tokens "
             f"({t['S'].iloc[0]:.3g} steps), N = {t['N'].iloc[-1]:.3g} needs "
@@ -290,19 +320,19 @@ def finding_sample_efficiency(curves: pd.DataFrame | None, ln: LawFit, no_curves
             f"{slope:.2f} ± {se:.2f} over {len(t)} sizes"
         )
     evidence = "On runs of equal length, " + "; ".join(lines) + "."
-    numbers = {
-        "table": table,
-        "slopes": [s for s, _ in slopes],
-        "run_ids": sorted(cur["run"].unique()),
-    }
-    if all(significant for _, significant in slopes):
+    numbers = {"table": table, "slopes": [s for s, _, _ in slopes]}
+    # Two sizes give no standard error, so they cannot show the fall is more than noise.
+    met = all(n >= 3 and slope + 2 * se < 0 for slope, se, n in slopes)
+    measured = ", ".join(f"{slope:.2f} ± {se:.2f} over {n} sizes" for slope, se, n in slopes)
+    kept = {"measured": measured, "met": met, "selection": Selection.of(cur, ["N"], run="run")}
+    if met:
         reason = "larger sizes reach each loss in fewer tokens and steps"
-        return Finding(6, "reproduced", evidence, reason, numbers)
-    if all(slope < 0 for slope, _ in slopes):
+        return Finding(6, "reproduced", evidence, reason, numbers, **kept)
+    if all(slope < 0 for slope, _, _ in slopes):
         reason = "tokens fall with N, but not by more than twice their standard error"
-        return Finding(6, "partly", evidence, reason, numbers)
+        return Finding(6, "partly", evidence, reason, numbers, **kept)
     reason = "larger sizes do not reach the targets in fewer tokens"
-    return Finding(6, "not reproduced", evidence, reason, numbers)
+    return Finding(6, "not reproduced", evidence, reason, numbers, **kept)
 
 
 def finding_stopping(lc: LawFit, lnd: LawFit, runs: pd.DataFrame) -> Finding:
@@ -330,7 +360,6 @@ def finding_stopping(lc: LawFit, lnd: LawFit, runs: pd.DataFrame) -> Finding:
         "median_gap": float(np.nanmedian(gap)),
         "converged_from": method,
         "kaplan_gap": KAPLAN_STOP_GAP,
-        "run_ids": sorted(frontier["run"].unique()),
     }
     evidence = (
         f"Along the fitted frontier ({len(frontier)} points, {frontier['run'].nunique()} runs) "
@@ -340,12 +369,11 @@ def finding_stopping(lc: LawFit, lnd: LawFit, runs: pd.DataFrame) -> Finding:
     own = frontier["loss"].to_numpy() / frontier["run"].map(final).to_numpy() - 1
     numbers["median_gap_to_own_final"] = float(np.nanmedian(own))
     evidence += f" Above the frontier run's own final loss: median {np.nanmedian(own):.1%}."
-    verdict = _grade(numbers["median_gap"], STOP_GAP, higher_is_better=True)
-    reason = (
-        f"criterion: median gap above converged loss, reproduced ≥ {STOP_GAP[0]:.0%}, partly ≥ "
-        f"{STOP_GAP[1]:.0%}; measured {numbers['median_gap']:.1%}"
+    measured = f"{numbers['median_gap']:.1%}"
+    selection = Selection.of(frontier, ["N"], run="run")
+    return _graded(
+        7, numbers["median_gap"], STOP_GAP, True, measured, evidence, "", numbers, selection
     )
-    return Finding(7, verdict, evidence, reason, numbers)
 
 
 def reach(curve: pd.DataFrame, target: float) -> tuple[float, float]:
@@ -372,20 +400,62 @@ def _grade(value: float, thresholds: tuple[float, float], *, higher_is_better: b
     return "reproduced" if value <= good else "partly" if value <= fair else "not reproduced"
 
 
-def _fits_within(law: LawFit) -> bool:
-    return law.fit.ok and law.rms() <= SMOOTH_RMS
+def _graded(
+    number: int,
+    value: float,
+    thresholds: tuple[float, float],
+    higher_is_better: bool,
+    measured: str,
+    evidence: str,
+    reason: str,
+    numbers: dict,
+    selection: Selection,
+) -> Finding:
+    """Finding `number` graded by `thresholds` on `value`, met when it grades "reproduced"."""
+    verdict = _grade(value, thresholds, higher_is_better=higher_is_better)
+    return Finding(
+        number,
+        verdict,
+        evidence,
+        reason,
+        numbers,
+        measured=measured,
+        met=verdict == "reproduced",
+        selection=selection,
+    )
 
 
-def _fit_verdict(number: int, law: LawFit, equation: str, evidence: str,
-                 numbers: dict) -> Finding:
-    """Finding `number` from how well `equation` fits: reproduced within SMOOTH_RMS, not
-    reproduced without an estimate, else partly, stating the criterion against the measure."""
-    if _fits_within(law):
-        reason = f"{equation} fits within {SMOOTH_RMS:.0%}"
-        return Finding(number, "reproduced", evidence, reason, numbers)
+def _fit_verdict(
+    number: int,
+    law: LawFit,
+    detail: str,
+    flaw: str,
+    evidence: str,
+    numbers: dict,
+    selection: Selection,
+) -> Finding:
+    """Finding `number` from how well its law fits: reproduced when it converged within
+    SMOOTH_RMS and shows no `flaw`, not reproduced without an estimate, else partly."""
+    measured = f"status {law.fit.status}, rms {law.rms():.2%}, {detail}"
     if not law.fit.usable:
         reason = f"the fit gives no estimate ({law.fit.status})"
-        return Finding(number, "not reproduced", evidence, reason, numbers)
-    reason = (f"criterion: an ok fit within {SMOOTH_RMS:.0%} rms; measured {law.fit.status}, "
-              f"rms {law.rms():.2%}")
-    return Finding(number, "partly", evidence, reason, numbers)
+        return Finding(
+            number,
+            "not reproduced",
+            evidence,
+            reason,
+            numbers,
+            measured=measured,
+            selection=selection,
+        )
+    met = law.fit.ok and law.rms() <= SMOOTH_RMS and not flaw
+    return Finding(
+        number,
+        "reproduced" if met else "partly",
+        evidence,
+        flaw,
+        numbers,
+        measured=measured,
+        met=met,
+        selection=selection,
+    )

@@ -48,6 +48,14 @@ class LawFit:
         """Root-mean-square residual in ln L (NaN when skipped)."""
         return float(np.sqrt(np.mean(self.fit.residuals**2))) if self.fit else float("nan")
 
+    def run_ids(self) -> tuple[str, ...]:
+        """The runs the law was fitted on: its recorded run ids, else its points' `run`."""
+        if "run_ids" in self.info:
+            return tuple(map(str, self.info["run_ids"]))
+        if self.points is not None and "run" in self.points:
+            return tuple(map(str, self.points["run"].unique()))
+        return ()
+
     def usable(self) -> bool:
         """Fitted, and converged: an offset that ends at E = 0 is still a clean power law."""
         return self.fit is not None and self.fit.status in ("ok", "hit_bound:E")
@@ -155,7 +163,8 @@ def law_nd(runs: pd.DataFrame, n_bootstrap: int = 0, seed: int = 0) -> LawFit:
         )
     data = select(runs.assign(loss=runs["early_loss"]), ["N", "D", "loss"])
     fit = _fit(data, "kaplan-nd", n_bootstrap, seed)
-    return LawFit("L(N,D)", "kaplan-nd", fit, None, data, {"loss_column": "best_val_loss"})
+    info = {"loss_column": "best_val_loss", "run_ids": runs["run_id"].tolist()}
+    return LawFit("L(N,D)", "kaplan-nd", fit, None, data, info)
 
 
 def law_ns(curves: pd.DataFrame, n_bootstrap: int = 0, seed: int = 0) -> LawFit:

@@ -24,7 +24,7 @@ from analysis.kaplan.constants import (
 )
 from analysis.kaplan.fits import LawFit
 from analysis.kaplan.tables import levels, transfer_curves
-from analysis.kaplan.verdict import Finding
+from analysis.kaplan.verdict import Finding, explain
 from analysis.plots import figure_html
 from analysis.result import Fit, jsonable
 from analysis.uncertainty import LEVEL, percentile_interval
@@ -167,12 +167,13 @@ def _html(
         + "".join(_figure(f) for f in figures if f not in SECTION_FIGURES)
         + "</div>",
         "<h3>The eight findings</h3>",
-        f"<p>A finding is called reproduced only when the study holds the minimum evidence: "
-        f"{MIN_EVIDENCE['runs']} or more completed runs, N over {MIN_EVIDENCE['decades_N']:g} "
-        f"decade or more, and at most {MIN_EVIDENCE['max_epochs']:g} epoch (no repeated data). "
-        f"This study: {evidence['runs']} runs, N over {evidence['decades_N']:.2g} decades, up "
-        f"to {_num(evidence['max_epochs'])} epochs. Each verdict states its criterion and the "
-        "measured value.</p>",
+        f"<p>A finding is called reproduced only when it meets its criterion and the rows it "
+        f"uses hold the minimum evidence: {MIN_EVIDENCE['runs']} or more completed runs, "
+        f"{MIN_EVIDENCE['decades']:g} decade or more in the finding's variable, and at most "
+        f"{MIN_EVIDENCE['max_epochs']:g} epoch (no repeated data). The whole study: "
+        f"{evidence['runs']} runs, N over {evidence['decades_N']:.2g} decades, up to "
+        f"{_num(evidence['max_epochs'])} epochs. Each finding states its criterion, the "
+        "measured value and what its own rows hold.</p>",
         "<table><tr><th>#</th><th>finding</th><th>verdict</th></tr>"
         + "".join(
             f"<tr><td>{f.number}</td><td>{e(f.title)}</td><td>{e(f.verdict)}</td></tr>"
@@ -184,6 +185,7 @@ def _html(
         parts += [
             f"<h4>{f.number}. {e(f.title)}: {e(f.verdict)}</h4>",
             f"<p>{e(f.evidence)}</p>",
+            f'<p class="criterion">{e(explain(f))}</p>',
             f'<p class="verdict">Verdict: <strong>{e(f.verdict)}</strong>'
             + (f" ({e(f.reason)})" if f.reason else "")
             + ".</p>",

@@ -2,6 +2,8 @@
 keys of its fits.json part, a verdict per finding, and skips instead of errors."""
 
 import json
+from dataclasses import replace
+from html import escape
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from analysis.kaplan import (
     KAPLAN_A_EQ15,
     VERDICTS,
     Finding,
+    Selection,
     completed_runs,
     curve_table,
     finding_batch,
@@ -21,13 +24,15 @@ from analysis.kaplan import (
     main_series,
     write_kaplan_report,
 )
-from analysis.kaplan.verdict import gate, study_evidence
+from analysis.kaplan.constants import CRITERIA
+from analysis.kaplan.verdict import gate
 from analysis.registry import fit_law
 from analysis.uncertainty import bootstrap
 from tests.analysis.synthetic import (
     TRUE_CHINCHILLA,
     TRUE_KAPLAN_ND,
     TRUE_KAPLAN_NS,
+    demo_sweep,
     kaplan_nd_table,
     kaplan_ns_curves,
     noisy,
@@ -386,11 +391,70 @@ def test_the_critical_batch_size_trend_is_read_from_the_gradient_noise_scale():
     assert finding_batch(flat, "").verdict != "reproduced"
 
 
-def test_reproduced_needs_the_minimum_evidence():
-    finding = Finding(6, "reproduced", "bigger models reach the loss in fewer tokens")
-    few = pd.DataFrame({"N": [1e6, 2e6, 4e6], "epochs": [10.0, 10.0, 10.0]})
-    gated = gate(finding, study_evidence(few))
+def test_every_finding_prints_its_criterion_measure_and_evidence_in_one_shape(report):
+    _, html, fits = report
+    minimum = (
+        "Minimum evidence for reproduced: 6+ runs, 1+ decade in the finding's variable, "
+        "≤ 1 epoch; its rows: "
+    )
+    for f in fits["kaplan_findings"]:
+        line = f["explanation"]
+        assert line.startswith(f"Criterion: {CRITERIA[f['number']]}. Measured: "), line
+        assert minimum in line and line.count("Criterion: ") == 1
+        assert f'<p class="criterion">{escape(line)}</p>' in html
+        if f["verdict"] == "reproduced":  # meets its own criterion, on rows that hold enough
+            assert f["met"] and ": criterion met. " in line
+            held = f["held"]
+            assert held["runs"] >= 6 and held["decades"] >= 1 and held["max_epochs"] <= 1
+            assert f"its rows: {held['runs']} runs, {held['variable']} over " in line
+    findings = {f["number"]: f for f in fits["kaplan_findings"]}
+    factor = findings[1]["numbers"]["equivalent_N_factor"]
+    assert findings[1]["measured"].startswith(f"×{factor:.3g} in N")
+    assert findings[7]["measured"] == f"{findings[7]['numbers']['median_gap']:.1%}"
+    assert findings[6]["measured"].count("over 16 sizes") == 2
+    assert findings[8]["measured"] == "" and "Measured: nothing (not measured)" in (
+        findings[8]["explanation"]
+    )
+
+
+def test_reproduced_cannot_fail_its_own_criterion():
+    with pytest.raises(ValueError, match="finding 6 is 'reproduced' but fails its criterion"):
+        Finding(6, "reproduced", "bigger models reach the loss in fewer tokens", met=False)
+    flat = _transfer_sweep(np.full(6, 3.0))[0]  # the transfer loss does not move: slope 0
+    finding = finding_transfer(completed_runs(flat))
+    assert finding.verdict == "not reproduced" and not finding.met
+    assert finding.measured == "transfer_loss: 1.00"
+
+
+def test_reproduced_needs_the_minimum_evidence_in_the_rows_the_finding_uses():
+    study = pd.DataFrame({"run_id": [f"r{i}" for i in range(20)],
+                          "N": np.geomspace(1e5, 1e8, 20), "epochs": [10.0] + [0.5] * 19})
+    finding = Finding(6, "reproduced", "bigger models reach the loss in fewer tokens", met=True,
+                      selection=Selection.of(study.iloc[1:4], ["N"]))
+    gated = gate(finding, study)  # the study holds enough; the finding's three runs do not
     assert gated.verdict == "partly"
-    assert "3 completed runs (needs 6)" in gated.reason and "up to 10 epochs" in gated.reason
-    enough = pd.DataFrame({"N": np.geomspace(1e6, 1e8, 6), "epochs": 0.5})
-    assert gate(finding, study_evidence(enough)).verdict == "reproduced"
+    assert "3 runs (needs 6)" in gated.reason and "N over 0.32 decades (needs 1)" in gated.reason
+    assert "epochs" not in gated.reason  # the run at 10 epochs is not among them
+    assert gated.held == {"runs": 3, "variable": "N", "decades": pytest.approx(0.316, abs=1e-3),
+                          "max_epochs": 0.5}
+    wide = replace(finding, selection=Selection.of(study.iloc[1::3], ["N"]))
+    assert gate(wide, study).verdict == "reproduced"
+    repeated = replace(finding, selection=Selection.of(study.iloc[::3], ["N"]))
+    assert "up to 10 epochs" in gate(repeated, study).reason
+    assert gate(replace(finding, selection=None), study).verdict == "partly"
+
+
+def test_each_finding_is_gated_on_its_own_rows_not_the_study(tmp_path):
+    """The demo-shaped study holds 16 runs over 1.5 decades of N, at most 0.24 epochs: enough
+    as a whole, but eq 1.5's D spans 0.78 decades, the curves of eq 1.6 and finding 6 come
+    from 4 runs, and the frontier of finding 7 spans half a decade of N."""
+    results, curves = demo_sweep()
+    fits = write_kaplan_report(results, curves, tmp_path).fits
+    assert fits["kaplan_evidence"]["runs"] == 16 and fits["kaplan_evidence"]["decades_N"] > 1
+    findings = {f["number"]: f for f in fits["kaplan_findings"]}
+    for number, short in ((3, "D over 0.78 decades"), (4, "4 runs (needs 6)"),
+                          (6, "4 runs (needs 6)"), (7, "N over 0.52 decades")):
+        assert findings[number]["met"], number
+        assert findings[number]["verdict"] == "partly", number
+        assert f"below the minimum evidence: {short}" in findings[number]["reason"], number
+    assert findings[1]["verdict"] == "reproduced" and findings[1]["held"]["runs"] == 9

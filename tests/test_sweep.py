@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from hydra_plugins.scaling_launcher.local_launcher import slot_env
-from hydra_plugins.scaling_launcher.study_sweeper import expand_grids
+from hydra_plugins.scaling_launcher.study_sweeper import expand_grids, link_parents
 from scaling.config import register_configs
 from scaling.flops import flops_per_token
 from scaling.model import GPTConfig
@@ -105,6 +105,35 @@ def test_study_grids_expand_separately_and_take_command_line_overrides():
         expand_grids({"a": {}}, [], OverridesParser.create())
     with pytest.raises(ValueError, match="at least one grid"):
         expand_grids({}, [], OverridesParser.create())
+
+
+def test_a_grid_starts_each_run_from_the_run_of_its_parent_grid_with_the_same_swept_values():
+    jobs = expand_grids({"pre": {"model": "a,b", "train.tokens": 9},
+                         "ft": {"model": "a,b", "train.tokens": "1,2",
+                                "stage.init_from": "grid:pre"}}, [], OverridesParser.create())
+    linked = link_parents(jobs, lambda overrides: "runs/" + "-".join(overrides))
+    assert linked[:2] == jobs[:2]  # the parents' own runs are unchanged
+    init_from = {tuple(o for o in overrides if not o.startswith("stage.init_from")):
+                 next(o for o in overrides if o.startswith("stage.init_from"))
+                 for _, overrides in linked[2:]}
+    assert init_from == {
+        ("model=a", "train.tokens=1"): "stage.init_from=runs/model=a-train.tokens=9",
+        ("model=a", "train.tokens=2"): "stage.init_from=runs/model=a-train.tokens=9",
+        ("model=b", "train.tokens=1"): "stage.init_from=runs/model=b-train.tokens=9",
+        ("model=b", "train.tokens=2"): "stage.init_from=runs/model=b-train.tokens=9"}
+
+
+@pytest.mark.parametrize(("grids", "message"), [
+    ({"ft": {"model": "a", "stage.init_from": "grid:nope"}}, "names no other grid"),
+    ({"pre": {"model": "a,b"}, "ft": {"train.tokens": 1, "stage.init_from": "grid:pre"}},
+     "grid pre sweeps model, which this grid does not set"),
+    ({"pre": {"model": "a,b"}, "ft": {"model": "c", "stage.init_from": "grid:pre"}},
+     "0 runs of grid pre have model=c"),
+])
+def test_a_parent_grid_that_names_no_single_run_is_one_line(grids, message):
+    jobs = expand_grids(grids, [], OverridesParser.create())
+    with pytest.raises(ValueError, match=message):
+        link_parents(jobs, lambda overrides: "runs/x")
 
 
 def test_demo_study_covers_sizes_budgets_shapes_and_batch_sizes():

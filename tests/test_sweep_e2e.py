@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from scaling.results import collect
+
 TRAIN = [sys.executable, "-c", "from scaling.cli import train; train()"]
 REPORT = [sys.executable, "-c", "from scaling.cli import report; report()"]
 
@@ -134,6 +136,60 @@ def test_a_study_launches_the_union_of_its_grids_once(corpus_dir, cache_dir, tmp
     again = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "Launching 0 runs (3 already completed)" in again.stdout + again.stderr
+
+
+TRANSFER = """
+defaults:
+  - config
+  - override hydra/sweeper: study
+  - _self_
+model: {n_layer: 1, n_head: 2, n_ctx: 32}
+train: {batch_size: 8, eval_count: 3, eval_batches: 1}
+data: {tokenizer: bytes}
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    grids:
+      finetune: {model.d_model: '16,24', train.tokens: 3000, stage: finetune,
+                 stage.init_from: 'grid:pretrain'}
+      pretrain: {model.d_model: '16,24', train.tokens: '10000'}
+"""
+
+
+def test_a_study_fine_tunes_each_size_after_its_parent_and_skips_those_of_a_failed_parent(
+        corpus_dir, cache_dir, tmp_path):
+    (tmp_path / "study.yaml").write_text(TRANSFER)
+    sweep = tmp_path / "S"
+    args = ["--config-dir", str(tmp_path), "--config-name", "study", "hydra/launcher=local",
+            "hydra.launcher.n_jobs=2", "data=files", f"data.paths=[{corpus_dir}/*.py]",
+            f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"]
+    first = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    log = first.stdout + first.stderr
+    assert "Study of 4 runs: finetune 2, pretrain 2" in log and "[4/4]" in log
+    results = collect(sweep).results.set_index("run_id")
+    tuned = results[results["stage"] == "finetune"]
+    assert len(tuned) == 2 and set(tuned["status"]) == {"completed"}
+    for run_id, row in tuned.iterrows():
+        parent = results.loc[row["parent_run"]]  # the pretraining run of its own width
+        assert parent["stage"] == "pretrain" and parent["model.d_model"] == row["model.d_model"]
+        summary = json.loads((sweep / run_id / "summary.json").read_text())
+        assert summary["config"]["stage"]["init_from"].endswith(row["parent_run"])
+
+    # 5 heads do not divide the width: each parent is refused in its process, and its
+    # fine-tunes are skipped without starting
+    failing = TRANSFER.replace("pretrain: {model.d_model: '16,24', train.tokens: '10000'}",
+                               "pretrain: {model.d_model: '16,24', train.tokens: '10000',"
+                               " model.n_head: 5}")
+    (tmp_path / "study.yaml").write_text(failing)
+    second = subprocess.run([*TRAIN, *[a.replace(str(sweep), str(tmp_path / "F")) for a in args]],
+                            capture_output=True, text=True, timeout=300)
+    log = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert log.count("FAILED (skipped: the run it starts from") == 2, log
+    # the skipped fine-tunes never started: only the parents have directories
+    assert sorted(p.name.split("-")[3] for p in (tmp_path / "F").iterdir() if p.is_dir()) == [
+        "D10k", "D10k"]
 
 
 def test_ctrl_c_on_a_parallel_sweep_checkpoints_its_runs_and_the_relaunch_resumes_them(

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from scaling.config import is_replica_group
 from scaling.data.errors import DataError
 from scaling.record import completed_same_config
-from scaling.sweep import IDENTITY_GROUPS, corpus_fingerprint, planned_flops
+from scaling.sweep import IDENTITY_GROUPS, canonical_path, corpus_fingerprint, planned_flops
 
 log = logging.getLogger(__name__)
 LOG = "launcher.log"  # each run's output, in its directory
@@ -143,11 +143,36 @@ class LocalLauncher(Launcher):
         failed: list[tuple[Path, str]] = []
         queue = [(i, job) for i, job in enumerate(jobs) if i not in results]
         cost = {i: float(planned_flops(job_config)) for i, (_, job_config, _) in queue}
+        parents = parent_jobs(jobs)
         done_cost, total = 0.0, len(queue)
         started = time.monotonic()
+
+        def finish(index: int, returncode: int, error: str | None, seconds: float) -> None:
+            nonlocal done_cost
+            overrides, job_config, run_dir = jobs[index]
+            if error:
+                failed.append((run_dir, error))
+            results[index] = _job_return(overrides, job_config, run_dir, returncode, error)
+            done_cost += cost.pop(index)
+            done = total - len(queue) - len(running)
+            elapsed = time.monotonic() - started
+            eta = elapsed * sum(cost.values()) / max(done_cost, 1.0)
+            log.info("[%d/%d] %s %s in %.0fs (elapsed %.0fs, ETA %.0fs)", done, total,
+                     run_dir.name, f"FAILED ({error})" if error else "ok", seconds, elapsed, eta)
+
         while queue or running:
-            while queue and free_slots:
-                index, (overrides, job_config, run_dir) = queue.pop(0)
+            while free_slots:
+                # The first queued run whose parent (stage.init_from) has finished, if any
+                ready = next((k for k, (i, _) in enumerate(queue)
+                              if parents.get(i) is None or parents[i] in results), None)
+                if ready is None:
+                    break
+                index, (overrides, job_config, run_dir) = queue.pop(ready)
+                parent = parents.get(index)
+                if parent is not None and results[parent].status != JobStatus.COMPLETED:
+                    finish(index, 1, f"skipped: the run it starts from, {jobs[parent][2].name}, "
+                                     "failed", 0.0)
+                    continue
                 slot = free_slots.pop(0)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 env = {**os.environ, **slot_env(slot, self.n_jobs, gpus, self.memory_fraction)}
@@ -157,30 +182,32 @@ class LocalLauncher(Launcher):
                                                stdout=out, stderr=subprocess.STDOUT)
                 running[index] = (process, job_config, slot, time.monotonic(), logged)
             time.sleep(0.05)
-            for index, (process, job_config, slot, t0, logged) in list(running.items()):
+            for index, (process, _, slot, t0, logged) in list(running.items()):
                 if process.poll() is None:
                     continue
                 del running[index]
                 free_slots.append(slot)
-                overrides, _, run_dir = jobs[index]
+                run_dir = jobs[index][2]
                 error = None if process.returncode == 0 else _error(process.returncode,
                                                                      run_dir / LOG, logged)
-                if error:
-                    failed.append((run_dir, error))
-                results[index] = _job_return(overrides, job_config, run_dir, process.returncode,
-                                             error)
-                done_cost += cost.pop(index)
-                done = total - len(queue) - len(running)
-                elapsed = time.monotonic() - started
-                eta = elapsed * sum(cost.values()) / max(done_cost, 1.0)
-                log.info("[%d/%d] %s %s in %.0fs (elapsed %.0fs, ETA %.0fs)", done, total,
-                         run_dir.name, f"FAILED ({error})" if error else "ok",
-                         time.monotonic() - t0, elapsed, eta)
+                finish(index, process.returncode, error, time.monotonic() - t0)
         if failed:
             log.error("%d of %d runs failed (each one's log is launcher.log in its directory; "
                       "launching the sweep again retries them):%s", len(failed), len(jobs),
                       "".join(f"\n  {run_dir}: {error}" for run_dir, error in failed))
         return [results[i] for i in range(len(jobs))]
+
+
+def parent_jobs(jobs: list[tuple[list[str], DictConfig, Path]]) -> dict[int, int]:
+    """{job index: index of the job it starts from}, for each job whose `stage.init_from` is
+    another job's run directory (compared as canonical paths): that job must finish first."""
+    by_dir = {canonical_path(str(run_dir)): i for i, (_, _, run_dir) in enumerate(jobs)}
+    parents = {}
+    for i, (_, job_config, _) in enumerate(jobs):
+        init_from = job_config.stage.get("init_from")
+        if init_from and canonical_path(str(init_from)) in by_dir:
+            parents[i] = by_dir[canonical_path(str(init_from))]
+    return parents
 
 
 def _stop(running: dict[int, tuple[subprocess.Popen, Any, int, float, int]]) -> NoReturn:

@@ -16,10 +16,18 @@ run's config instead.
 
 Every job's config is composed before any is launched, so a bad grid value stops the study at
 once with one line naming the grid and the key (`hydra.sweeper.grids.nd: train.tokens: ...`).
+
+A grid may start its runs from another grid's: `stage.init_from: grid:pretrain` names, for each
+run, the run of grid `pretrain` that agrees with it on every key `pretrain` sweeps (a
+transfer study's fine-tune of `model=n100k` starts from the pretraining run of `model=n100k`).
+The value becomes that run's directory, and the launcher starts a run only once the run it
+starts from has completed (`hydra/launcher=local` orders them; a run whose parent failed is
+skipped with that reason).
 """
 
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +93,55 @@ def expand_grids(grids: dict[str, dict[str, str] | None], arguments: Sequence[st
     return jobs
 
 
+PARENT_KEY = "stage.init_from"
+GRID_PREFIX = "grid:"
+
+
+def _values(overrides: Sequence[str]) -> dict[str, str]:
+    """A job's overrides as {key: value} (each override is `key=value`)."""
+    return dict(o.split("=", 1) for o in overrides)
+
+
+def link_parents(jobs: list[tuple[str, list[str]]],
+                 run_dir: Callable[[list[str]], str]) -> list[tuple[str, list[str]]]:
+    """`jobs` with every `stage.init_from=grid:NAME` replaced by the directory (`run_dir` of
+    its overrides) of the one run of grid NAME that agrees with the job on the keys NAME sweeps.
+
+    Raises UsageError (one line) for an unknown grid, a job that does not set a key its parent
+    grid sweeps, or no or several matching runs.
+    """
+    by_grid: dict[str, list[dict[str, str]]] = {}
+    for grid, overrides in jobs:
+        by_grid.setdefault(grid, []).append(_values(overrides))
+    linked = []
+    for grid, overrides in jobs:
+        values = _values(overrides)
+        wanted = re.sub(r"\\(.)", r"\1", values.get(PARENT_KEY, ""))  # Hydra escapes `:`
+        if not wanted.startswith(GRID_PREFIX):
+            linked.append((grid, overrides))
+            continue
+        name = wanted.removeprefix(GRID_PREFIX)
+        where = f"hydra.sweeper.grids.{grid}: {PARENT_KEY}={wanted}"
+        if name not in by_grid or name == grid:
+            raise UsageError(f"{where} names no other grid of the study (grids: "
+                             f"{', '.join(g for g in by_grid if g != grid)})")
+        parents = by_grid[name]
+        swept = sorted({k for p in parents for k in p if len({q.get(k) for q in parents}) > 1})
+        unset = [k for k in swept if k not in values]
+        if unset:
+            raise UsageError(f"{where}: grid {name} sweeps {', '.join(unset)}, which this grid "
+                             "does not set: each run must name the value of its parent's")
+        matches = [p for p in parents if all(p.get(k) == values[k] for k in swept)]
+        if len(matches) != 1:
+            chosen = " ".join(f"{k}={values[k]}" for k in swept) or "these values"
+            raise UsageError(f"{where}: {len(matches)} runs of grid {name} have {chosen}: "
+                             "expected exactly one to start from")
+        parent = [f"{k}={v}" for k, v in matches[0].items()]
+        linked.append((grid, [o if not o.startswith(f"{PARENT_KEY}=") else
+                              f"{PARENT_KEY}={run_dir(parent)}" for o in overrides]))
+    return linked
+
+
 class StudySweeper(Sweeper):
     def __init__(self, grids: DictConfig | dict[str, Any]) -> None:
         # Unresolved: `${isoflop_tokens:}` in a grid must resolve in each job's config, not here
@@ -105,12 +162,19 @@ class StudySweeper(Sweeper):
         job = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         return str(Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir))
 
+    def _parent_dir(self, overrides: list[str]) -> str:
+        try:
+            return self._run_dir(overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise UsageError(f"hydra.sweeper.grids: {describe(error)}") from error
+
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         seen: dict[str, str] = {}
         jobs, per_grid = [], {}
-        for grid, overrides in expand_grids(self.grids, arguments, parser):
+        for grid, overrides in link_parents(expand_grids(self.grids, arguments, parser),
+                                            self._parent_dir):
             try:  # compose every job before launching any: a bad value ends the study at once
                 run_dir = self._run_dir(overrides)
             except (HydraException, OmegaConfBaseException) as error:

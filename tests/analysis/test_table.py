@@ -4,7 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.table import FitInputError, derive, load_table, require_points, select
+from analysis.table import (
+    FitInputError,
+    derive,
+    load_table,
+    pretraining_scope,
+    require_points,
+    select,
+)
 
 
 def test_load_csv_and_parquet_agree(tmp_path):
@@ -78,3 +85,65 @@ def test_require_points_names_law_and_counts():
     require_points("power", 3, 2)
     with pytest.raises(FitInputError, match="power with offset needs >= 4 points, got 3"):
         require_points("power with offset", 3, 3)
+
+
+def _runs(corpora, stages=None, status=None):
+    n = len(corpora)
+    return pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(n)],
+            "status": status or ["completed"] * n,
+            "stage": stages or ["pretrain"] * n,
+            "corpus_cache": corpora,
+            "N": np.geomspace(1e6, 1e8, n),
+            "loss": np.linspace(4.0, 3.0, n),
+        }
+    )
+
+
+def test_select_refuses_rows_of_several_corpora_naming_them():
+    runs = _runs(["prose-bpe4096-aa", "stdlib-bpe4096-bb", "stdlib-bpe4096-bb"])
+    with pytest.raises(FitInputError) as error:
+        select(runs, ["N", "loss"])
+    message = str(error.value)
+    assert "column 'corpus_cache' holds 2 corpora" in message
+    assert "prose-bpe4096-aa, stdlib-bpe4096-bb" in message and "\n" not in message
+    one = select(runs[runs["corpus_cache"] == "stdlib-bpe4096-bb"], ["N", "loss"])
+    assert len(one) == 2
+    # a run without a corpus (failed before reading data) is not a second corpus
+    runs.loc[0, "corpus_cache"] = None
+    assert len(select(runs, ["N", "loss"])) == 3
+
+
+def test_scope_fits_the_largest_corpus_of_pretraining_runs():
+    runs = _runs(
+        ["b", "b", "a", "a", "c", "c", "c", "c"],
+        stages=["pretrain"] * 4 + ["finetune", "finetune", "sft", "pretrain"],
+        status=["completed"] * 7 + ["failed"],
+    )
+    scope = pretraining_scope(runs)
+    # a and b have 2 completed pretraining runs each: the tie goes to the first by name
+    assert scope.corpus == "a" and not scope.chosen and scope.completed == 2
+    assert scope.corpora == {"a": 2, "b": 2} and scope.left_out == {"b": 2}
+    assert scope.stages == {"finetune": 2, "sft": 1}
+    assert scope.runs["run_id"].tolist() == ["r2", "r3"]
+    chosen = pretraining_scope(runs, "b")
+    assert chosen.chosen and chosen.runs["run_id"].tolist() == ["r0", "r1"]
+
+
+def test_scope_names_the_corpora_when_asked_for_an_unknown_one():
+    runs = _runs(["a", "a", "b"])
+    with pytest.raises(
+        FitInputError,
+        match=r"no completed pretraining run on corpus 'z'; "
+        r"corpus_cache values: a \(2 runs\), b \(1 runs\)",
+    ):
+        pretraining_scope(runs, "z")
+    with pytest.raises(FitInputError, match="no column 'corpus_cache'"):
+        pretraining_scope(runs.drop(columns="corpus_cache"), "a")
+
+
+def test_scope_of_a_table_without_stage_or_corpus_is_every_row():
+    runs = _runs(["a", "a"]).drop(columns=["stage", "corpus_cache"])
+    scope = pretraining_scope(runs)
+    assert scope.corpus is None and len(scope.runs) == 2 and not scope.left_out

@@ -11,12 +11,22 @@ the studies' sections, the runs and the pooled diagnostics follow.
   published, verdict}}`, one entry per question the study answers (`ci` is `[lo, hi]`, the
   95 % bootstrap interval, or null without a bootstrap; `selection` says which rows the fit
   used; `verdict` is consistent | differs | no interval | not determined | skipped).
-- `study`: runs by status, total FLOPs and wall time, the ranges of N, D, C, tokens per
-  parameter and epochs, and the caveats shown at the top of the page.
+- `study`: runs by status, total FLOPs and wall time (of every run), `fitted` (the stage,
+  corpus and completed runs the fits use), `left_out` (`[{stage, corpus_cache, runs,
+  report}]`: completed runs of other corpora or stages, and the command that reports on
+  them, or null), the ranges of N, D, C, tokens per parameter and epochs of the fitted
+  runs, `multi_epoch_runs`, and the caveats shown at the top of the page.
 - each study's own keys (Kaplan: "L(N)", "L(D)", "L(C)", "L(N,D)", "N_opt(C)", "L(N,S)",
   "kaplan_findings", "icl"), each fit as `Fit.to_dict()` with the rows it was fitted on.
-- `diagnostics`: every law of `analysis.registry` fitted on all rows at once, keyed like
-  `power_N`; never an answer of the study's.
+- `diagnostics`: every law of `analysis.registry` fitted on all the fitted runs at once,
+  keyed like `power_N`; never an answer of the study's.
+
+Which runs are fitted: the Kaplan section and the diagnostics fit pretraining runs of one
+corpus (`analysis.table.pretraining_scope`): runs of several corpora or tokenizers are never
+pooled; by default the largest group is fitted and the others are named at the top of the
+page with the command that reports on them (`scaling-report DIR --corpus CACHE`). Fine-tuned
+and SFT runs are listed with the runs, not fitted; a study of them (transfer) brings its own
+section and handles its corpora itself. The run table lists every run.
 
 A study is a function returning an `analysis.section.Section`; adding one is one line in
 `_sections`.
@@ -24,6 +34,7 @@ A study is a function returning an `analysis.section.Section`; adding one is one
 
 import html
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +46,7 @@ from analysis.overview import write_overview
 from analysis.report import write_fits
 from analysis.result import jsonable
 from analysis.section import Section
+from analysis.table import PRETRAIN, Scope, pretraining_scope
 
 SCHEMA = 1
 # The run tables' names (as `scaling-report` collects them) for the canonical ones.
@@ -67,18 +79,34 @@ def write_page(
     problems: list[str] | None = None,
     n_bootstrap: int = 0,
     seed: int = 0,
+    corpus: str | None = None,
+    command: str = "scaling-report SWEEP_DIR",
 ) -> Path:
     """Write `out_dir/index.html`, its figures and `fits.json`; return the page's path.
 
-    `results` has one row per run (run_id, status, N, D, C, loss, wall_s, epochs, the
-    run's config as dotted columns), `curves` one row per evaluation (run_id, step, tokens,
-    flops, val_loss), `positions` the loss per context position; `problems` lists run
-    directories that could not be read. Raises ValueError on an empty results table.
+    `results` has one row per run (run_id, status, N, D, C, loss, wall_s, epochs, stage,
+    corpus_cache, the run's config as dotted columns), `curves` one row per evaluation
+    (run_id, step, tokens, flops, val_loss), `positions` the loss per context position;
+    `problems` lists run directories that could not be read. The fits use the pretraining
+    runs of one corpus: `corpus` (a `corpus_cache` value), by default the one with the most
+    completed runs; `command` is how the reader reports on the others (`--corpus CACHE` is
+    appended). Raises ValueError on an empty results table, FitInputError (naming the
+    corpora there are) on a `corpus` no completed pretraining run has.
     """
+    if len(results) == 0:
+        raise ValueError("results table is empty: no runs to report on")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sections = _sections(results, curves, out, positions, n_bootstrap, seed)
-    study = _study(results, sections)
+    scope = pretraining_scope(results, corpus)
+    sections = _sections(
+        scope.runs,
+        _of_runs(curves, scope.runs),
+        out,
+        _of_runs(positions, scope.runs),
+        n_bootstrap,
+        seed,
+    )
+    study = _study(results, scope, sections, command)
     fits: dict[str, Any] = {"schema": SCHEMA, "headline": {}, "study": study}
     for section in sections:
         fits["headline"] |= section.headline
@@ -92,7 +120,7 @@ def write_page(
         f"<h1>{html.escape(title)}</h1>",
         _summary(study, fits["headline"], sections),
         *(s.html for s in studies),
-        write_overview(results, curves, out),
+        write_overview(results, curves, out, fitted=scope.runs),
         diagnostics.html,
     ]
     if problems:
@@ -110,6 +138,13 @@ def write_page(
     return index
 
 
+def _of_runs(table: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The rows of a per-run table (curves, positions) that belong to `runs`."""
+    if table is None or "run_id" not in table or "run_id" not in runs:
+        return table
+    return table[table["run_id"].isin(runs["run_id"])]
+
+
 def _sections(
     results: pd.DataFrame,
     curves: pd.DataFrame,
@@ -118,10 +153,21 @@ def _sections(
     n_bootstrap: int,
     seed: int,
 ) -> list[Section]:
-    """Every study's section, then the pooled diagnostics (always last)."""
+    """Every study's section, then the pooled diagnostics (always last): on `results`, the
+    pretraining runs of one corpus, and their curves and positions."""
     boot = {"n_bootstrap": n_bootstrap, "seed": seed}
     completed = results[results["status"] == "completed"] if "status" in results else results
-    kaplan = write_kaplan_report(results, curves, out, positions=positions, **boot)
+    kaplan = (
+        write_kaplan_report(results, curves, out, positions=positions, **boot)
+        if len(results)
+        else Section(
+            title="Kaplan et al. 2020: laws and findings",
+            html="<section><h2>Kaplan et al. 2020: laws and findings</h2>"
+            "<p>Not fitted: the sweep holds no pretraining run.</p></section>",
+            fits={},
+            statuses=(("Kaplan", "skipped: no pretraining run"),),
+        )
+    )
     done_curves = curves[curves["run_id"].isin(completed["run_id"])] if len(curves) else None
     diagnostics = write_fits(
         completed, out, curves=done_curves, columns=COLUMNS, curve_columns=CURVE_COLUMNS, **boot
@@ -129,14 +175,32 @@ def _sections(
     return [kaplan, diagnostics]
 
 
-def _study(results: pd.DataFrame, sections: list[Section]) -> dict[str, Any]:
-    """Runs by status, cost, ranges and caveats, for the summary and fits.json."""
-    done = results[results["status"] == "completed"] if "status" in results else results
+def _study(
+    results: pd.DataFrame, scope: Scope, sections: list[Section], command: str
+) -> dict[str, Any]:
+    """Runs by status and cost (of every run); what the fits use and leave out; ranges and
+    caveats of the fitted runs; for the summary and fits.json."""
+    runs = scope.runs
+    done = runs[runs["status"] == "completed"] if "status" in runs else runs
     study: dict[str, Any] = {
         "runs": len(results),
         "by_status": results["status"].value_counts().to_dict() if "status" in results else {},
         "flops": float(results["C"].sum()) if "C" in results else None,
         "wall_s": float(results["wall_s"].sum()) if "wall_s" in results else None,
+        "fitted": {"stage": PRETRAIN, "corpus_cache": scope.corpus, "runs": len(done)},
+        "left_out": [
+            {
+                "stage": PRETRAIN,
+                "corpus_cache": name,
+                "runs": n,
+                "report": f"{command} --corpus {shlex.quote(name)}",
+            }
+            for name, n in scope.left_out.items()
+        ]
+        + [
+            {"stage": stage, "corpus_cache": None, "runs": n, "report": None}
+            for stage, n in scope.stages.items()
+        ],
     }
     ranges = {}
     for name in ("N", "D", "C"):
@@ -144,24 +208,26 @@ def _study(results: pd.DataFrame, sections: list[Section]) -> dict[str, Any]:
             lo, hi = float(done[name].min()), float(done[name].max())
             ranges[name] = {"min": lo, "max": hi, "decades": float(np.log10(hi / lo))}
     study["ranges"] = ranges
-    caveats = []
+    caveats = _scope_caveats(scope, len(done), command)
+    if "epochs" in done and done["epochs"].notna().any():
+        epochs = pd.to_numeric(done["epochs"], errors="coerce")
+        repeated = int((epochs > 1).sum())
+        study["max_epochs"] = float(epochs.max())
+        study["multi_epoch_runs"] = repeated
+        caveats.append(
+            f"{repeated} of the {len(done)} runs the fits use train on more than one epoch "
+            f'of their corpus (up to {epochs.max():.3g}), marked "repeats data" in the run table: '
+            "they see tokens again, which the laws assume they do not; a larger corpus or "
+            "fewer train.tokens avoids it."
+            if repeated
+            else f"Runs see up to {epochs.max():.2g} epochs of their corpus (no run repeats data)."
+        )
     if {"N", "D"} <= set(done) and len(done):
         ratio = done["D"] / done["N"]
         study["tokens_per_param"] = [float(ratio.min()), float(ratio.max())]
         caveats.append(
             f"Tokens per parameter D/N span {ratio.min():.3g} to {ratio.max():.3g} "
             "(Chinchilla's compute-optimal ratio is about 20)."
-        )
-    if "epochs" in done and done["epochs"].notna().any():
-        study["max_epochs"] = float(done["epochs"].max())
-        repeated = int((done["epochs"] > 1).sum())
-        caveats.append(
-            f"Runs see up to {done['epochs'].max():.2g} epochs of their corpus"
-            + (
-                f"; {repeated} repeat data, which the laws assume they do not."
-                if repeated
-                else " (no run repeats data)."
-            )
         )
     if ranges:
         caveats.append(
@@ -175,6 +241,29 @@ def _study(results: pd.DataFrame, sections: list[Section]) -> dict[str, Any]:
         )
     study["caveats"] = caveats + [c for s in sections for c in s.caveats]
     return study
+
+
+def _scope_caveats(scope: Scope, n_fitted: int, command: str) -> list[str]:
+    """What the fits leave out: other corpora (and how to report on them), other stages."""
+    caveats = []
+    if scope.left_out:
+        how = "chosen with --corpus" if scope.chosen else "the largest group"
+        others = "; ".join(
+            f"{name} ({n} runs: {command} --corpus {shlex.quote(name)})"
+            for name, n in scope.left_out.items()
+        )
+        caveats.append(
+            f"The completed pretraining runs span {len(scope.corpora)} corpora (corpus_cache), "
+            "which are never pooled: the fits use the "
+            f"{n_fitted} on {scope.corpus} ({how}); left out: {others}."
+        )
+    if scope.stages:
+        stages = ", ".join(f"{n} {stage}" for stage, n in scope.stages.items())
+        caveats.append(
+            f"Completed runs of other stages ({stages}) are listed with the runs, not fitted: "
+            "the laws here are for pretraining."
+        )
+    return caveats
 
 
 def _summary(study: dict[str, Any], headline: dict[str, dict], sections: list[Section]) -> str:

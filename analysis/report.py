@@ -100,9 +100,9 @@ def write_fits(
     head = [
         '<section class="scaling-fits">',
         "<h2>Diagnostics: every law on all rows, pooled</h2>",
-        "<p>Each law fitted on every completed run (or evaluation) at once, whatever else "
-        "varies between them. These are not the study's answers, which the summary gives "
-        "with the rows each was fitted on.</p>",
+        "<p>Each law fitted on every completed run (or evaluation) of the study at once, "
+        "whatever else varies between them (never runs of other corpora or stages). These are "
+        "not the study's answers, which the summary gives with the rows each was fitted on.</p>",
     ]
     if left_out:
         head.append(f"<p>{left_out} rows without a loss left out.</p>")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -198,8 +199,11 @@ def train() -> None:
 
 
 def report(argv: list[str] | None = None) -> None:
-    """`scaling-report SWEEP_DIR`: gather every run below SWEEP_DIR into results.parquet and
-    curves.parquet, and write SWEEP_DIR/report/ (index.html, its figures and fits.json)."""
+    """`scaling-report SWEEP_DIR [--corpus CACHE]`: gather every run below SWEEP_DIR into
+    results.parquet and curves.parquet, and write SWEEP_DIR/report/ (index.html, its figures
+    and fits.json). The fits use the pretraining runs of one corpus (runs of several corpora
+    or tokenizers are never pooled): the one with the most completed runs, or --corpus; the
+    page and the last line name the runs left out."""
     try:
         _report(argv)
     except Exception as error:
@@ -211,11 +215,16 @@ def _report(argv: list[str] | None) -> None:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--bootstrap", type=int, default=0, metavar="K",
                         help="bootstrap resamples for the fits' intervals (default: none)")
+    parser.add_argument("--corpus", metavar="CACHE",
+                        help="fit the pretraining runs of this corpus (their corpus_cache, e.g. "
+                             "stdlib-bpe4096-391502949643341d; default: the corpus with the "
+                             "most completed pretraining runs)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise UsageError(f"{args.sweep_dir} is not a directory")
 
     from analysis.page import write_page
+    from analysis.table import FitInputError, pretraining_scope
     from scaling.results import write_tables
 
     collected = write_tables(args.sweep_dir)
@@ -225,13 +234,25 @@ def _report(argv: list[str] | None) -> None:
     if collected.results.empty:
         raise UsageError(f"no run records (summary.json) below {args.sweep_dir}"
                          + (f"; {skipped}" if skipped else ""))
+    try:
+        scope = pretraining_scope(collected.results, args.corpus)
+    except FitInputError as error:
+        raise UsageError(f"--corpus: {error}") from error
+    command = f"scaling-report {shlex.quote(str(args.sweep_dir))}"
     index = write_page(
         collected.results, collected.curves, args.sweep_dir / "report",
         title=f"Sweep {args.sweep_dir.name}", problems=collected.problems,
         positions=collected.positions if not collected.positions.empty else None,
-        n_bootstrap=args.bootstrap)
+        n_bootstrap=args.bootstrap, corpus=args.corpus, command=command)
     if skipped:
         print(one_line(f"{skipped} (all listed in {index})"), file=sys.stderr)
     counts = collected.results["status"].value_counts().to_dict()
     print(f"{len(collected.results)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
           f"-> {args.sweep_dir / 'results.parquet'}, {index}")
+    left_out = [f"{n} on {name} (--corpus {shlex.quote(name)})"
+                for name, n in scope.left_out.items()]
+    left_out += [f"{n} {stage}" for stage, n in scope.stages.items()]
+    if left_out:
+        on = f" on {scope.corpus}" if scope.corpus else ""
+        print(f"fitted: {scope.completed} completed pretraining runs{on}; not fitted: "
+              f"{listing(left_out, sep='; ')}")

@@ -7,6 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
+from scaling.cli import report
 from scaling.record import write_metrics, write_positions, write_summary
 from scaling.results import collect, write_tables
 
@@ -95,3 +96,58 @@ def test_report_on_a_directory_without_runs_fails_clearly(tmp_path):
 def test_summary_round_trips_as_json(tmp_path):
     fake_run(tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.fixture
+def two_corpora(tmp_path):
+    """Three completed pretraining runs on one corpus, two on another (one of them over two
+    epochs), and a fine-tuned run."""
+    for i, n in enumerate((1000, 2000, 4000)):
+        fake_run(tmp_path / f"a{i}", n=n, loss=3.0 - 0.2 * i, stage="pretrain",
+                 corpus_cache="stdlib-bpe4096-aaaa", epochs=0.5)
+    for i, n in enumerate((1000, 2000)):
+        fake_run(tmp_path / f"b{i}", n=n, loss=5.0 - 0.2 * i, stage="pretrain",
+                 corpus_cache="prose-bpe1024-bbbb", epochs=2.0 * (i + 1))
+    fake_run(tmp_path / "ft", n=1000, loss=2.0, stage="finetune",
+             corpus_cache="numpy-bpe4096-cccc", epochs=3.0)
+    return tmp_path
+
+
+def test_report_fits_the_larger_corpus_and_names_the_other(two_corpora, capsys):
+    report([str(two_corpora)])
+    out = capsys.readouterr().out
+    assert "6 runs (6 completed)" in out
+    assert ("fitted: 3 completed pretraining runs on stdlib-bpe4096-aaaa; not fitted: 2 on "
+            "prose-bpe1024-bbbb (--corpus prose-bpe1024-bbbb); 1 finetune") in out
+    study = json.loads((two_corpora / "report" / "fits.json").read_text())["study"]
+    assert study["fitted"]["corpus_cache"] == "stdlib-bpe4096-aaaa"
+    assert study["left_out"][0]["report"] == (
+        f"scaling-report {two_corpora} --corpus prose-bpe1024-bbbb")
+    assert study["multi_epoch_runs"] == 0  # the runs the fits use repeat no data
+    page = (two_corpora / "report" / "index.html").read_text()
+    assert f"scaling-report {two_corpora} --corpus prose-bpe1024-bbbb" in page
+    # every run that repeats data is marked in the run table, fitted or not
+    assert page.count("repeats data (") == 3
+
+
+def test_report_on_a_chosen_corpus(two_corpora, capsys):
+    report([str(two_corpora), "--corpus", "prose-bpe1024-bbbb"])
+    assert "fitted: 2 completed pretraining runs on prose-bpe1024-bbbb" in capsys.readouterr().out
+    study = json.loads((two_corpora / "report" / "fits.json").read_text())["study"]
+    assert study["fitted"] == {"stage": "pretrain", "corpus_cache": "prose-bpe1024-bbbb",
+                               "runs": 2}
+    assert study["multi_epoch_runs"] == 2 and study["max_epochs"] == 4.0
+    assert any("2 of the 2 runs the fits use train on more than one epoch" in c
+               for c in study["caveats"])
+
+
+def test_report_on_an_unknown_corpus_is_one_line_naming_the_known_ones(two_corpora, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report([str(two_corpora), "--corpus", "nosuch"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("scaling-report: error: --corpus: no completed pretraining run on "
+                          "corpus 'nosuch'; corpus_cache values: stdlib-bpe4096-aaaa (3 runs), "
+                          "prose-bpe1024-bbbb (2 runs)")
+    assert not (two_corpora / "report").exists()

@@ -1,0 +1,148 @@
+"""The transfer law (Hernandez et al. 2021): D_E inverts the from-scratch law, a known D_T law is
+recovered exactly from noiseless data, ossification and failed parents are reported, and
+bad tables are one-line errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import laws
+from analysis.table import FitInputError
+from analysis.transfer import effective_data, fit_transfer, strata, transfer_table
+
+# A from-scratch law at byte-level scale, and a transfer law other than the published one.
+SCRATCH = {"E": 0.6, "A": 60.0, "B": 120.0, "alpha": 0.35, "beta": 0.3}
+TRUTH = {"k": 3e3, "alpha": 0.3, "beta": 0.4}
+SIZES = np.geomspace(1e5, 3e6, 4)
+FINE_TUNING = np.geomspace(1e4, 1e7, 6)  # D_F: 3 decades
+SCRATCH_D = np.geomspace(1e6, 3e8, 6)
+CONFIG = {"data.tokenizer": "bytes", "data.val_fraction": 0.05}
+
+
+def study(sigma: float = 0.002, seed: int = 0) -> pd.DataFrame:
+    """A results table as `scaling-report` writes it: from-scratch runs on code over a (N, D)
+    grid, one parent per N on prose, and fine-tunes of each at every D_F whose loss is the
+    from-scratch law at D_F + k·D_F^α·N^β, with log-normal noise of `sigma`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, N in enumerate(SIZES):
+        common = {"status": "completed", "n_params_nonembed": N, **CONFIG}
+        for j, D in enumerate(SCRATCH_D):
+            loss = laws.chinchilla(N, D, **SCRATCH)
+            rows.append(
+                common
+                | {
+                    "run_id": f"scratch/n{i}_d{j}",
+                    "stage": "pretrain",
+                    "data.source": "code",
+                    "tokens": D,
+                    "best_val_loss": loss,
+                }
+            )
+        rows.append(
+            common
+            | {
+                "run_id": f"parents/n{i}",
+                "stage": "pretrain",
+                "data.source": "prose",
+                "tokens": 1e8,
+                "steps": 100,
+                "best_val_step": 100,
+                "best_val_loss": 1.5 - 0.1 * i,
+                "final_val_loss": 1.5 - 0.1 * i,
+            }
+        )
+        for j, D_F in enumerate(FINE_TUNING):
+            D_T = TRUTH["k"] * D_F ** TRUTH["alpha"] * N ** TRUTH["beta"]
+            rows.append(
+                common
+                | {
+                    "run_id": f"finetune/n{i}_d{j}",
+                    "stage": "finetune",
+                    "parent_run": f"n{i}",
+                    "parent_step": 100,
+                    "data.source": "code",
+                    "tokens": D_F,
+                    "best_val_loss": laws.chinchilla(N, D_F + D_T, **SCRATCH),
+                    "source_val_loss": 1.5 - 0.1 * i + 0.02 * j,
+                }
+            )
+    df = pd.DataFrame(rows)
+    df["best_val_loss"] *= np.exp(rng.normal(0.0, sigma, len(df)))
+    return df
+
+
+def _row(df: pd.DataFrame, run: str) -> int:
+    return int(df.index[df["run_id"] == run][0])
+
+
+def test_effective_data_inverts_the_from_scratch_law_exactly():
+    N, D = np.repeat(SIZES, 3), np.tile([1e5, 1e7, 1e9], len(SIZES))
+    out = effective_data(laws.chinchilla(N, D, **SCRATCH), N, np.full_like(N, 1e4), SCRATCH)
+    np.testing.assert_allclose(out["D_E"], D, rtol=1e-9)
+    np.testing.assert_allclose(out["D_T"], D - 1e4, rtol=1e-9)
+    np.testing.assert_allclose(out["fraction"] * out["multiplier"], 1.0)
+    floor = SCRATCH["E"] + SCRATCH["A"] * SIZES[0] ** -SCRATCH["alpha"]
+    below = effective_data([floor, floor - 0.01], SIZES[:1], [1e4, 1e4], SCRATCH)
+    assert below["below_reach"].all() and below["D_E"].isna().all()
+
+
+def test_noiseless_table_gives_the_law_back():
+    fit = fit_transfer(transfer_table(study(sigma=0.0)), method="varpro")
+    assert fit.status == "ok" and fit.n_points == len(SIZES) * len(FINE_TUNING)
+    for name, value in TRUTH.items():
+        assert fit.params[name] == pytest.approx(value, rel=1e-5)
+    runs = fit.tables["runs"]
+    assert not runs["ossified"].any() and runs["in_fit"].all()
+
+
+def test_the_bootstrap_resamples_each_kind_and_holds_the_parents():
+    table = transfer_table(study())
+    table.loc[table["run"] == "finetune/n0_d0", "status"] = "failed"
+    kinds = strata(table).to_numpy()
+    assert (kinds == "scratch").sum() == len(SIZES) * len(SCRATCH_D)
+    assert (kinds == "finetune").sum() == len(SIZES) * len(FINE_TUNING) - 1
+    assert {k for k in kinds if k.startswith("held")} == {
+        "held finetune/n0_d0",
+        *(f"held parents/n{i}" for i in range(len(SIZES))),
+    }
+
+
+def test_ossification_failed_parents_and_runs_are_reported_not_fitted():
+    df = study()
+    N, D_F = SIZES[0], FINE_TUNING[-1]
+    worse = laws.chinchilla(N, D_F, **SCRATCH) * 1.05
+    df.loc[_row(df, "finetune/n0_d5"), "best_val_loss"] = worse
+    scratch_run = df.loc[_row(df, "scratch/n0_d0")].copy()
+    scratch_run[["run_id", "tokens"]] = ["scratch/n0_same", D_F]
+    scratch_run["best_val_loss"] = laws.chinchilla(N, D_F, **SCRATCH)
+    df = pd.concat([df, scratch_run.to_frame().T], ignore_index=True)
+    df.loc[_row(df, "parents/n1"), "status"] = "failed"
+    df.loc[_row(df, "finetune/n2_d0"), ["status", "best_val_loss"]] = ["diverged", np.nan]
+
+    fit = fit_transfer(transfer_table(df), method="varpro")
+    runs = fit.tables["runs"].set_index("run")
+    ossified = runs.loc["finetune/n0_d5"]
+    assert ossified["ossified"] and ossified["D_T"] < 0 and ossified["why_not"] == "D_T <= 0"
+    assert ossified["scratch_run_loss"] == pytest.approx(worse / 1.05)
+    assert runs.loc["finetune/n1_d3", "why_not"] == "skipped: parent parents/n1 is failed"
+    assert runs.loc["finetune/n2_d0", "why_not"] == "skipped: status diverged"
+    assert fit.n_points == len(SIZES) * len(FINE_TUNING) - 1 - len(FINE_TUNING) - 1
+    assert fit.diagnostics["excluded"] == {"D_T <= 0": 1}
+    assert len(fit.diagnostics["skipped"]) == len(FINE_TUNING) + 1
+    for name, value in TRUTH.items():
+        assert fit.params[name] == pytest.approx(value, rel=0.05)
+
+
+def test_fine_tunes_need_their_parents_and_a_from_scratch_grid():
+    table = transfer_table(study())
+    with pytest.raises(FitInputError, match=r"6 fine-tuned run\(s\) name parents not in the table"):
+        fit_transfer(table[table["run"] != "parents/n2"])
+    few = table[
+        ~table["run"].str.startswith("scratch/")
+        | table["run"].isin(["scratch/n0_d0", "scratch/n1_d1", "scratch/n2_d2"])
+    ]
+    with pytest.raises(FitInputError, match=r"from-scratch grid has 3 completed run.*needs >= 6"):
+        fit_transfer(few)
+    with pytest.raises(FitInputError, match=r"needs column.*parent, corpus"):
+        fit_transfer(table.drop(columns=["parent", "corpus"]))

@@ -1,7 +1,11 @@
-"""Figures: the runs of a study, and fitted laws (data, fit and bootstrap band), in one style.
+"""Figures, in one style: the runs of a study (final losses, learning curves), fitted laws
+(data, fit and bootstrap band; `plot_fit` draws any law of `analysis.registry`), and the
+Kaplan study's figures (loss against N with and without embeddings, L(D) and L(C) with
+the points they were fitted on, per-position loss, the gradient noise scale, transfer).
 
 Built on `matplotlib.figure.Figure`, never pyplot, so no display or global state is
-involved and PNGs are rendered by Agg wherever this runs.
+involved and PNGs are rendered by Agg wherever this runs. Log axes get readable ticks from
+`log_axes`; the report puts a caption under each figure (`figure_html`).
 """
 
 import html
@@ -11,11 +15,15 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter, ScalarFormatter
 from numpy.typing import ArrayLike
 
 from analysis.allocation import compute_optimal, predict
+from analysis.envelope import lower_envelope
 from analysis.registry import LAWS
 from analysis.result import Fit
 from analysis.uncertainty import percentile_interval
@@ -24,13 +32,16 @@ N_CURVES = 5  # fitted curves drawn at this many quantiles of the other variable
 # One figure size per kind (inches; saved at 100 dpi they fit the page's grid or width).
 SIZE = {"single": (6.4, 4.4), "double": (12.8, 4.6)}
 LEGEND_INSIDE = 5  # longer legends go beside the axes
+MAX_LEGEND = 12  # entries a legend lists at most
+CMAP = colormaps["viridis"]  # sequential: model size, or any ordered value
+MARKERS = "osD^vPX*hp<>d"  # one per D level, or per transfer corpus
+RECORD_AXES = {"tokens": "D", "flops": "C", "step": "S"}  # record curve columns → law names
 
 
 def colours(values: pd.Series) -> dict:
     """One colour per distinct value, ordered along a sequential map."""
     distinct = sorted(values.dropna().unique())
-    cmap = colormaps["viridis"]
-    return {v: cmap(i / max(len(distinct) - 1, 1)) for i, v in enumerate(distinct)}
+    return {v: CMAP(i / max(len(distinct) - 1, 1)) for i, v in enumerate(distinct)}
 
 
 def log_axes(
@@ -115,38 +126,58 @@ def loss_against(
             label=None if value in labelled else f"{colour_by} = {value:.3g}",
         )
         labelled.add(value)
-    log_axes(ax, xlabel, "final validation loss (nats/token)", legend=len(palette) <= 12)
+    log_axes(ax, xlabel, "final validation loss (nats/token)", legend=len(palette) <= MAX_LEGEND)
     return fig
 
 
 def learning_curves(
     results: pd.DataFrame, curves: pd.DataFrame, x: str, xlabel: str
 ) -> Figure:
-    """Validation loss along training for every run, coloured by N; with x = flops the lower
-    envelope of these curves is the compute-efficient frontier."""
+    """Validation loss along training for every run of a results table (run_id, N), from its
+    record's curves (run_id, `x` = tokens, flops or step, val_loss), coloured by N; with
+    x = flops, their lower envelope: the compute-efficient frontier."""
+    table = (
+        curves.drop(columns=["N"], errors="ignore")
+        .merge(results[["run_id", "N"]], on="run_id")
+        .rename(columns={"run_id": "run", "val_loss": "loss", x: RECORD_AXES[x]})
+    )
+    x = RECORD_AXES[x]
+    values = table[["N", x, "loss"]].apply(pd.to_numeric, errors="coerce")
+    table = table.assign(**values)[(np.isfinite(values) & (values > 0)).all(axis=1)]
+    frontier = lower_envelope(table) if x == "C" and not table.empty else None
+    return run_curves(table, x, xlabel, frontier)
+
+
+def run_curves(
+    curves: pd.DataFrame,
+    x: str,
+    xlabel: str,
+    frontier: pd.DataFrame | None = None,
+    fit: Fit | None = None,
+    fitted: pd.DataFrame | None = None,
+) -> Figure:
+    """Every run's validation loss against `x` (columns run, N, `x`, loss), coloured by N;
+    over compute, the lower envelope (`frontier`: C, loss) and a fitted L(C) over the points
+    it was fitted on (`fitted`)."""
     fig = Figure(figsize=SIZE["single"], layout="constrained")
     ax = fig.subplots()
-    n_of_run = results.set_index("run_id")["N"]
-    palette = colours(n_of_run)
-    labelled = set()
-    by_run = dict(tuple(curves.groupby("run_id")))
-    for run, n in n_of_run.sort_values().items():  # legend entries in order of N
-        if run not in by_run:
-            continue
-        curve = by_run[run]
-        ax.plot(
-            curve[x],
-            curve["val_loss"],
-            "-",
-            color=palette[n],
-            alpha=0.8,
-            label=None if n in labelled else f"N = {n:.3g}",
-        )
-        labelled.add(n)
-    if x == "flops" and not curves.empty:
-        frontier = curves.sort_values(x)
-        ax.plot(frontier[x], frontier["val_loss"].cummin(), "k--", lw=1, label="frontier")
-    log_axes(ax, xlabel, "validation loss (nats/token)", legend=len(labelled) <= 12)
+    size = curves.groupby("run")["N"].first().sort_values()  # legend entries in order of N
+    norm = _log_norm(size)
+    labelled: set[str] = set()
+    for run, curve in sorted(curves.groupby("run"), key=lambda item: size[item[0]]):
+        label = f"N = {size[run]:.2g}"
+        shown = label not in labelled and len(labelled) < MAX_LEGEND
+        labelled.add(label)
+        curve = curve.sort_values(x)
+        ax.plot(curve[x], curve["loss"], color=CMAP(norm(size[run])), lw=0.9, alpha=0.8,
+                label=label if shown else None)
+    if frontier is not None:
+        ax.plot(frontier["C"], frontier["loss"], color="k", lw=1.6, ls="--", label="frontier")
+    if fit is not None and fitted is not None:
+        C = np.geomspace(fitted["C"].min(), fitted["C"].max(), 100)
+        label = _labelled(fit, f"L(C) fit, α_C = {fit.params['alpha']:.3f}")
+        _law_line(ax, fit, C, color="C3", label=label)
+    log_axes(ax, xlabel, "validation loss (nats/token)")
     return fig
 
 
@@ -178,15 +209,9 @@ def _mark_predictions(ax: Axes, fit: Fit, points: pd.DataFrame | None, along: st
 
 def _plot_power(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
     """Loss (for `rising`, y) against x with the fitted law, out to the predicted points."""
-    fig = Figure(figsize=SIZE["single"], layout="constrained")
-    ax = fig.subplots()
     x = fit.variables[0]
-    ax.scatter(df[x], df["loss"], s=12, color="0.3", label="data")
-    beyond = points[x] if points is not None else []
-    _law_line(ax, fit, _span(df[x], beyond), color="C3", label="fit")
-    _mark_predictions(ax, fit, points, x)
-    _finish(ax, x, "y" if fit.law == "rising" else "loss", _title(fit))
-    return fig
+    ylabel = "y" if fit.law == "rising" else "loss"
+    return power_law(df, x, fit, x, _title(fit), predicted=points, ylabel=ylabel)
 
 
 def _plot_two_variable(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
@@ -199,25 +224,16 @@ def _plot_two_variable(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None =
     fig = Figure(figsize=SIZE["double" if allocating else "single"], layout="constrained")
     axes = fig.subplots(1, 2 if allocating else 1, squeeze=False)[0]
     ax, second = axes[0], fit.variables[1]
-    lnN = np.log10(df["N"])
-    colour = colormaps["viridis"]
-    norm = (lnN - lnN.min()) / max(np.ptp(lnN), 1e-12)
-    ax.scatter(df[second], df["loss"], s=10, c=colour(norm), alpha=0.8)
+    norm = _log_norm(df["N"])
+    ax.scatter(df[second], df["loss"], s=10, c=CMAP(norm(df["N"])), alpha=0.8)
     grid = _span(df[second], points[second] if points is not None else [])
-    extra = [] if points is None else list(np.log10(points["N"].unique()))
-    for lnN_i in [*np.quantile(lnN, np.linspace(0, 1, N_CURVES)), *extra]:
-        N = float(10**lnN_i)
-        _law_line(
-            ax,
-            fit,
-            np.full_like(grid, N),
-            grid,
-            along=grid,
-            color=colour((np.log10(N) - lnN.min()) / max(np.ptp(lnN), 1e-12)),
-            label=f"N = {N:.2g}",
-        )
+    extra = [] if points is None else list(points["N"].unique())
+    for N in [*10 ** np.quantile(np.log10(df["N"]), np.linspace(0, 1, N_CURVES)), *extra]:
+        N = float(N)
+        _law_line(ax, fit, np.full_like(grid, N), grid, along=grid, color=CMAP(norm(N)),
+                  label=f"N = {N:.2g}")
     _mark_predictions(ax, fit, points, second)
-    _finish(ax, second, "loss", _title(fit))
+    log_axes(ax, second, "loss", _title(fit))
     if allocating:
         _plot_allocation(axes[1], fit, df)
     return fig
@@ -233,7 +249,7 @@ def _plot_allocation(ax: Axes, fit: Fit, df: pd.DataFrame) -> None:
             ax.fill_between(
                 table["C"], table[f"{name}_lo"], table[f"{name}_hi"], color=colour, alpha=0.2
             )
-    _finish(ax, "C = 6ND (FLOP)", "compute-optimal N, D", "compute-optimal allocation")
+    log_axes(ax, "C = 6ND (FLOP)", "compute-optimal N, D", "compute-optimal allocation")
 
 
 def _plot_isoflop(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
@@ -254,12 +270,12 @@ def _plot_isoflop(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None
             label=f"C = {row.C:.1e}",
         )
         left.scatter([row.N_opt], [row.loss_opt], marker="x", color="k", zorder=3)
-    _finish(left, "N (parameters)", "loss", "IsoFLOP profiles", log_y=False)
+    log_axes(left, "N (parameters)", "loss", "IsoFLOP profiles", log_y=False)
     C = np.geomspace(budgets["C"].min(), budgets["C"].max(), 100)
     for name, pre, exp, colour_ in (("N_opt", "k_N", "a", "C0"), ("D_opt", "k_D", "b", "C1")):
         right.scatter(budgets["C"], budgets[name], color=colour_)
         _power_line(right, fit, C, pre, exp, colour_, f"{name} ∝ C^{fit.params[exp]:.3f}")
-    _finish(right, "C (FLOP)", "N*, D*", _title(fit))
+    log_axes(right, "C (FLOP)", "N*, D*", _title(fit))
     return fig
 
 
@@ -276,14 +292,14 @@ def _plot_envelope(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = Non
     beyond = points["C"] if points is not None else []
     _law_line(left, fit, _span(env["C"], beyond), color="C3", label="fit")
     _mark_predictions(left, fit, points, "C")
-    _finish(left, "C (FLOP)", "loss", _title(fit))
+    log_axes(left, "C (FLOP)", "loss", _title(fit))
     inner = env[env["interior"]]
     right.scatter(inner["C"], inner["N"], s=8, color="C0", label="envelope N")
     if np.isfinite(fit.params["a"]):
         _power_line(
             right, fit, env["C"].to_numpy(), "k_N", "a", "C0", f"N_opt ∝ C^{fit.params['a']:.3f}"
         )
-    _finish(right, "C (FLOP)", "N_opt", "compute-optimal model size")
+    log_axes(right, "C (FLOP)", "N_opt", "compute-optimal model size")
     return fig
 
 
@@ -303,11 +319,12 @@ def _law_line(
     along: np.ndarray | None = None,
     color: object,
     label: str,
+    ls: str = "-",
 ) -> None:
     """The fitted law (and its bootstrap band) at `values`, plotted against `along`."""
     table = predict(fit, *values)
     x = values[0] if along is None else along
-    ax.plot(x, table["loss"], color=color, label=label)
+    ax.plot(x, table["loss"], color=color, ls=ls, label=label)
     if "loss_lo" in table:
         ax.fill_between(x, table["loss_lo"], table["loss_hi"], color=color, alpha=0.2)
 
@@ -325,11 +342,196 @@ def _power_line(
         ax.fill_between(C, *percentile_interval(draws), color=color, alpha=0.2)
 
 
-def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, log_y: bool = True) -> None:
-    log_axes(ax, xlabel, ylabel, title, log_y)
-
-
 def _title(fit: Fit) -> str:
     """The law and its fitted parameters, compactly, and the status when it is not ok."""
     shown = ", ".join(f"{k}={v:.3g}" for k, v in fit.params.items())
     return "\n".join(filter(None, (f"{fit.law}: {shown}", fit.caveat())))
+
+
+# Kaplan's figures: one per finding that has one (`analysis.kaplan.section` captions them).
+
+
+def loss_vs_params(runs: pd.DataFrame, fit: Fit | None, levels: pd.Series) -> Figure:
+    """Loss against non-embedding N and against all parameters, a colour per depth, a marker
+    per D level (`levels`), and the fitted L(N) on the first panel (Kaplan Fig. 6)."""
+    fig = Figure(figsize=SIZE["double"], layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    depth = runs["model.n_layer"] if "model.n_layer" in runs else pd.Series(0, index=runs.index)
+    palette = colours(depth)
+    for ax, x, label in (
+        (axes[0], "N", "non-embedding parameters N"),
+        (axes[1], "n_params", "all parameters (embeddings included)"),
+    ):
+        if x not in runs:
+            ax.text(0.5, 0.5, f"no column '{x}'", transform=ax.transAxes, ha="center")
+            continue
+        for (layers, level), group in runs.groupby([depth, levels]):
+            ax.scatter(group[x], group["loss"], s=28, color=palette[layers],
+                       marker=MARKERS[int(level) % len(MARKERS)])
+        log_axes(ax, label, "final validation loss (nats/token)", legend=False)
+    if fit is not None:
+        N = np.geomspace(runs["N"].min(), runs["N"].max(), 100)
+        label = _labelled(fit, f"L(N) fit, α = {fit.params['alpha']:.3f}")
+        _law_line(axes[0], fit, N, color="C3", label=label)
+    handles = []
+    if "model.n_layer" in runs and len(palette) <= MAX_LEGEND:
+        handles += [
+            Line2D([], [], ls="", marker="o", color=c, label=f"n_layer = {v:g}")
+            for v, c in palette.items()
+        ]
+    for level, group in runs.groupby(levels):
+        marker = MARKERS[int(level) % len(MARKERS)]
+        D = group["D"].median()
+        handles.append(Line2D([], [], ls="", marker=marker, color="0.4", label=f"D ≈ {D:.2g}"))
+    if len(handles) <= 2 * MAX_LEGEND:
+        add_legend(axes[1], handles=handles)
+    add_legend(axes[0])
+    fig.suptitle(
+        "Kaplan Fig. 6: without embeddings, depths should fall on one curve (colour: n_layer)",
+        fontsize=10,
+    )
+    return fig
+
+
+def power_law(
+    points: pd.DataFrame,
+    x: str,
+    fit: Fit,
+    xlabel: str,
+    title: str,
+    *,
+    pure: Fit | None = None,
+    context: pd.DataFrame | None = None,
+    predicted: pd.DataFrame | None = None,
+    ylabel: str = "loss (nats/token)",
+) -> Figure:
+    """The points a one-variable law was fitted on (columns `x`, loss) and its fit; with
+    `pure`, Kaplan's pure form dashed; `context` (other runs, the rest of a frontier) in
+    grey; the law drawn out to the `predicted` points and their predictions marked."""
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
+    ax = fig.subplots()
+    if context is not None and not context.empty:
+        ax.scatter(context[x], context["loss"], s=10, color="0.75", label="not fitted")
+    ax.scatter(points[x], points["loss"], s=18, color="0.2", label="fitted points")
+    grid = _span(points[x], predicted[x] if predicted is not None else [])
+    _law_line(ax, fit, grid, color="C3", label=_describe(fit))
+    if pure is not None and pure is not fit:
+        _law_line(ax, pure, grid, color="C0", label=_describe(pure), ls="--")
+    _mark_predictions(ax, fit, predicted, x)
+    log_axes(ax, xlabel, ylabel, title)
+    return fig
+
+
+def per_position(positions: pd.DataFrame, scores: pd.DataFrame) -> Figure:
+    """Loss against context position T per run (columns run_id, N, T, loss), coloured by N,
+    then the ICL score against N (`scores`: N, icl_score)."""
+    fig = Figure(figsize=SIZE["double"], layout="constrained")
+    left, right = fig.subplots(1, 2)
+    size = positions.groupby("run_id")["N"].first()
+    norm = _log_norm(size)
+    for run, rows in positions.groupby("run_id", sort=False):
+        rows = rows.sort_values("T")
+        left.plot(rows["T"], rows["loss"], color=CMAP(norm(size[run])), lw=0.9,
+                  label=f"N = {size[run]:.2g}")
+    log_axes(left, "context position T", "validation loss (nats/token)",
+             legend=len(size) <= MAX_LEGEND)
+    right.scatter(scores["N"], scores["icl_score"], color="C3")
+    right.axhline(0, color="0.6", lw=0.8)
+    log_axes(right, "non-embedding parameters N", "ICL score (nats)",
+             "loss(late position) − loss(early position)", log_y=False)
+    return fig
+
+
+def noise_scale(points: pd.DataFrame, slope: float, intercept: float) -> Figure:
+    """The gradient noise scale at every evaluation against the loss there (columns N, loss,
+    noise_scale; Kaplan Fig. 10's B_crit(L)), coloured by N, with the robust power-law line
+    B = B_*·L^slope (`intercept` = ln B_*)."""
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
+    ax = fig.subplots()
+    norm = _log_norm(points["N"])
+    ax.scatter(points["loss"], points["noise_scale"], c=CMAP(norm(points["N"])), s=18,
+               edgecolors="0.2", linewidths=0.3)
+    L = np.geomspace(points["loss"].min(), points["loss"].max(), 50)
+    ax.plot(L, np.exp(intercept) * L**slope, color="C3",
+            label=f"B_noise ∝ L^{slope:.2f} (Theil–Sen)")
+    log_axes(ax, "validation loss (nats/token)", "gradient noise scale B_simple (tokens)",
+             "critical batch size: grows as the loss falls (Kaplan: L^-4.8)")
+    _size_bar(fig, norm, ax)
+    return fig
+
+
+def transfer(
+    runs: pd.DataFrame, fits: dict[str, dict], curves: pd.DataFrame | None = None
+) -> Figure:
+    """Loss on another distribution against in-distribution validation loss (Kaplan Fig. 8),
+    on linear axes, where a constant offset is a line of slope 1.
+
+    Left: each completed run's final losses (`runs`: N, loss and one column per key of
+    `fits`), coloured by N, a marker per transfer column; the line of slope 1 through the
+    mean offset and the least-squares line (`fits`: slope, intercept, offset_mean). Right,
+    with `curves` (run_id, N, val_loss and the first column of `fits`): the same during
+    training, a line per run, the final points on top.
+    """
+    panels = 2 if curves is not None else 1
+    fig = Figure(figsize=SIZE["double" if panels == 2 else "single"], layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, panels))
+    norm = _log_norm(runs["N"])
+    ax = axes[0]
+    for i, (column, fit) in enumerate(fits.items()):
+        both = runs[["N", "loss", column]].apply(pd.to_numeric, errors="coerce").dropna()
+        ax.scatter(both["loss"], both[column], c=CMAP(norm(both["N"])), s=30,
+                   marker=MARKERS[i % len(MARKERS)], edgecolors="0.2", linewidths=0.4,
+                   label=f"{column} (final)")
+        L = np.linspace(both["loss"].min(), both["loss"].max(), 50)
+        ax.plot(L, L + fit["offset_mean"], color=f"C{2 * i}", ls="--",
+                label=f"slope 1, offset {fit['offset_mean']:.3f}")
+        ax.plot(L, fit["intercept"] + fit["slope"] * L, color=f"C{2 * i + 1}",
+                label=f"fit, slope {fit['slope']:.2f}")
+    ax.set_title("final losses, one point per run", fontsize=10)
+    if curves is not None:
+        column = next(iter(fits))
+        right = axes[1]
+        for _, curve in curves.groupby("run_id", sort=False):
+            curve = curve.sort_values("step") if "step" in curve else curve
+            right.plot(curve["val_loss"], curve[column], color=CMAP(norm(curve["N"].iloc[0])),
+                       lw=0.9, alpha=0.8)
+        final = runs[["N", "loss", column]].apply(pd.to_numeric, errors="coerce").dropna()
+        right.scatter(final["loss"], final[column], c=CMAP(norm(final["N"])), s=30,
+                      edgecolors="0.2", linewidths=0.4, zorder=3)
+        L = np.linspace(curves["val_loss"].min(), curves["val_loss"].max(), 50)
+        right.plot(L, L + fits[column]["offset_mean"], color="C0", ls="--",
+                   label="slope 1 through the final offset")
+        right.set_title(f"during training ({column}); points: final", fontsize=10)
+    for a in axes:
+        a.set(xlabel="in-distribution validation loss (nats/token)",
+              ylabel="transfer loss (nats/token)")
+        a.grid(True, alpha=0.3)
+        add_legend(a)
+    _size_bar(fig, norm, axes[-1])
+    fig.suptitle("Kaplan Fig. 8: transfer tracks in-distribution loss with a constant offset",
+                 fontsize=10)
+    return fig
+
+
+def _log_norm(N: pd.Series) -> LogNorm:
+    """A log colour scale over model sizes; one size still gets a scale of nonzero width."""
+    return LogNorm(N.min(), max(N.max(), N.min() * 1.001))
+
+
+def _size_bar(fig: Figure, norm: LogNorm, ax: Axes) -> None:
+    """The colour bar of model size beside `ax`."""
+    fig.colorbar(ScalarMappable(norm, CMAP), ax=ax, label="non-embedding parameters N")
+
+
+def _describe(fit: Fit) -> str:
+    """'offset form, α = …' or 'pure form, α = …' for a power law, else 'fit'; the status
+    under it when it is not ok."""
+    if "alpha" not in fit.params:
+        return _labelled(fit, "fit")
+    form = "offset form" if "E" in fit.params else "pure form (Kaplan's)"
+    return _labelled(fit, f"{form}, α = {fit.params['alpha']:.3f}")
+
+
+def _labelled(fit: Fit, label: str) -> str:
+    """A legend label, with the fit's status under it when it is not ok."""
+    return "\n".join(filter(None, (label, fit.caveat(40))))

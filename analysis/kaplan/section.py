@@ -1,4 +1,4 @@
-"""The Kaplan part of the report: the figures (drawn by `analysis.kaplan_plots`) and
+"""The Kaplan part of the report: the figures (drawn by `analysis.plots`) and
 the HTML section with the exponents against Kaplan's and one part per finding. Kept
 apart so the fits and verdicts never depend on how they are shown. Not named `html`,
 which would shadow the standard library module it uses.
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import kaplan_plots
+from analysis import plots
 from analysis.kaplan.batch import noise_scale_points
 from analysis.kaplan.constants import (
     CHINCHILLA_A,
@@ -25,7 +25,6 @@ from analysis.kaplan.constants import (
 from analysis.kaplan.fits import LawFit
 from analysis.kaplan.tables import levels, transfer_curves
 from analysis.kaplan.verdict import Finding, explain
-from analysis.plots import figure_html
 from analysis.result import Fit, jsonable
 from analysis.uncertainty import LEVEL, percentile_interval
 
@@ -71,7 +70,7 @@ CAPTIONS = {
 
 
 def _figure(name: str) -> str:
-    return figure_html(name, CAPTIONS[name], wide=name in WIDE_FIGURES)
+    return plots.figure_html(name, CAPTIONS[name], wide=name in WIDE_FIGURES)
 
 
 def _figures(
@@ -90,45 +89,45 @@ def _figures(
     """Write every figure the data allows; return their file names."""
     figures: dict[str, Figure] = {}
     if {"N", "D", "loss"} <= set(runs) and not runs.empty:
-        figures["kaplan_loss_vs_params.png"] = kaplan_plots.loss_vs_params(
+        figures["kaplan_loss_vs_params.png"] = plots.loss_vs_params(
             runs, ln.fit, levels(runs["D"], D_LEVEL_RATIO)
         )
     if cur is not None:
-        figures["kaplan_curves_tokens.png"] = kaplan_plots.learning_curves(cur, "D", "tokens D")
-        figures["kaplan_curves_flops.png"] = kaplan_plots.learning_curves(
+        figures["kaplan_curves_tokens.png"] = plots.run_curves(cur, "D", "tokens D")
+        figures["kaplan_curves_flops.png"] = plots.run_curves(
             cur, "C", "compute C (FLOP)", lc.frontier, lc.fit, lc.points
         )
     if ld.fit is not None:
         others = runs[~runs["run_id"].isin(ld.info["run_ids"])]
-        figures["kaplan_L_D.png"] = kaplan_plots.power_law(
+        figures["kaplan_L_D.png"] = plots.power_law(
             ld.points,
             "D",
             ld.fit,
-            ld.pure,
             "tokens D",
             f"L(D), early-stopped, N = {ld.info['N']:.3g} (grey: other sizes)",
-            others.assign(loss=others["early_loss"]),
+            pure=ld.pure,
+            context=others.assign(loss=others["early_loss"]),
         )
     if lc.fit is not None and lc.frontier is not None:
         rest = lc.frontier[~lc.frontier["C"].isin(lc.points["C"])]
-        figures["kaplan_L_C.png"] = kaplan_plots.power_law(
+        figures["kaplan_L_C.png"] = plots.power_law(
             lc.points,
             "C",
             lc.fit,
-            lc.pure,
             "compute C (FLOP)",
             "L(C) on the compute-efficient frontier (grey: not fitted)",
-            rest,
+            pure=lc.pure,
+            context=rest,
         )
     if icl is not None and icl.get("status") == "ok":
-        figures["kaplan_icl.png"] = kaplan_plots.per_position(icl["table"], icl["scores"])
+        figures["kaplan_icl.png"] = plots.per_position(icl["table"], icl["scores"])
     fitted = {c: v for c, v in transfer.numbers.items() if "slope" in v}
     if fitted and "N" in runs:
         during = transfer_curves(curves, runs, next(iter(fitted)))
-        figures["kaplan_transfer.png"] = kaplan_plots.transfer(runs, fitted, during)
+        figures["kaplan_transfer.png"] = plots.transfer(runs, fitted, during)
     if batch.numbers.get("method") == "gradient noise scale" and every_curve is not None:
         slope, intercept = batch.numbers["slope"], np.log(batch.numbers["B_star"])
-        figures["kaplan_noise_scale.png"] = kaplan_plots.noise_scale(
+        figures["kaplan_noise_scale.png"] = plots.noise_scale(
             noise_scale_points(every_curve), slope, intercept)
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=110)

@@ -1,7 +1,9 @@
 """Figures, in one style: the runs of a study (final losses, learning curves), fitted laws
 (data, fit and bootstrap band; `plot_fit` draws any law of `analysis.registry`), and the
 Kaplan study's figures (loss against N with and without embeddings, L(D) and L(C) with
-the points they were fitted on, per-position loss, the gradient noise scale, transfer).
+the points they were fitted on, per-position loss, the gradient noise scale, transfer), and
+the transfer study's (Hernandez et al. 2021: D_T, the fraction of effective data from
+fine-tuning, fine-tuned against from-scratch loss, forgetting).
 
 Built on `matplotlib.figure.Figure`, never pyplot, so no display or global state is
 involved and PNGs are rendered by Agg wherever this runs. Log axes get readable ticks from
@@ -22,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter, ScalarFormatter
 from numpy.typing import ArrayLike
 
+from analysis import laws
 from analysis.allocation import compute_optimal, predict
 from analysis.envelope import lower_envelope
 from analysis.registry import LAWS
@@ -303,12 +306,46 @@ def _plot_envelope(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = Non
     return fig
 
 
+def _plot_transfer(fit: Fit, df: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
+    """Effective data transferred D_T against fine-tuning data D_F, a colour per N, with the
+    fitted D_T = k·D_F^α·N^β and its bootstrap band at each N; hollow: runs outside the
+    low-data fit. Runs with D_T ≤ 0 (ossified) have no place on log axes: `transfer_losses`
+    shows them."""
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
+    ax = fig.subplots()
+    runs = fit.tables["runs"]
+    norm = _log_norm(runs["N"].dropna())
+    for N, group in runs[runs["D_T"] > 0].groupby("N"):
+        colour = CMAP(norm(N))
+        inside, outside = group[group["in_fit"]], group[~group["in_fit"]]
+        ax.scatter(inside["D_F"], inside["D_T"], s=18, color=colour, label=f"N = {N:.3g}")
+        ax.scatter(outside["D_F"], outside["D_T"], s=18, facecolors="none", edgecolors=colour)
+        _transfer_line(ax, fit, _span(group["D_F"]), N, colour)
+    log_axes(ax, "fine-tuning data D_F (tokens)", "effective data transferred D_T (tokens)",
+             _title(fit))
+    return fig
+
+
+def _transfer_line(ax: Axes, fit: Fit, D_F: np.ndarray, N: float, color: object) -> None:
+    """D_T = k·D_F^α·N^β at one N, and its bootstrap band."""
+    p = fit.params
+    if not np.isfinite(p["k"]):
+        return
+    ax.plot(D_F, p["k"] * D_F ** p["alpha"] * N ** p["beta"], color=color)
+    if fit.samples is not None and len(fit.samples) > 1:
+        s = fit.samples
+        draws = (s["k"].to_numpy()[:, None] * D_F[None, :] ** s["alpha"].to_numpy()[:, None]
+                 * N ** s["beta"].to_numpy()[:, None])
+        ax.fill_between(D_F, *percentile_interval(draws), color=color, alpha=0.2)
+
+
 # Figure kinds a law's registry entry names.
 PLOTTERS = {
     "curve": _plot_power,
     "two-variable": _plot_two_variable,
     "isoflop": _plot_isoflop,
     "envelope": _plot_envelope,
+    "transfer": _plot_transfer,
 }
 
 
@@ -535,3 +572,75 @@ def _describe(fit: Fit) -> str:
 def _labelled(fit: Fit, label: str) -> str:
     """A legend label, with the fit's status under it when it is not ok."""
     return "\n".join(filter(None, (label, fit.caveat(40))))
+
+
+# The transfer study's figures (Hernandez et al. 2021; `analysis.transfer.section` captions
+# them), from a transfer `Fit`: its runs table (one row per fine-tune) and from-scratch runs.
+
+
+def transfer_fraction(fit: Fit) -> Figure:
+    """The fraction of effective data from fine-tuning, D_F/D_E, against D_F, a colour per N,
+    with what the fitted law implies, D_F/(D_F + k·D_F^α·N^β), and the low-data cut
+    dotted; hollow: runs outside the fit."""
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
+    ax = fig.subplots()
+    runs, p = fit.tables["runs"], fit.params
+    norm = _log_norm(runs["N"].dropna())
+    for N, group in runs[runs["fraction"] > 0].groupby("N"):
+        colour = CMAP(norm(N))
+        inside, outside = group[group["in_fit"]], group[~group["in_fit"]]
+        ax.scatter(inside["D_F"], inside["fraction"], s=18, color=colour, label=f"N = {N:.3g}")
+        ax.scatter(outside["D_F"], outside["fraction"], s=18, facecolors="none",
+                   edgecolors=colour)
+        if np.isfinite(p["k"]):
+            D_F = _span(group["D_F"])
+            transferred = p["k"] * D_F ** p["alpha"] * N ** p["beta"]
+            ax.plot(D_F, D_F / (D_F + transferred), color=colour)
+    cut = fit.diagnostics["cut"]["max_fraction"]
+    ax.axhline(cut, color="0.4", ls=":", lw=1, label=f"cut D_F/D_E = {cut:g}")
+    log_axes(ax, "fine-tuning data D_F (tokens)", "fraction from fine-tuning D_F/D_E",
+             "pre-training's share of the effective data shrinks as D_F grows")
+    return fig
+
+
+def transfer_losses(fit: Fit) -> Figure:
+    """Fine-tuned loss against D_F (dots joined per N) and the from-scratch law L(N, D) at
+    the same N (dashed; crosses: the from-scratch runs), a colour per N. A dot above its
+    dashed line is a pre-trained model worse than training from scratch on the same data
+    (ossified), ringed in red."""
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
+    ax = fig.subplots()
+    runs, scratch = fit.tables["runs"].dropna(subset=["loss"]), fit.tables["scratch"]
+    norm = _log_norm(pd.concat([runs["N"], scratch["N"]]))
+    law = fit.diagnostics["scratch"]["params"]
+    D = _span(runs["D_F"], scratch["D"])
+    for N, group in runs.groupby("N"):
+        group = group.sort_values("D_F")
+        ax.plot(group["D_F"], group["loss"], "o-", ms=4, color=CMAP(norm(N)), label=f"N = {N:.3g}")
+        if np.isfinite(law["E"]):
+            ax.plot(D, laws.chinchilla(N, D, **law), "--", lw=1, color=CMAP(norm(N)))
+    ax.scatter(scratch["D"], scratch["loss"], marker="x", s=16, c=CMAP(norm(scratch["N"])))
+    if "ossified" in runs:
+        worse = runs[runs["ossified"].astype(bool)]
+        ax.scatter(worse["D_F"], worse["loss"], s=70, facecolors="none", edgecolors="C3",
+                   label="ossified: worse than\nfrom scratch")
+    log_axes(ax, "data D_F or D (tokens)", "loss on the target (nats/token)",
+             "fine-tuned (dots) and from scratch (dashed: fit, x: runs)")
+    return fig
+
+
+def forgetting(table: pd.DataFrame) -> Figure:
+    """The loss on the source corpus after fine-tuning against D_F (`table`: N, D_F, before,
+    after), a colour per N, with the parent's loss before fine-tuning dashed at each N."""
+    fig = Figure(figsize=SIZE["single"], layout="constrained")
+    ax = fig.subplots()
+    norm = _log_norm(table["N"])
+    for N, group in table.groupby("N"):
+        group = group.sort_values("D_F")
+        colour = CMAP(norm(N))
+        ax.plot(group["D_F"], group["after"], "o-", ms=4, color=colour, label=f"N = {N:.3g}")
+        for before in group["before"].dropna().unique():
+            ax.axhline(before, color=colour, ls="--", lw=1)
+    log_axes(ax, "fine-tuning data D_F (tokens)", "loss on the source (nats/token)",
+             "forgetting: after fine-tuning (dots), parent before (dashed)")
+    return fig

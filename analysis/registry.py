@@ -20,6 +20,9 @@ from analysis.fit import fit_kaplan_nd, fit_kaplan_ns, fit_power, fit_rising, wa
 from analysis.isoflop import budget_table, fit_isoflop
 from analysis.result import Fit
 from analysis.table import FLOPS_PER_TOKEN
+from analysis.transfer import COLUMNS as TRANSFER_COLUMNS
+from analysis.transfer import MAX_FRACTION, fit_transfer, refitter
+from analysis.transfer import strata as transfer_strata
 from analysis.uncertainty import LEVEL, bootstrap
 
 
@@ -32,6 +35,7 @@ class Options:
     method: str = "grid"  # chinchilla: "grid" or "varpro"
     flops_per_token: float | None = FLOPS_PER_TOKEN  # isoflop: None takes C/(N·D) from the table
     mad_threshold: float | None = None  # isoflop: robust outlier rejection
+    cut: float = MAX_FRACTION  # transfer: fit only fine-tunes with D_F/D_E at or below it
 
 
 Fitter = Callable[[pd.DataFrame], Fit]
@@ -44,7 +48,10 @@ class Law:
     `columns` are the canonical columns it reads under `Options`; `fit` fits it; `refit`
     builds the bootstrap's refitter from the full-data fit (None: fit again from scratch);
     `unit` is what the bootstrap draws (None: rows; "run": whole learning curves, which
-    share a run's noise) and `strata` the column it resamples within; `form` evaluates the
+    share a run's noise) and `strata` the column it resamples within, or a function giving
+    each row's stratum (transfer: two kinds of run, parents held); `positive` the columns
+    `select` checks as finite and positive (None: all but `run`), `one_corpus` whether it
+    refuses a table of several corpora (transfer reads two by design); `form` evaluates the
     loss from the parameters (None: the law predicts no loss); `optimum` gives G, a, b of
     the compute-optimal split for L(N, D) laws; `plot` names the figure in `plots.PLOTTERS`.
     The report's diagnostics fit it on `source` ("runs": a row per run, or "curves": a row
@@ -60,7 +67,9 @@ class Law:
     plot: str
     refit: Callable[[Fit, Options], Fitter] | None = None
     unit: str | None = None
-    strata: str | None = None
+    strata: str | Callable[[pd.DataFrame], pd.Series] | None = None
+    positive: tuple[str, ...] | None = None
+    one_corpus: bool = True
     form: Callable[..., np.ndarray] | None = None
     optimum: Callable[..., dict[str, float]] | None = None
     source: str = "runs"
@@ -156,6 +165,23 @@ LAWS: dict[str, Law] = {
         plot="envelope",
         source="curves",
     ),
+    "transfer": Law(
+        formula=(
+            "D_T = k·D_F^alpha·N^beta, D_T = D_E − D_F, D_E from the from-scratch "
+            "L = E + A/N^a + B/D^b at the fine-tuned loss (--cut: the low-data regime, "
+            "D_F/D_E <= cut)"
+        ),
+        title="Effective data transferred D_T = k·D_F^α·N^β (Hernandez et al. 2021)",
+        params=("k", "alpha", "beta"),
+        columns=lambda o: TRANSFER_COLUMNS,
+        fit=lambda df, o: fit_transfer(df, cut=o.cut, method=o.method),
+        refit=lambda f, o: refitter(f, cut=o.cut),
+        strata=transfer_strata,
+        positive=(),  # failed runs have no loss: the law checks the runs that count
+        one_corpus=False,  # parents on the source, the rest on the target
+        plot="transfer",
+        variants=(),  # needs fine-tunes and their parents: the transfer section fits it
+    ),
 }
 
 
@@ -202,6 +228,9 @@ def fit_law(
     if n_bootstrap <= 0 or not fit.usable:
         return fit
     refit = entry.refit(fit, chosen) if entry.refit else partial(entry.fit, o=chosen)
+    strata = entry.strata
+    if callable(strata):
+        df, strata = df.assign(stratum=strata(df)), "stratum"
     return bootstrap(
         fit,
         df,
@@ -210,7 +239,7 @@ def fit_law(
         seed=seed,
         level=level,
         unit=entry.unit,
-        strata=entry.strata,
+        strata=strata,
     )
 
 

@@ -1,12 +1,16 @@
 """The transfer law (Hernandez et al. 2021): D_E inverts the from-scratch law, a known D_T law is
-recovered exactly from noiseless data, ossification and failed parents are reported, and
-bad tables are one-line errors."""
+recovered within its bootstrap intervals, ossification and failed parents are reported, and bad
+tables are one-line errors from `scaling-fit`."""
+
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis import laws
+from analysis.cli import main
+from analysis.registry import fit_law
 from analysis.table import FitInputError
 from analysis.transfer import effective_data, fit_transfer, strata, transfer_table
 
@@ -96,6 +100,16 @@ def test_noiseless_table_gives_the_law_back():
     assert not runs["ossified"].any() and runs["in_fit"].all()
 
 
+def test_a_known_transfer_law_is_recovered_within_its_bootstrap_intervals():
+    fit = fit_law(transfer_table(study()), "transfer", method="varpro", n_bootstrap=100, seed=0)
+    assert fit.status == "ok" and fit.diagnostics["bootstrap"]["used"] == 100
+    for name, value in TRUTH.items():
+        lo, hi = fit.intervals[name]
+        assert lo <= value <= hi, (name, value, lo, hi)
+        assert fit.params[name] == pytest.approx(value, rel=0.05)
+    assert fit.intervals["alpha"][1] - fit.intervals["alpha"][0] < 0.05
+
+
 def test_the_bootstrap_resamples_each_kind_and_holds_the_parents():
     table = transfer_table(study())
     table.loc[table["run"] == "finetune/n0_d0", "status"] = "failed"
@@ -146,3 +160,42 @@ def test_fine_tunes_need_their_parents_and_a_from_scratch_grid():
         fit_transfer(few)
     with pytest.raises(FitInputError, match=r"needs column.*parent, corpus"):
         fit_transfer(table.drop(columns=["parent", "corpus"]))
+
+
+@pytest.fixture
+def table_csv(tmp_path):
+    """The canonical table as a CSV, with the two corpora's caches a results table has."""
+    table = transfer_table(study())
+    table["corpus_cache"] = np.where(table["corpus"].str.startswith("prose"), "prose-b", "code-b")
+    path = tmp_path / "transfer.csv"
+    table.to_csv(path, index=False)
+    return table, path
+
+
+def test_scaling_fit_prints_k_alpha_beta_with_intervals(table_csv, capsys):
+    _, path = table_csv
+    code = main(
+        [str(path), "--law", "transfer", "--method", "varpro", "--json", "--bootstrap", "20"]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["law"] == "transfer" and out["status"] == "ok"
+    assert set(out["params"]) == set(out["intervals"]) == {"k", "alpha", "beta"}
+    assert out["diagnostics"]["cut"]["max_fraction"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.drop(columns=["parent", "corpus"]), "missing columns 'parent', 'corpus'"),
+        (lambda t: t[t["run"] != "parents/n0"], "name parents not in the table (n0)"),
+        (lambda t: t[~t["run"].str.startswith("scratch/n")], "from-scratch grid has 0"),
+    ],
+)
+def test_scaling_fit_refuses_bad_tables_in_one_line(table_csv, tmp_path, capsys, change, message):
+    table, _ = table_csv
+    path = tmp_path / "bad.csv"
+    change(table).to_csv(path, index=False)
+    code = main([str(path), "--law", "transfer", "--method", "varpro"])
+    out = capsys.readouterr()
+    assert code == 2 and out.out == ""
+    assert out.err.count("\n") == 1 and message in out.err

@@ -51,8 +51,10 @@ class DataConfig:
     """Where the tokens come from: a corpus, a tokenizer, a validation split, a cache."""
 
     # stdlib (this interpreter's standard library source) | python (stdlib + installed
-    # packages) | files; prompt -> response pairs for stage=sft: sft_stdlib (the standard
-    # library's documented functions: signature + docstring -> body) | jsonl
+    # packages) | prose (the docstrings and comments of half of python's files, and the
+    # documentation topics) | code (the other half, without docstrings and comments) | files;
+    # prompt -> response pairs for stage=sft: sft_stdlib (the standard library's documented
+    # functions: signature + docstring -> body) | jsonl
     source: str = "stdlib"
     paths: list[str] = field(default_factory=list)  # globs, for source=files or jsonl
     # A second corpus, only evaluated on (transfer_loss): none | prose (the Python
@@ -121,8 +123,8 @@ class StageConfig:
 
 
 # What each stage reads: its data sources, and whether it starts from a parent run.
-STAGE_SOURCES = {"pretrain": ("stdlib", "python", "files"),
-                 "finetune": ("stdlib", "python", "files"),
+STAGE_SOURCES = {"pretrain": ("stdlib", "python", "prose", "code", "files"),
+                 "finetune": ("stdlib", "python", "prose", "code", "files"),
                  "sft": ("sft_stdlib", "jsonl")}
 STAGES_FROM_PARENT = ("finetune", "sft")
 PATH_SOURCES = ("files", "jsonl")  # the sources that read data.paths

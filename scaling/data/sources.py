@@ -3,6 +3,7 @@
 A document is one file (or one line of a .jsonl file) with a stable name; names drive the
 split and, with the contents, the cache key, so the same corpus always yields the same data.
 Besides the training corpus, a transfer corpus (read_transfer) is only ever evaluated on.
+The prose and code corpora share out the files of the python corpus (see python_side).
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import ast
 import glob
 import hashlib
 import itertools
+import json
 import os
 import sys
 import sysconfig
+import tokenize
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from scaling.data import python_text
 from scaling.data.errors import DataError
+from scaling.data.python_text import python_code, python_prose
 from scaling.data.text import read_json_lines, read_text
 
 SUPPORTED_SUFFIXES = (".jsonl", ".md", ".py", ".txt")
@@ -31,6 +36,10 @@ STDLIB_EXCLUDED_DIRS = TEST_DIRS | {"site-packages", "dist-packages", "pydoc_dat
 SITE_DIRS = ("site-packages", "dist-packages")
 # The documentation's prose that ships with CPython: a dict of topic name -> text.
 PROSE_FILE = "pydoc_data/topics.py"
+# data=prose and data=code share out the files of data=python: a file is prose iff the hash of
+# its name salted with this falls below one half. The salt makes the rule independent of the
+# validation split (hash_fraction(name) < data.val_fraction), so each half has its own.
+SIDE_SALT = "prose-or-code:"
 
 
 @dataclass(frozen=True)
@@ -48,25 +57,36 @@ class Document:
 
 @dataclass(frozen=True)
 class Corpus:
-    """Non-empty documents plus the files they came from (recorded in the cache's meta.json)."""
+    """Non-empty documents plus the files they came from (recorded in the cache's meta.json),
+    and the files read but left out because they do not parse (prose and code only)."""
 
     documents: list[Document]
     files: list[str]
+    skipped: list[str] = field(default_factory=list)
 
 
-def read_corpus(source: str, paths: list[str]) -> Corpus:
-    """Read `source` (stdlib | python | files); raise DataError if nothing non-empty is found."""
+def read_corpus(source: str, paths: list[str], cache: Path | None = None) -> Corpus:
+    """Read `source` (stdlib | python | prose | code | files); raise DataError if nothing
+    non-empty is found.
+
+    prose and code derive their text from the Python sources, a minute's work: with `cache` (a
+    directory) it is kept there for the next call, keyed by the sources and the code that
+    derives them.
+    """
     if source == "stdlib":
         corpus = _stdlib_corpus()
         where = f"the standard library at {sysconfig.get_paths()['stdlib']}"
-    elif source == "python":
-        corpus = _python_corpus(python_roots())
+    elif source in ("python", "prose", "code"):
+        roots = python_roots()
+        corpus = _python_corpus(roots) if source == "python" else _derived_corpus(
+            source, roots, cache)
         where = "the standard library and site-packages directories of this interpreter"
     elif source == "files":
         corpus = _files_corpus(paths)
         where = f"data.paths={paths}"
     else:
-        raise DataError(f"data.source={source!r} is unknown: expected stdlib, python or files.")
+        raise DataError(
+            f"data.source={source!r} is unknown: expected stdlib, python, prose, code or files.")
     if not corpus.documents:
         raise DataError(f"the corpus is empty: {len(corpus.files)} files in {where}, no text.")
     return corpus
@@ -146,10 +166,16 @@ def python_files(roots: list[tuple[str, Path]]) -> dict[str, Path]:
 
 
 def _python_corpus(roots: list[tuple[str, Path]]) -> Corpus:
-    """Every importable *.py of `roots` (see python_files), valid UTF-8 only, each distinct
-    text once (named by its first name in sorted order), so a package installed twice, or
-    a file vendored verbatim, cannot sit in both splits."""
-    documents, files, seen = [], [], set()
+    """The files of _python_texts as they are."""
+    texts = _python_texts(roots)
+    return Corpus([Document(name, text) for name, text in texts.items() if text], list(texts))
+
+
+def _python_texts(roots: list[tuple[str, Path]]) -> dict[str, str]:
+    """Name -> text of every importable *.py of `roots` (see python_files), valid UTF-8 only,
+    each distinct text once (named by its first name in sorted order), so a package installed
+    twice, or a file vendored verbatim, cannot sit in both splits."""
+    texts, seen = {}, set()
     for name, path in python_files(roots).items():
         try:
             data = path.read_bytes()
@@ -157,13 +183,56 @@ def _python_corpus(roots: list[tuple[str, Path]]) -> Corpus:
         except (OSError, UnicodeDecodeError):
             continue  # a dangling link, an unreadable or non-UTF-8 file
         digest = hashlib.sha256(data).digest()
-        if digest in seen:
-            continue
-        seen.add(digest)
-        files.append(name)
-        if text:
-            documents.append(Document(name, text))
-    return Corpus(documents, files)
+        if digest not in seen:
+            seen.add(digest)
+            texts[name] = text
+    return texts
+
+
+def python_side(name: str) -> str:
+    """"prose" or "code": the corpus a file of data=python goes to, by its name (SIDE_SALT)."""
+    return "prose" if hash_fraction(SIDE_SALT + name) < 0.5 else "code"
+
+
+def _derived_corpus(side: str, roots: list[tuple[str, Path]], cache: Path | None) -> Corpus:
+    """data=prose or data=code: the files of `roots` on `side` (python_side), each as
+    python_prose or python_code makes it; prose also has the documentation topics of
+    _prose_corpus. Files that do not parse are skipped (Corpus.skipped)."""
+    derived, skipped = _derive(_python_texts(roots), cache)
+    names = [name for name in derived if python_side(name) == side]
+    documents = [Document(name, derived[name]) for name in names if derived[name]]
+    skipped = [name for name in skipped if python_side(name) == side]
+    if side == "code":
+        return Corpus(documents, names, skipped)
+    topics = _prose_corpus()
+    return Corpus(topics.documents + documents, topics.files + names, skipped)
+
+
+def _derive(texts: dict[str, str], cache: Path | None) -> tuple[dict[str, str], list[str]]:
+    """Name -> prose or code (as python_side says) of each text that parses, and the names of
+    those that do not; kept in `cache`, keyed by the texts, SIDE_SALT, the code of python_text
+    and Python's version (its ast and tokenize)."""
+    key = hashlib.sha256(Path(python_text.__file__).read_bytes())
+    for part in (SIDE_SALT, sys.version, *itertools.chain.from_iterable(texts.items())):
+        data = part.encode("utf-8")
+        key.update(len(data).to_bytes(8, "little") + data)
+    kept = cache / f"python-text-{key.hexdigest()[:16]}.json" if cache else None
+    if kept and kept.is_file():
+        memo = json.loads(kept.read_text("utf-8"))
+        return memo["derived"], memo["skipped"]
+    derived, skipped = {}, []
+    for name, text in texts.items():
+        derive = python_prose if python_side(name) == "prose" else python_code
+        try:
+            derived[name] = derive(text)
+        except (SyntaxError, ValueError, RecursionError, tokenize.TokenError):
+            skipped.append(name)
+    if kept:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        partial = kept.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps({"derived": derived, "skipped": skipped}), "utf-8")
+        partial.replace(kept)  # whole or absent, even with two builds at once
+    return derived, skipped
 
 
 def _prose_corpus() -> Corpus:

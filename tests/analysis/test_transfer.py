@@ -1,6 +1,6 @@
 """The transfer law (Hernandez et al. 2021): D_E inverts the from-scratch law, a known D_T law is
-recovered within its bootstrap intervals, ossification and failed parents are reported, and bad
-tables are one-line errors from `scaling-fit`."""
+recovered within its bootstrap intervals, ossification and failed parents are reported, bad
+tables are one-line errors from `scaling-fit`, and the report's section renders."""
 
 import json
 
@@ -11,8 +11,10 @@ import pytest
 from analysis import laws
 from analysis.cli import main
 from analysis.registry import fit_law
+from analysis.result import jsonable
 from analysis.table import FitInputError
 from analysis.transfer import effective_data, fit_transfer, strata, transfer_table
+from analysis.transfer.section import forgetting_table, transfer_section
 
 # A from-scratch law at byte-level scale, and a transfer law other than the published one.
 SCRATCH = {"E": 0.6, "A": 60.0, "B": 120.0, "alpha": 0.35, "beta": 0.3}
@@ -162,6 +164,17 @@ def test_fine_tunes_need_their_parents_and_a_from_scratch_grid():
         fit_transfer(table.drop(columns=["parent", "corpus"]))
 
 
+def test_forgetting_reads_the_parent_before_and_the_source_loss_after():
+    df = study()
+    fit = fit_transfer(transfer_table(df), method="varpro")
+    losses = forgetting_table(df, fit).set_index("run")
+    parent = df.loc[_row(df, "parents/n1"), "best_val_loss"]
+    assert losses.loc["finetune/n1_d2", "before"] == pytest.approx(parent)
+    assert losses.loc["finetune/n1_d2", "after"] == pytest.approx(1.44)
+    assert losses.loc["finetune/n1_d2", "change"] == pytest.approx(1.44 - parent)
+    assert len(losses) == len(SIZES) * len(FINE_TUNING)
+
+
 @pytest.fixture
 def table_csv(tmp_path):
     """The canonical table as a CSV, with the two corpora's caches a results table has."""
@@ -172,15 +185,28 @@ def table_csv(tmp_path):
     return table, path
 
 
-def test_scaling_fit_prints_k_alpha_beta_with_intervals(table_csv, capsys):
+def test_scaling_fit_prints_k_alpha_beta_with_intervals(table_csv, tmp_path, capsys):
     _, path = table_csv
+    figure = tmp_path / "transfer.png"
     code = main(
-        [str(path), "--law", "transfer", "--method", "varpro", "--json", "--bootstrap", "20"]
+        [
+            str(path),
+            "--law",
+            "transfer",
+            "--method",
+            "varpro",
+            "--json",
+            "--bootstrap",
+            "20",
+            "--plot",
+            str(figure),
+        ]
     )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["law"] == "transfer" and out["status"] == "ok"
     assert set(out["params"]) == set(out["intervals"]) == {"k", "alpha", "beta"}
     assert out["diagnostics"]["cut"]["max_fraction"] == 0.5
+    assert figure.stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(
@@ -199,3 +225,31 @@ def test_scaling_fit_refuses_bad_tables_in_one_line(table_csv, tmp_path, capsys,
     out = capsys.readouterr()
     assert code == 2 and out.out == ""
     assert out.err.count("\n") == 1 and message in out.err
+
+
+def test_the_section_renders_figures_fits_and_headline(tmp_path):
+    df = study()
+    df.loc[_row(df, "finetune/n0_d5"), "best_val_loss"] = 1.05 * laws.chinchilla(
+        SIZES[0], FINE_TUNING[-1], **SCRATCH
+    )
+    section = transfer_section(df, tmp_path, n_bootstrap=10, seed=0)
+    names = ("effective_data", "fraction", "losses", "forgetting")
+    for name in names:
+        assert (tmp_path / f"transfer_{name}.png").stat().st_size > 10_000
+        assert f'src="transfer_{name}.png"' in section.html
+    fits = json.loads(json.dumps(jsonable(section.fits), allow_nan=False))["transfer"]
+    assert {"k", "alpha", "beta", "k_ci", "alpha_ci", "beta_ci", "n_runs", "cut"} <= set(fits)
+    assert fits["ossified"] == ["finetune/n0_d5"]
+    assert fits["stops_paying"][f"N={SIZES[0]:.4g}"] == pytest.approx(FINE_TUNING[-1])
+    assert set(section.headline) == {"transfer k", "transfer alpha", "transfer beta"}
+    alpha = section.headline["transfer alpha"]
+    assert alpha["published"] == 0.18 and alpha["verdict"] == "differs"
+
+
+def test_the_section_is_absent_without_fine_tunes_and_says_why_it_cannot_fit(tmp_path):
+    df = study()
+    assert transfer_section(df[df["stage"] == "pretrain"], tmp_path, n_bootstrap=0, seed=0) is None
+    no_scratch = df[~df["run_id"].str.startswith("scratch/")]
+    section = transfer_section(no_scratch, tmp_path, n_bootstrap=0, seed=0)
+    assert "from-scratch grid has 0 completed run" in section.html
+    assert {h["verdict"] for h in section.headline.values()} == {"skipped"}

@@ -212,7 +212,7 @@ def test_scaling_fit_prints_k_alpha_beta_with_intervals(table_csv, tmp_path, cap
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda t: t.drop(columns=["parent", "corpus"]), "missing columns 'parent', 'corpus'"),
+        (lambda t: t.drop(columns=["parent", "corpus"]), "missing column 'parent' and 'corpus'"),
         (lambda t: t[t["run"] != "parents/n0"], "name parents not in the table (n0)"),
         (lambda t: t[~t["run"].str.startswith("scratch/n")], "from-scratch grid has 0"),
     ],

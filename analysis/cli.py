@@ -12,6 +12,7 @@ from analysis.plots import plot_fit
 from analysis.registry import LAWS, fit_law, required_columns
 from analysis.result import Fit, jsonable
 from analysis.table import CANONICAL, FLOPS_PER_TOKEN, FitInputError, derive, load_table, select
+from analysis.transfer import MAX_FRACTION
 from scaling.console import ArgumentParser, UsageError, exit_status
 
 
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="K",
         help="isoflop: reject points beyond K robust SDs of their parabola",
+    )
+    parser.add_argument(
+        "--cut",
+        type=float,
+        default=MAX_FRACTION,
+        metavar="F",
+        help="transfer: fit the fine-tunes with D_F/D_E <= F, the low-data regime (default 0.5)",
     )
     parser.add_argument("--query", metavar="EXPR", help="keep rows matching a pandas query")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="K", help="resamples")
@@ -148,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             method=args.method,
             flops_per_token=args.flops_per_token,
             mad_threshold=args.mad_threshold,
+            cut=args.cut,
             n_bootstrap=args.bootstrap,
             seed=args.seed,
             level=args.level,
@@ -183,14 +192,18 @@ def _prepare(args: argparse.Namespace) -> pd.DataFrame:
             df = df.query(args.query)
         except Exception as error:  # pandas raises many types for a bad expression
             raise FitInputError(f"bad --query {args.query!r}: {error}") from error
+    law = LAWS[args.law]
     columns = {name: getattr(args, name) for name in CANONICAL}
+    for name, column in law.results_columns.items():  # a run table's own, unless --NAME given
+        if columns[name] == name and column in df:
+            columns[name] = column
     need = required_columns(
         args.law, x=args.x, bootstrap=args.bootstrap > 0, flops_per_token=args.flops_per_token
     )
     if args.derive:
         sources = ["N", "C"] if args.derive == "D" else ["N", "D"]
         need = list(dict.fromkeys([c for c in need if c != args.derive] + sources))
-    data = select(df, need, columns)
+    data = select(df, need, columns, positive=law.positive, one_corpus=law.one_corpus)
     if args.derive:
         data = derive(data, args.derive, args.flops_per_token or FLOPS_PER_TOKEN)
     return data

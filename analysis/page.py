@@ -17,7 +17,8 @@ the studies' sections, the runs and the pooled diagnostics follow.
   them, or null), the ranges of N, D, C, tokens per parameter and epochs of the fitted
   runs, `multi_epoch_runs`, and the caveats shown at the top of the page.
 - each study's own keys (Kaplan: "L(N)", "L(D)", "L(C)", "L(N,D)", "N_opt(C)", "L(N,S)",
-  "kaplan_findings", "icl"), each fit as `Fit.to_dict()` with the rows it was fitted on.
+  "kaplan_findings", "icl"; transfer: "transfer", `{k, alpha, beta, k_ci, alpha_ci,
+  beta_ci, n_runs, cut, ...}`), each fit with the rows it was fitted on.
 - `diagnostics`: every law of `analysis.registry` fitted on all the fitted runs at once,
   keyed like `power_N`; never an answer of the study's.
 
@@ -25,11 +26,13 @@ Which runs are fitted: the Kaplan section and the diagnostics fit pretraining ru
 corpus (`analysis.table.pretraining_scope`): runs of several corpora or tokenizers are never
 pooled; by default the largest group is fitted and the others are named at the top of the
 page with the command that reports on them (`scaling-report DIR --corpus CACHE`). Fine-tuned
-and SFT runs are listed with the runs, not fitted; a study of them (transfer) brings its own
-section and handles its corpora itself. The run table lists every run.
+and SFT runs are not in those fits; the transfer section (`analysis.transfer`), present when
+the sweep holds fine-tunes, reads every run and handles its two corpora itself. The run table
+lists every run.
 
-A study is a function returning an `analysis.section.Section`; adding one is one line in
-`_sections`.
+A study is a function returning an `analysis.section.Section`; adding one is one line: in
+`_sections` for a study of one corpus's pretraining runs, in `write_page` for one that reads
+every run (transfer).
 """
 
 import html
@@ -47,6 +50,7 @@ from analysis.report import write_fits
 from analysis.result import jsonable
 from analysis.section import Section
 from analysis.table import PRETRAIN, Scope, pretraining_scope
+from analysis.transfer.section import transfer_section
 
 SCHEMA = 1
 # The run tables' names (as `scaling-report` collects them) for the canonical ones.
@@ -106,6 +110,10 @@ def write_page(
         n_bootstrap,
         seed,
     )
+    # Transfer reads every run (parents on the source corpus, the rest on the target): first,
+    # since a sweep holding fine-tunes is a transfer study before it is anything else
+    transfer = transfer_section(results, out, n_bootstrap=n_bootstrap, seed=seed)
+    sections = [transfer, *sections] if transfer is not None else sections
     study = _study(results, scope, sections, command)
     fits: dict[str, Any] = {"schema": SCHEMA, "headline": {}, "study": study}
     for section in sections:

@@ -6,7 +6,7 @@ here (and, when it needs a new kind of figure, one plotter in `analysis.plots`).
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -57,7 +57,9 @@ class Law:
     The report's diagnostics fit it on `source` ("runs": a row per run, or "curves": a row
     per evaluation) once per option set in `variants` (none: never), on the rows `rows`
     picks (None from it: the table cannot support the law). `formula` is the form as printed
-    with every fit.
+    with every fit. `results_columns` are the run table's columns it reads for canonical
+    names by default, where they differ from `scaling.results.ALIASES` (transfer: the best
+    validation loss, as Hernandez early-stop, not the final one).
     """
 
     title: str
@@ -76,6 +78,7 @@ class Law:
     variants: tuple[dict[str, str], ...] = ({},)
     rows: Callable[[pd.DataFrame], pd.DataFrame | None] | None = None
     formula: str = ""
+    results_columns: Mapping[str, str] = field(default_factory=dict)
 
 
 LAWS: dict[str, Law] = {
@@ -181,6 +184,7 @@ LAWS: dict[str, Law] = {
         one_corpus=False,  # parents on the source, the rest on the target
         plot="transfer",
         variants=(),  # needs fine-tunes and their parents: the transfer section fits it
+        results_columns={"loss": "best_val_loss"},
     ),
 }
 

@@ -62,14 +62,12 @@ def select(
     required = list(required)
     missing = [name for name in required if columns.get(name, name) not in df.columns]
     if missing:
-        shown = ", ".join(
+        names = [
             f"'{columns.get(n, n)}'" + ("" if columns.get(n, n) == n else f" (for {n})")
             for n in missing
-        )
-        plural = "s" if len(missing) > 1 else ""
-        raise FitInputError(
-            f"missing column{plural} {shown} (columns: {', '.join(map(str, df.columns))})"
-        )
+        ]
+        shown = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        raise FitInputError(f"missing column {shown} (columns: {', '.join(map(str, df.columns))})")
     if one_corpus and CORPUS in df.columns:
         corpora = sorted(map(str, df[CORPUS].dropna().unique()))
         if len(corpora) > 1:

@@ -26,7 +26,7 @@ CURVES = "curves.parquet"
 
 # Short names the analysis tools expect by default (scaling-fit's --N/--D/--C/--loss).
 ALIASES = {"N": "n_params_nonembed", "D": "tokens", "C": "flops", "loss": "final_val_loss",
-           "budget": "train.budget"}
+           "budget": "train.budget", "parent": "parent_run", "corpus": "data.source"}
 
 
 @dataclass

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := constraints.txt
 
-.PHONY: install demo test lint lock clean
+.PHONY: install demo transfer-demo test lint lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version.split()[0]'
@@ -20,6 +20,13 @@ demo: $(STAMP)
 	$(BIN)/scaling-train --config-dir sweeps --config-name demo hydra/launcher=local \
 		hydra.launcher.n_jobs=2
 	$(BIN)/scaling-report runs/demo --bootstrap 100
+
+# Hernandez et al. 2021 in miniature: pretrain on prose, fine-tune on code, train on code from
+# scratch (sweeps/transfer_cpu.yaml); the report fits D_T = k·D_F^alpha·N^beta.
+transfer-demo: $(STAMP)
+	$(BIN)/scaling-train --config-dir sweeps --config-name transfer_cpu hydra/launcher=local \
+		hydra.launcher.n_jobs=2
+	$(BIN)/scaling-report runs/transfer --bootstrap 200
 
 # The report's browser test needs Debian's chromium; installed here when missing (CI runs as root).
 test: $(STAMP)

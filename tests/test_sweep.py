@@ -69,12 +69,16 @@ def test_shape_preset_holds_n_near_its_target():
         assert abs(12 * depth * m.d_model**2 / 3e5 - 1) < 0.25
 
 
+# `make transfer-demo` writes runs/transfer (the issue's contract); its GPU twin another.
+SWEEP_DIRS = {"transfer_cpu": "runs/transfer", "transfer": "runs/transfer_gpu"}
+
+
 def test_every_preset_composes_with_a_cpu_twin():
     presets = {p.stem for p in (ROOT / "sweeps").glob("*.yaml")}
     for name in presets:
         cfg = compose_preset(name, "train.budget=1e16", with_hydra=True)
         assert cfg.hydra.sweeper.get("params") or cfg.hydra.sweeper.get("grids"), name
-        assert cfg.hydra.sweep.dir == f"runs/{name}"
+        assert cfg.hydra.sweep.dir == SWEEP_DIRS.get(name, f"runs/{name}")
     # The demo is CPU-sized, and it is the CPU twin of the GPU Kaplan study.
     studies = {p for p in presets if not p.endswith("_cpu")} - {"demo", "kaplan_gpu"}
     assert {f"{p}_cpu" for p in studies} <= presets
@@ -156,6 +160,31 @@ def test_gpu_kaplan_study_spans_the_sizes_and_budgets_the_issue_asks_for():
     for cfg in runs["isoflop"]:  # each run spends its budget, to within a step
         assert abs(planned_flops(cfg) / cfg.train.budget - 1) < 0.02
     assert all(abs(n_nonembed(cfg) / 3e6 - 1) < 0.2 for cfg in runs["shape"])
+
+
+@pytest.mark.parametrize("name", ["transfer_cpu", "transfer"])
+def test_transfer_studies_fine_tune_each_size_on_code_from_its_prose_parent(name):
+    sweeper = compose_preset(name, with_hydra=True).hydra.sweeper
+    grids = OmegaConf.to_container(sweeper.grids, resolve=False)
+    jobs = link_parents(expand_grids(grids, [], OverridesParser.create()),
+                        lambda overrides: "runs/" + "+".join(overrides).replace("=", "-"))
+    runs: dict[str, list] = {}
+    for grid, overrides in jobs:
+        runs.setdefault(grid, []).append((compose_preset(name, *overrides), overrides))
+    sizes = {n_nonembed(cfg) for cfg, _ in runs["pretrain"]}
+    assert len(sizes) >= 4 and {n_nonembed(cfg) for cfg, _ in runs["scratch"]} == sizes
+    assert {(cfg.data.source, cfg.stage.kind) for cfg, _ in runs["pretrain"]} == {
+        ("prose", "pretrain")}
+    assert {(cfg.data.source, cfg.stage.kind) for cfg, _ in runs["scratch"]} == {
+        ("code", "pretrain")}
+    assert {cfg.data.tokenizer for grid in runs.values() for cfg, _ in grid} == {"bytes"}
+    d_f = sorted({cfg.train.tokens for cfg, _ in runs["finetune"]})
+    assert len(d_f) >= 5 and d_f[-1] / d_f[0] >= 100  # >= 5 values over >= 2 decades
+    d = sorted({cfg.train.tokens for cfg, _ in runs["scratch"]})
+    assert d[0] <= d_f[0] and d[-1] >= 3 * d_f[-1]  # the scratch fit covers every D_E < 3 D_F
+    for cfg, overrides in runs["finetune"]:  # each from the pretraining run of its own width
+        assert cfg.data.source == "code" and cfg.stage.kind == "finetune"
+        assert f"model.d_model-{cfg.model.d_model}" in cfg.stage.init_from.split("+")
 
 
 def test_a_run_directory_is_held_by_one_process_at_a_time(tmp_path):

@@ -89,11 +89,11 @@ def identity(config: dict) -> dict[str, Any]:
 def corpus_fingerprint(data: DataConfig) -> str:
     """The content hash of the corpus `data` names, as a run records it (`corpus_cache`: the
     name of its token cache), from reading the corpus alone: no tokenizer, no JAX."""
-    from scaling.data.shards import _cache_name
+    from scaling.data.shards import _cache_name, cache_root
     from scaling.data.sources import read_corpus
 
     data = canonical_data(data)
-    return _cache_name(data, read_corpus(data.source, data.paths))
+    return _cache_name(data, read_corpus(data.source, data.paths, cache_root(data.cache_dir)))
 
 
 def _si(x: float) -> str:

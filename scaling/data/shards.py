@@ -72,7 +72,7 @@ def load_dataset(cfg: DataConfig, tokenizer_from: Dataset | None = None) -> Data
     vocab_size and eos_id are the parent's. Raises DataError for an unreadable corpus, or one
     too small to split.
     """
-    corpus = read_corpus(cfg.source, cfg.paths)
+    corpus = read_corpus(cfg.source, cfg.paths, cache_root(cfg.cache_dir))
     path = cache_root(cfg.cache_dir) / _cache_name(cfg, corpus, tokenizer_from)
     if not (path / "meta.json").exists():
         what = f"{len(corpus.documents)} documents" + (

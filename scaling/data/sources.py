@@ -9,10 +9,12 @@ The prose and code corpora share out the files of the python corpus (see python_
 from __future__ import annotations
 
 import ast
+import fcntl
 import glob
 import hashlib
 import itertools
 import json
+import logging
 import os
 import sys
 import sysconfig
@@ -25,6 +27,8 @@ from scaling.data import python_text
 from scaling.data.errors import DataError
 from scaling.data.python_text import python_code, python_prose
 from scaling.data.text import read_json_lines, read_text
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".jsonl", ".md", ".py", ".txt")
 # Directory names never read from an installed tree: tests hold odd encodings and
@@ -216,10 +220,26 @@ def _derive(texts: dict[str, str], cache: Path | None) -> tuple[dict[str, str], 
     for part in (SIDE_SALT, sys.version, *itertools.chain.from_iterable(texts.items())):
         data = part.encode("utf-8")
         key.update(len(data).to_bytes(8, "little") + data)
-    kept = cache / f"python-text-{key.hexdigest()[:16]}.json" if cache else None
-    if kept and kept.is_file():
-        memo = json.loads(kept.read_text("utf-8"))
-        return memo["derived"], memo["skipped"]
+    if cache is None:
+        return _derive_all(texts)
+    kept = cache / f"python-text-{key.hexdigest()[:16]}.json"
+    cache.mkdir(parents=True, exist_ok=True)
+    # One process derives, the others of a sweep wait for it and read its file
+    with open(cache / f"{kept.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+        if not kept.is_file():
+            log.info("deriving prose and code from %d Python files into %s (once, about a "
+                     "minute)", len(texts), kept)
+            derived, skipped = _derive_all(texts)
+            partial = kept.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps({"derived": derived, "skipped": skipped}), "utf-8")
+            partial.replace(kept)  # whole or absent
+            return derived, skipped
+    memo = json.loads(kept.read_text("utf-8"))
+    return memo["derived"], memo["skipped"]
+
+
+def _derive_all(texts: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     derived, skipped = {}, []
     for name, text in texts.items():
         derive = python_prose if python_side(name) == "prose" else python_code
@@ -227,11 +247,6 @@ def _derive(texts: dict[str, str], cache: Path | None) -> tuple[dict[str, str], 
             derived[name] = derive(text)
         except (SyntaxError, ValueError, RecursionError, tokenize.TokenError):
             skipped.append(name)
-    if kept:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        partial = kept.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"derived": derived, "skipped": skipped}), "utf-8")
-        partial.replace(kept)  # whole or absent, even with two builds at once
     return derived, skipped
 
 

@@ -30,9 +30,9 @@ MAX_PARSES = 5
 # distinct counts repeated token n-grams of this length; similarity averages n = 1..this.
 NGRAM = 4
 
-# Python's lexemes, loosely: comments (dropped), strings (one token each, prefixes included),
-# names and keywords, numbers, the multi-character operators, then any other visible character.
-# Every alternative is linear in the text, so garbage cannot make it slow.
+# Python's lexemes, loosely: comments (dropped), strings (one token each, prefixes included,
+# continued over a backslash-newline: DOTALL), names and keywords, numbers, the multi-character
+# operators, then any other visible character. One pass; matches anything, raises on nothing.
 _TOKEN = re.compile(r"""
     \#[^\r\n]*
   | [rRbBuUfF]{0,2}(?:'''(?:\\.|[^\\])*?'''|\"\"\"(?:\\.|[^\\])*?\"\"\"
@@ -41,7 +41,7 @@ _TOKEN = re.compile(r"""
   | \d[\w.]*
   | \*\*=?|//=?|>>=?|<<=?|->|:=|\.\.\.|[-+*/%&|^@=<>!]=
   | \S
-""", re.VERBOSE)
+""", re.VERBOSE | re.DOTALL)
 _NAME = re.compile(r"[^\W\d]\w*")
 # A line that returns or yields a value: `return` with an expression other than None, `yield`.
 _RETURNS = re.compile(r"^[ \t]*(?:return\b[ \t]*(?!None\b[ \t]*(?:[#;\r\n]|$))[^\s#;]|yield\b)",

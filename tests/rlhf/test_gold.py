@@ -101,6 +101,13 @@ def test_similarity_ignores_comments_and_layout():
     assert similarity(Body.of(reflowed), Body.of(REFERENCE)) == 1.0
 
 
+def test_a_string_literal_is_one_token_even_across_a_line_continuation():
+    one_line = '"a\\\n b"'  # "a, a backslash-newline, b"
+    triple = "f'''x\n'y'\\\n'''"
+    assert Body.of(f"    s = {one_line}  # c\n").tokens == ("s", "=", one_line)
+    assert Body.of(f"    s = {triple} + 1\n").tokens == ("s", "=", triple, "+", "1")
+
+
 ALPHABET = ("abcdefxyz_0123456789 ()[]{}:;,.=+-*/%<>!#'\"\\\t\n\r\f\v\0é→日"
             + "return yield def if else for while ")
 

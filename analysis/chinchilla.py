@@ -155,10 +155,15 @@ def bootstrap_refit(fit: Fit) -> Callable[[pd.DataFrame], Fit]:
     return partial(fit_chinchilla, method=method, starts=warm_starts(fit), lbfgs_options=TIGHT)
 
 
+FLOOR_START = 1e-6  # E of a warm start from a fit whose E sits at 0
+
+
 def warm_starts(fit: Fit) -> np.ndarray:
     """The fit's optimum, then the grid starts that ended lowest, as (a, b, e, α, β) rows."""
     p = fit.params
-    optimum = [np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]]
+    # E at its bound 0 (VarPro): start just above it, since the grid's e = ln E has no -inf
+    floor = max(p["E"], FLOOR_START)
+    optimum = [np.log(p["A"]), np.log(p["B"]), np.log(floor), p["alpha"], p["beta"]]
     return np.array([optimum, *fit.diagnostics.get("best_starts", [])], dtype=float)
 
 

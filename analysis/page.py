@@ -267,9 +267,10 @@ def _scope_caveats(scope: Scope, n_fitted: int, command: str) -> list[str]:
         )
     if scope.stages:
         stages = ", ".join(f"{n} {stage}" for stage, n in scope.stages.items())
+        tuned = " (the transfer section fits the fine-tunes)" if "finetune" in scope.stages else ""
         caveats.append(
-            f"Completed runs of other stages ({stages}) are listed with the runs, not fitted: "
-            "the laws here are for pretraining."
+            f"Completed runs of other stages ({stages}) are not in the pretraining laws "
+            f"(Kaplan's and the diagnostics){tuned}; the run table lists them."
         )
     return caveats
 

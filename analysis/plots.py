@@ -81,14 +81,17 @@ def add_legend(ax: Axes, handles: list | None = None) -> None:
 
 
 def _log_ticks(axis: Any, limits: np.ndarray) -> None:
-    """Tick labels that never collide and never leave an axis with one label: under a decade
-    (a loss), plain numbers at 1–8 × 10^k; up to 2.5 decades, 1, 2 and 5 × 10^k; beyond,
-    the decades only. Minor ticks are never labelled."""
+    """Tick labels that never collide and never leave an axis with one label: under a decade,
+    plain numbers at 1–8 × 10^k for a loss, 1, 2, 3 and 5 × 10^k for large counts; up to 2.5
+    decades, 1, 2 and 5 × 10^k; beyond, the decades only. Minor ticks are never labelled."""
     low, high = (float(v) for v in limits)
     decades = np.log10(high / low) if 0 < low < high else np.inf
-    if decades < 1:
+    if decades < 1 and low >= 1e-3 and high < 1e4:
         axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)))
         axis.set_major_formatter(ScalarFormatter())
+    elif decades < 1:  # token counts: 2 × 10^5, not 0.2 under an offset "1e6"
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
     elif decades <= 2.5:
         axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))

@@ -182,7 +182,7 @@ def test_transfer_studies_fine_tune_each_size_on_code_from_its_prose_parent(name
     assert len(d_f) >= 5 and d_f[-1] / d_f[0] >= 100  # >= 5 values over >= 2 decades
     d = sorted({cfg.train.tokens for cfg, _ in runs["scratch"]})
     assert d[0] <= d_f[0] and d[-1] >= 3 * d_f[-1]  # the scratch fit covers every D_E < 3 D_F
-    for cfg, overrides in runs["finetune"]:  # each from the pretraining run of its own width
+    for cfg, _ in runs["finetune"]:  # each from the pretraining run of its own width
         assert cfg.data.source == "code" and cfg.stage.kind == "finetune"
         assert f"model.d_model-{cfg.model.d_model}" in cfg.stage.init_from.split("+")
 

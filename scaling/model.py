@@ -9,17 +9,21 @@ multiple of 64 for the matmul units.
 With `scan_layers` the blocks are one `nn.scan` (one compiled block, whatever the depth) and
 their parameters are stacked under `h` with a leading layer axis; `remat` recomputes each
 block's activations in the backward pass instead of storing them.
+
+Decoding (`init_cache`, `extend`) runs the same modules on a few new tokens at a time, with the
+keys and values of the tokens read before kept in a `KVCache`; training never passes a cache.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from scaling.batch import LmBatch
 
@@ -105,11 +109,60 @@ def _layer_norm(dtype, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+@struct.dataclass
+class KVCache:
+    """What decoding keeps of the tokens read so far: each layer's keys and values in slots
+    [0, length) of S, and which slots hold a token (a prompt's padding does not). A token's
+    position (`wpe`) is the number of valid slots before it, so padding anywhere is skipped.
+
+    One array per layer, not one stacked [L, ...] array: in a decoding loop XLA updates each
+    layer's buffer in place, where slicing and restacking a stacked cache copies all of it
+    every step (10x slower on a CPU)."""
+
+    k_BxHxSxK: tuple[jax.Array, ...]  # one per layer, compute dtype
+    v_BxHxSxK: tuple[jax.Array, ...]
+    valid_BxS: jax.Array  # bool
+    length: jax.Array  # int32 scalar: slots written
+
+    def repeat(self, n: int) -> KVCache:
+        """Each sequence n times in a row (row b -> rows b*n .. b*n+n-1): n continuations of
+        one prompt read once."""
+        return jax.tree_util.tree_map(lambda a: jnp.repeat(a, n, axis=0) if a.ndim else a, self)
+
+
+@struct.dataclass
+class _Slots:
+    """Where T new tokens go in a KVCache: from slot `start`; which slots each one sees."""
+
+    start: jax.Array  # int32 scalar
+    mask_Bx1xTxS: jax.Array  # bool: valid, and not after the token's own slot
+
+
+def _attend_cached(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax.Array,
+                   mask_Bx1xTxS: jax.Array) -> jax.Array:
+    """Masked attention of T new tokens over a layer's cache, computed as XLA's
+    `jax.nn.dot_product_attention` does (scores and softmax in float32, masked scores at a
+    finite minimum) but on keys and values laid out [B, H, S, K]: batch dimensions first, as
+    XLA's dot wants them, so that no step transposes the whole cache (the [B, S, H, K] layout
+    cost a decoding step most of its time on a CPU)."""
+    scores_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK,
+                                preferred_element_type=jnp.float32)
+    scores_BxHxTxS *= 1 / math.sqrt(q_BxHxTxK.shape[-1])
+    scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxHxSxK.dtype)
+    return jnp.einsum("bhts,bhsk->bthk", probs_BxHxTxS, v_BxHxSxK)
+
+
 class Attention(nn.Module):
+    """Causal multi-head self-attention; with `kv` (a layer's cached keys and values, [B, H,
+    S, K] each) it writes the new tokens' keys and values at `slots.start` and attends over the
+    cache instead, returning the updated `kv` (None without one)."""
+
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, kv: tuple[jax.Array, jax.Array] | None = None,
+                 slots: _Slots | None = None) -> tuple[jax.Array, Any]:
         cfg = self.cfg
         B, T, D = x_BxTxD.shape
         H = cfg.n_head
@@ -118,10 +171,19 @@ class Attention(nn.Module):
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (
             t.reshape(B, T, H, D // H) for t in jnp.split(qkv_BxTx3D, 3, axis=-1)
         )
-        y_BxTxHxK = jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention
-        )
-        return _dense(D, cfg.dtype, residual_std, "c_proj")(y_BxTxHxK.reshape(B, T, D))
+        if kv is None:
+            y_BxTxHxK = jax.nn.dot_product_attention(
+                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention
+            )
+        else:
+            k_BxHxSxK, v_BxHxSxK = (
+                jax.lax.dynamic_update_slice_in_dim(
+                    cached, new.transpose(0, 2, 1, 3).astype(cached.dtype), slots.start, axis=2)
+                for cached, new in zip(kv, (k_BxTxHxK, v_BxTxHxK), strict=True))
+            y_BxTxHxK = _attend_cached(q_BxTxHxK.transpose(0, 2, 1, 3), k_BxHxSxK, v_BxHxSxK,
+                                       slots.mask_Bx1xTxS)
+            kv = (k_BxHxSxK, v_BxHxSxK)
+        return _dense(D, cfg.dtype, residual_std, "c_proj")(y_BxTxHxK.reshape(B, T, D)), kv
 
 
 class MLP(nn.Module):
@@ -137,15 +199,19 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-LN block, as (x, None) -> (x, None) so that `nn.scan` can carry x through layers."""
+    """A pre-LN block, as (x, None) -> (x, None) so that `nn.scan` can carry x through layers;
+    when decoding, (x, kv, slots) -> (x, kv), kv the layer's cached keys and values."""
 
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, _: None = None) -> tuple[jax.Array, None]:
+    def __call__(self, x_BxTxD: jax.Array, kv: tuple[jax.Array, jax.Array] | None = None,
+                 slots: _Slots | None = None) -> tuple[jax.Array, Any]:
         dtype = self.cfg.dtype
-        x_BxTxD = x_BxTxD + Attention(self.cfg, name="attn")(_layer_norm(dtype, "ln_1")(x_BxTxD))
-        return x_BxTxD + MLP(self.cfg, name="mlp")(_layer_norm(dtype, "ln_2")(x_BxTxD)), None
+        y_BxTxD, kv = Attention(self.cfg, name="attn")(_layer_norm(dtype, "ln_1")(x_BxTxD), kv,
+                                                       slots)
+        x_BxTxD = x_BxTxD + y_BxTxD
+        return x_BxTxD + MLP(self.cfg, name="mlp")(_layer_norm(dtype, "ln_2")(x_BxTxD)), kv
 
 
 def _block_class(cfg: GPTConfig) -> type[nn.Module]:
@@ -162,12 +228,15 @@ def _block_class(cfg: GPTConfig) -> type[nn.Module]:
 
 class GPT(nn.Module):
     """Token ids [B, T] -> logits [B, T, vocab_padded] (in the compute dtype); with
-    `unembed=False`, the final LayerNorm's output [B, T, d_model] instead."""
+    `unembed=False`, the final LayerNorm's output [B, T, d_model] instead. With a `cache`
+    (decoding: see `extend`; layers unscanned), (that output, the cache with these T tokens
+    added)."""
 
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, ids_BxT: jax.Array, unembed: bool = True) -> jax.Array:
+    def __call__(self, ids_BxT: jax.Array, unembed: bool = True, cache: KVCache | None = None,
+                 valid_BxT: jax.Array | None = None) -> Any:
         cfg = self.cfg
         wte = nn.Embed(
             cfg.vocab_padded, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
@@ -178,15 +247,81 @@ class GPT(nn.Module):
             embedding_init=nn.initializers.normal(INIT_STD), name="wpe",
         )
         T = ids_BxT.shape[1]
-        x_BxTxD = wte(ids_BxT) + wpe(jnp.arange(T))[None]
+        if cache is None:
+            x_BxTxD = wte(ids_BxT) + wpe(jnp.arange(T))[None]
+        else:
+            if cfg.scan_layers:
+                raise ValueError("decoding runs the layers unscanned: see `unscanned`")
+            positions_BxT, slots, cache = _read_into(cache, valid_BxT, cfg.n_ctx)
+            x_BxTxD = wte(ids_BxT) + wpe(positions_BxT)
         block = _block_class(cfg)
         if cfg.scan_layers:
             x_BxTxD, _ = block(cfg, name="h")(x_BxTxD, None)
-        else:
+        elif cache is None:
             for i in range(cfg.n_layer):
                 x_BxTxD, _ = block(cfg, name=f"h_{i}")(x_BxTxD, None)
+        else:
+            layers = [None] * cfg.n_layer
+            for i in range(cfg.n_layer):
+                x_BxTxD, layers[i] = block(cfg, name=f"h_{i}")(
+                    x_BxTxD, (cache.k_BxHxSxK[i], cache.v_BxHxSxK[i]), slots)
+            k, v = zip(*layers, strict=True)
+            cache = cache.replace(k_BxHxSxK=k, v_BxHxSxK=v)
         x_BxTxD = _layer_norm(cfg.dtype, "ln_f")(x_BxTxD)
-        return wte.attend(x_BxTxD) if unembed else x_BxTxD
+        out = wte.attend(x_BxTxD) if unembed else x_BxTxD
+        return out if cache is None else (out, cache)
+
+
+def _read_into(cache: KVCache, valid_BxT: jax.Array,
+               n_ctx: int) -> tuple[jax.Array, _Slots, KVCache]:
+    """T new tokens' positions, the slots they take and see, and the cache counting them."""
+    T = valid_BxT.shape[1]
+    S = cache.valid_BxS.shape[1]
+    seen_B = jnp.sum(cache.valid_BxS, axis=1, dtype=jnp.int32)
+    # a padding token gets the next token's position: any in-range row of wpe will do
+    positions_BxT = seen_B[:, None] + jnp.cumsum(valid_BxT, axis=1, dtype=jnp.int32) - valid_BxT
+    valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, valid_BxT, cache.length,
+                                                    axis=1)
+    slot_of_T = cache.length + jnp.arange(T)
+    mask_BxTxS = valid_BxS[:, None, :] & (jnp.arange(S)[None, None, :] <= slot_of_T[None, :, None])
+    slots = _Slots(start=cache.length, mask_Bx1xTxS=mask_BxTxS[:, None])
+    cache = cache.replace(valid_BxS=valid_BxS, length=cache.length + T)
+    return jnp.minimum(positions_BxT, n_ctx - 1), slots, cache
+
+
+def init_cache(cfg: GPTConfig, batch: int, slots: int) -> KVCache:
+    """An empty cache for `batch` sequences of up to `slots` tokens (padding included), keys
+    and values in the compute dtype: 2 * n_layer * batch * slots * d_model numbers."""
+    shape = (batch, cfg.n_head, slots, cfg.d_model // cfg.n_head)
+    zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.n_layer))
+    return KVCache(k_BxHxSxK=zeros, v_BxHxSxK=zeros, valid_BxS=jnp.zeros((batch, slots), bool),
+                   length=jnp.zeros((), jnp.int32))
+
+
+def unscanned(cfg: GPTConfig, params: dict) -> tuple[GPTConfig, dict]:
+    """The same model with scan_layers off: its blocks' parameters, stacked under `h`, as
+    `h_0` .. `h_{L-1}`. Decoding unrolls the layers (each keeps its own cache buffer); a
+    decoding loop calls this once, outside the loop."""
+    if not cfg.scan_layers:
+        return cfg, params
+    layers = {f"h_{i}": jax.tree_util.tree_map(lambda p, i=i: p[i], params["h"])
+              for i in range(cfg.n_layer)}
+    return replace(cfg, scan_layers=False), {**{k: v for k, v in params.items() if k != "h"},
+                                             **layers}
+
+
+def extend(cfg: GPTConfig, params: dict, cache: KVCache, ids_BxT: jax.Array,
+           valid_BxT: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """Read T more tokens of each sequence into the cache's next T slots: their logits
+    [B, T, vocab_padded], as the full forward pass gives them at the same positions, and the
+    cache holding them. `valid_BxT` (bool, default all True) marks padding, which takes a slot
+    but no position and is never attended to; its logits mean nothing. The cache must have T
+    free slots (writes past its end are clamped by XLA onto the last slots); a token's position
+    must stay below n_ctx (later ones reuse the last position's embedding).
+    """
+    valid_BxT = jnp.ones(ids_BxT.shape, bool) if valid_BxT is None else valid_BxT.astype(bool)
+    cfg, params = unscanned(cfg, params)
+    return GPT(cfg).apply({"params": params}, ids_BxT, cache=cache, valid_BxT=valid_BxT)
 
 
 def init_params(cfg: GPTConfig, seed: int) -> dict:

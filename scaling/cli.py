@@ -256,3 +256,66 @@ def _report(argv: list[str] | None) -> None:
         on = f" on {scope.corpus}" if scope.corpus else ""
         print(f"fitted: {scope.completed} completed pretraining runs{on}; not fitted: "
               f"{listing(left_out, sep='; ')}")
+
+
+def sample(argv: list[str] | None = None) -> None:
+    """`scaling-sample RUN_DIR --prompt TEXT [--n N] ...`: continue TEXT with a trained run's
+    model (its latest checkpoint, or --step) and tokenizer, and print each of the N samples
+    after a header line. Generation stops at the tokenizer's eos or after --max-new-tokens."""
+    try:
+        _sample(argv)
+    except Exception as error:
+        sys.exit(exit_status(error, "scaling-sample"))
+
+
+def _sample(argv: list[str] | None) -> None:
+    parser = ArgumentParser(prog="scaling-sample", description=sample.__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--prompt", required=True,
+                        help="text to continue (read after an eos, as a document starts)")
+    parser.add_argument("--n", type=int, default=1, help="samples (default 1)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="M",
+                        help="new tokens at most (default: the rest of the context, n_ctx "
+                             "minus the prompt's tokens)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default 1)")
+    parser.add_argument("--top-k", type=int, default=0, metavar="K",
+                        help="draw from the K likeliest tokens (default 0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                        help="draw from the likeliest tokens holding probability P (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed, the same samples")
+    parser.add_argument("--step", default="latest",
+                        help="the checkpoint: latest (default), best, or a step number")
+    args = parser.parse_args(argv)
+
+    from scaling.sample import Policy, check_options
+
+    policy = Policy(args.temperature, args.top_k, args.top_p)
+    check_options(policy, args.n, args.max_new_tokens)  # before loading anything
+
+    from dataclasses import replace
+
+    import jax
+    import numpy as np
+
+    from scaling.config import ModelConfig
+    from scaling.model import model_shape, resolve_dtype
+    from scaling.sample import generate
+    from scaling.stages.parent import load_run
+
+    run = load_run(args.run_dir, args.step, step_key="--step")
+    tokenizer = run.tokenizer_dataset().tokenizer
+    shape = model_shape(ModelConfig(**run.summary["config"]["model"]), run.summary["vocab_size"])
+    model_cfg = replace(shape, dtype=resolve_dtype(shape.dtype))
+    prompt = [tokenizer.eos_id, *tokenizer.encode(args.prompt)]
+    samples = generate(
+        model_cfg, run.init_params(), np.array([prompt]),
+        max_new_tokens=args.max_new_tokens or max(model_cfg.n_ctx - len(prompt), 1),
+        temperature=policy.temperature, top_k=policy.top_k, top_p=policy.top_p, n=args.n,
+        eos_id=tokenizer.eos_id, rng=jax.random.PRNGKey(args.seed))
+    tokens_NxT = np.asarray(samples.tokens_BxNxT[0])
+    for i, length in enumerate(np.asarray(samples.lengths_BxN[0]).tolist()):
+        new = tokens_NxT[i, :length].tolist()
+        ended = bool(new) and new[-1] == tokenizer.eos_id
+        print(f"--- sample {i + 1} of {args.n}: {length} new tokens"
+              f"{', ended at eos' if ended else ''} ---")
+        print(tokenizer.decode(prompt[1:] + new[:length - ended]))

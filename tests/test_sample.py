@@ -1,16 +1,22 @@
 """Sampling with a KV cache: the cache gives the full pass's logits, padding changes nothing,
-eos ends a sample."""
+eos ends a sample, and `scaling-sample` prints a trained run's samples or one line of error."""
 
 import functools
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scaling.cli import sample
+from scaling.config import Config, DataConfig, ModelConfig, TrainConfig
 from scaling.console import UsageError
 from scaling.model import GPT, GPTConfig, extend, init_cache, init_params
 from scaling.sample import Policy, _draw, generate, pad_prompts
+from tests.runs import pretrain
 
 CFG = GPTConfig(vocab_size=100, n_layer=2, d_model=32, n_head=2, n_ctx=24, d_ff=64)
 PROMPTS = [[5, 17, 3], [8, 1, 44, 2, 9, 60, 7], [31]]
@@ -196,3 +202,71 @@ def test_bad_input_is_refused_naming_the_value(change, message):
     ids, mask = pad_prompts(options.pop("prompts"))
     with pytest.raises(UsageError, match=message):
         generate(CFG, _params(), ids, mask, **options)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, corpus_dir, cache_dir) -> Path:
+    """A tiny model trained on Python source (bytes tokenizer, n_ctx 32), as scaling-train
+    trains it."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = Config(
+        model=ModelConfig(n_layer=2, d_model=32, n_head=2, n_ctx=32),
+        data=DataConfig(source="files", paths=[str(corpus_dir / "*.py")], tokenizer="bytes",
+                        cache_dir=str(cache_dir)),
+        train=TrainConfig(tokens=20_480, batch_size=8, eval_count=2, eval_batches=1, lr=3e-3),
+    )
+    assert pretrain(config, run_dir)["status"] == "completed"
+    return run_dir
+
+
+def _sample(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        sample(list(argv))
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_scaling_sample_prints_n_samples_of_a_trained_run(capsys, run_dir):
+    status, out, _ = _sample(capsys, str(run_dir), "--prompt", "def ", "--n", "3",
+                             "--max-new-tokens", "12", "--top-k", "20", "--seed", "1")
+    assert status == 0
+    headers = [line for line in out.splitlines() if line.startswith("--- sample ")]
+    assert headers == [h for h in headers if " of 3: " in h] and len(headers) == 3
+    texts = out.split("---\n")[1:]
+    assert all(text.startswith("def ") for text in texts)
+    # greedy: the same text twice; the default length fills the context
+    greedy = [_sample(capsys, str(run_dir), "--prompt", "import", "--temperature", "0")[1]
+              for _ in range(2)]
+    assert greedy[0] == greedy[1] and "import" in greedy[0]
+    assert "25 new tokens" in greedy[0] or "ended at eos" in greedy[0]  # 32 - eos - 'import'
+
+
+def test_the_scaling_sample_command_runs(run_dir):
+    result = subprocess.run(
+        [Path(sys.executable).parent / "scaling-sample", str(run_dir), "--prompt", "class",
+         "--n", "2", "--max-new-tokens", "5"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("--- sample ") == 2
+
+
+def test_scaling_sample_refuses_bad_input_in_one_line(capsys, run_dir, tmp_path):
+    no_checkpoint = tmp_path / "copy"
+    no_checkpoint.mkdir()
+    (no_checkpoint / "summary.json").write_text((run_dir / "summary.json").read_text())
+    for argv, message in [
+        ([str(run_dir), "--prompt", "x", "--n", "0"], "n=0: expected at least 1"),
+        ([str(run_dir), "--prompt", "x" * 40], "a prompt of 41 tokens is longer than n_ctx=32"),
+        ([str(run_dir), "--prompt", "x" * 20, "--max-new-tokens", "20"],
+         "max_new_tokens=20 after a prompt of 21 tokens exceeds n_ctx=32: at most 11"),
+        ([str(no_checkpoint), "--prompt", "x"], f"{no_checkpoint} has no checkpoint"),
+        ([str(tmp_path / "nowhere"), "--prompt", "x"], "nowhere is not a directory"),
+        ([str(run_dir), "--prompt", "x", "--step", "7"], "--step=7 is step 7, which"),
+        ([str(run_dir)], "--prompt"),
+    ]:
+        status, out, err = _sample(capsys, *argv)
+        assert status == 2, (argv, err)
+        assert err.startswith("scaling-sample: error: ") and message in err, err
+        assert err.count("\n") == 1 and not out

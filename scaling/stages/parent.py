@@ -28,7 +28,7 @@ SHAPE_KEYS = ("n_layer", "d_model", "n_head", "n_ctx", "d_ff")
 
 @dataclass(frozen=True)
 class Parent:
-    """The run a stage starts from."""
+    """A trained run, loaded: the one a stage starts from, or one to sample from."""
 
     run_dir: Path
     summary: dict[str, Any]
@@ -71,18 +71,38 @@ def load_parent(cfg: Config) -> Parent:
     """
     run_dir = Path(cfg.stage.init_from)
     where = f"stage.init_from={cfg.stage.init_from}"
+    summary = _run_record(run_dir, where)
+    _check_fits(cfg, summary["config"], where)
+    return load_run(run_dir, cfg.stage.init_step, where=where, step_key="stage.init_step",
+                    summary=summary)
+
+
+def load_run(run_dir: Path, step: str = "latest", *, where: str | None = None,
+             step_key: str = "step", summary: dict[str, Any] | None = None) -> Parent:
+    """A run directory's record and its parameters at `step` (latest, best or a step number),
+    without a config to check them against (a sampler's). `where` and `step_key` name the
+    directory and the step in errors; `summary`, where already read, saves reading it again.
+
+    Raises ConfigError (one line) for a missing directory, one without a run record, or no
+    checkpoint of that step.
+    """
+    where = where or str(run_dir)
+    summary = _run_record(run_dir, where) if summary is None else summary
+    checkpoints, replica = _checkpoints(run_dir, summary)
+    step = _step(step, checkpoints, summary, where, step_key)
+    params = checkpoints.read_params(step)
+    if replica is not None:  # a group's checkpoint holds every replica: [K, ...]
+        params = {k: _take(v, replica) for k, v in params.items()}
+    return Parent(run_dir, summary, step, params)
+
+
+def _run_record(run_dir: Path, where: str) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise ConfigError(f"{where} is not a directory: expected a run directory")
     summary = read_summary(run_dir)
     if summary is None or "config" not in summary:
         raise ConfigError(f"{where} holds no run record (summary.json): expected a run directory")
-    _check_fits(cfg, summary["config"], where)
-    checkpoints, replica = _checkpoints(run_dir, summary)
-    step = _step(cfg.stage.init_step, checkpoints, summary, where)
-    params = checkpoints.read_params(step)
-    if replica is not None:  # a group's checkpoint holds every replica: [K, ...]
-        params = {k: _take(v, replica) for k, v in params.items()}
-    return Parent(run_dir, summary, step, params)
+    return summary
 
 
 def _take(tree: Any, i: int) -> Any:
@@ -113,7 +133,8 @@ def _checkpoints(run_dir: Path, summary: dict[str, Any]) -> tuple[Checkpointer, 
     return Checkpointer(directory, keep=1, create=False), summary.get("replica") if group else None
 
 
-def _step(init_step: str, checkpoints: Checkpointer, summary: dict[str, Any], where: str) -> int:
+def _step(init_step: str, checkpoints: Checkpointer, summary: dict[str, Any], where: str,
+          step_key: str) -> int:
     steps = checkpoints.steps()
     if not steps:
         raise ConfigError(f"{where} has no checkpoint to start from ({checkpoints.directory})")
@@ -121,6 +142,6 @@ def _step(init_step: str, checkpoints: Checkpointer, summary: dict[str, Any], wh
     wanted = int(init_step) if wanted is None and init_step.isdigit() else wanted
     if wanted not in steps:
         raise ConfigError(
-            f"stage.init_step={init_step} is step {wanted}, which {where} has no checkpoint of: "
+            f"{step_key}={init_step} is step {wanted}, which {where} has no checkpoint of: "
             f"it keeps steps {', '.join(map(str, steps))} (train.keep_checkpoints)")
     return wanted

@@ -161,6 +161,13 @@ def write_replicas(group_dir: Path, group: dict[str, Any]) -> None:
     _write_json(Path(group_dir) / REPLICAS, group)
 
 
+def tokenizer_cache(summary: dict[str, Any]) -> str | None:
+    """The data cache whose tokenizer a run used (its own, or the one it inherited from its
+    parent): what its children's token caches are keyed by. None for a record without one."""
+    source = summary.get("tokenizer_source")
+    return source["cache"] if source else summary.get("corpus_cache")
+
+
 def read_replicas(group_dir: Path) -> dict[str, Any] | None:
     """A group's `replicas.json`, or None where there is none."""
     return _read_json(Path(group_dir) / REPLICAS)

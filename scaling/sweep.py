@@ -86,14 +86,17 @@ def identity(config: dict) -> dict[str, Any]:
             if k not in BOOKKEEPING_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
-def corpus_fingerprint(data: DataConfig) -> str:
+def corpus_fingerprint(data: DataConfig, tokenizer_from: str | None = None) -> str:
     """The content hash of the corpus `data` names, as a run records it (`corpus_cache`: the
-    name of its token cache), from reading the corpus alone: no tokenizer, no JAX."""
+    name of its token cache), from reading the corpus alone: no tokenizer, no JAX.
+    `tokenizer_from` is the cache whose tokenizer a fine-tune inherits (`tokenizer_cache` of
+    its parent's record)."""
     from scaling.data.shards import _cache_name, cache_root
     from scaling.data.sources import read_corpus
 
     data = canonical_data(data)
-    return _cache_name(data, read_corpus(data.source, data.paths, cache_root(data.cache_dir)))
+    corpus = read_corpus(data.source, data.paths, cache_root(data.cache_dir))
+    return _cache_name(data, corpus, tokenizer_from)
 
 
 def _si(x: float) -> str:

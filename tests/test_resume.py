@@ -242,7 +242,8 @@ def test_the_local_launcher_reads_each_corpus_once_per_launch(corpus_config, tmp
                                         "corpus_cache": "files-bytes-0000000000000000"})
     reads = []
     monkeypatch.setattr(local_launcher, "corpus_fingerprint",
-                        lambda data: reads.append(data) or corpus_fingerprint(data))
+                        lambda data, tokenizer_from=None: reads.append(data) or corpus_fingerprint(
+                            data, tokenizer_from))
     fingerprints = {}
     assert not any([completed(OmegaConf.structured(config), tmp_path / name, fingerprints)
                     for name in "ab"])  # another corpus than the records name

@@ -176,6 +176,10 @@ def test_a_study_fine_tunes_each_size_after_its_parent_and_skips_those_of_a_fail
         summary = json.loads((sweep / run_id / "summary.json").read_text())
         assert summary["config"]["stage"]["init_from"].endswith(row["parent_run"])
 
+    again = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
+    # fine-tunes too are checked against their records without starting a process
+    assert "Launching 0 runs (4 already completed)" in again.stdout + again.stderr
+
     # 5 heads do not divide the width: each parent is refused in its process, and its
     # fine-tunes are skipped without starting
     failing = TRANSFER.replace("pretrain: {model.d_model: '16,24', train.tokens: '10000'}",

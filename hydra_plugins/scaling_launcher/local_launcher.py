@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scaling.config import is_replica_group
 from scaling.data.errors import DataError
-from scaling.record import completed_same_config
+from scaling.record import completed_same_config, read_summary, tokenizer_cache
 from scaling.sweep import IDENTITY_GROUPS, canonical_path, corpus_fingerprint, planned_flops
 
 log = logging.getLogger(__name__)
@@ -233,30 +233,37 @@ def completed(job_config: DictConfig, run_dir: Path,
     summary.json, or the replicas.json of a group of replicas, `train.replicas`).
 
     The corpus is read and hashed (`corpus_fingerprint`) to compare with the record's
-    `corpus_cache`; `fingerprints` keeps each data config's hash over a launch, so that a sweep
-    reads each corpus once. A corpus that cannot be read leaves the run to its process, which
-    says what is wrong; so does a stage that reads its parent's tokens (finetune, sft).
+    `corpus_cache`, a fine-tune's with its parent's tokenizer; `fingerprints` keeps each
+    hash over a launch, so that a sweep reads each corpus once. A corpus that cannot be read
+    leaves the run to its process, which says what is wrong; so does an SFT run (pairs).
     """
     config = {k: OmegaConf.to_container(job_config[k], resolve=True)
               for k in IDENTITY_GROUPS if k in job_config}
     summary = completed_same_config(run_dir, config, group=is_replica_group(job_config.train))
     if summary is None:
         return False
-    if job_config.stage.kind != "pretrain":
-        return False  # its data is the parent's tokens: only its process can check them
+    tokenizer_from = None
+    if job_config.stage.kind == "finetune":  # its corpus in the tokens of its parent's tokenizer
+        parent = read_summary(Path(str(job_config.stage.init_from)))
+        tokenizer_from = tokenizer_cache(parent) if parent else None
+        if tokenizer_from is None:
+            return False
+    elif job_config.stage.kind != "pretrain":
+        return False  # pairs, not a corpus (sft): only its process can check them
     # A record from before fingerprints (a group's, at first) cannot be checked: kept.
     recorded = summary.get("corpus_cache")
     memo = fingerprints if fingerprints is not None else {}
-    return recorded is None or recorded == _fingerprint(job_config.data, memo)
+    return recorded is None or recorded == _fingerprint(job_config.data, tokenizer_from, memo)
 
 
-def _fingerprint(data: DictConfig, fingerprints: dict[str, str | None]) -> str | None:
-    """The corpus fingerprint of `data`, None where its corpus cannot be read; memoised in
-    `fingerprints` by the data config."""
-    key = json.dumps(OmegaConf.to_container(data, resolve=True), sort_keys=True)
+def _fingerprint(data: DictConfig, tokenizer_from: str | None,
+                 fingerprints: dict[str, str | None]) -> str | None:
+    """The corpus fingerprint of `data` (encoded with `tokenizer_from`'s tokenizer, if given),
+    None where its corpus cannot be read; memoised in `fingerprints`."""
+    key = json.dumps([OmegaConf.to_container(data, resolve=True), tokenizer_from], sort_keys=True)
     if key not in fingerprints:
         try:
-            fingerprints[key] = corpus_fingerprint(OmegaConf.to_object(data))
+            fingerprints[key] = corpus_fingerprint(OmegaConf.to_object(data), tokenizer_from)
         except (DataError, OSError):
             fingerprints[key] = None
     return fingerprints[key]

@@ -73,7 +73,8 @@ def load_dataset(cfg: DataConfig, tokenizer_from: Dataset | None = None) -> Data
     too small to split.
     """
     corpus = read_corpus(cfg.source, cfg.paths, cache_root(cfg.cache_dir))
-    path = cache_root(cfg.cache_dir) / _cache_name(cfg, corpus, tokenizer_from)
+    inherited = tokenizer_from.cache_path.name if tokenizer_from is not None else None
+    path = cache_root(cfg.cache_dir) / _cache_name(cfg, corpus, inherited)
     if not (path / "meta.json").exists():
         what = f"{len(corpus.documents)} documents" + (
             f" with the tokenizer of {tokenizer_from.cache_path.name}" if tokenizer_from else "")
@@ -116,18 +117,20 @@ def open_dataset(cfg: DataConfig, cache_name: str) -> Dataset:
     return rebuilt
 
 
-def _settings(cfg: DataConfig, tokenizer_from: Dataset | None = None) -> dict:
-    """Everything besides the documents that determines the shards' contents."""
+def _settings(cfg: DataConfig, tokenizer_from: str | None = None) -> dict:
+    """Everything besides the documents that determines the shards' contents; `tokenizer_from`
+    names the cache whose tokenizer encodes them, if not their own."""
     if tokenizer_from is not None:
-        tokenizer = {"tokenizer_from": tokenizer_from.cache_path.name}
+        tokenizer = {"tokenizer_from": tokenizer_from}
     else:
         vocab = cfg.vocab_size if cfg.tokenizer == "bpe" else BytesTokenizer.vocab_size
         tokenizer = {"tokenizer": cfg.tokenizer, "vocab_size": vocab}
     return {"format": FORMAT_VERSION, **tokenizer, "val_fraction": cfg.val_fraction}
 
 
-def _cache_name(cfg: DataConfig, corpus: Corpus, tokenizer_from: Dataset | None = None) -> str:
-    """A readable prefix (source, tokenizer) and a hash of the documents and settings."""
+def _cache_name(cfg: DataConfig, corpus: Corpus, tokenizer_from: str | None = None) -> str:
+    """A readable prefix (source, tokenizer) and a hash of the documents and settings;
+    `tokenizer_from` names the cache whose tokenizer encodes them, if not their own."""
     digest = _digest(_settings(cfg, tokenizer_from), corpus.documents)
     if tokenizer_from is not None:
         return f"{cfg.source}{INHERITED}{digest}"

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--method",
         choices=("grid", "varpro"),
-        default="grid",
-        help="chinchilla: published L-BFGS grid, or variable projection",
+        default=None,
+        help="chinchilla (default grid, the published L-BFGS grid) and transfer's from-scratch "
+        "L(N, D) (default varpro, variable projection)",
     )
     parser.add_argument(
         "--flops-per-token",

@@ -32,7 +32,10 @@ class Options:
 
     x: str = "N"  # power, rising: the variable
     offset: bool = True  # power, envelope: False is Kaplan's pure form, E = 0
-    method: str = "grid"  # chinchilla: "grid" or "varpro"
+    # chinchilla and transfer's from-scratch L(N, D): "grid" or "varpro"; None: the law's
+    # own (chinchilla: the published grid; transfer: varpro, which finds the grid's optimum in
+    # 0.1 s instead of 12 s, tests/analysis/test_chinchilla.py, and holds on noiseless data)
+    method: str | None = None
     flops_per_token: float | None = FLOPS_PER_TOKEN  # isoflop: None takes C/(N·D) from the table
     mad_threshold: float | None = None  # isoflop: robust outlier rejection
     cut: float = MAX_FRACTION  # transfer: fit only fine-tunes with D_F/D_E at or below it
@@ -131,7 +134,7 @@ LAWS: dict[str, Law] = {
         title="Chinchilla Approach 3: L = E + A/N^α + B/D^β",
         params=("E", "A", "B", "alpha", "beta"),
         columns=lambda o: ("N", "D", "loss"),
-        fit=lambda df, o: fit_chinchilla(df, method=o.method),
+        fit=lambda df, o: fit_chinchilla(df, method=o.method or "grid"),
         refit=lambda f, o: bootstrap_refit(f),
         form=laws.chinchilla,
         optimum=laws.chinchilla_optimum,
@@ -177,14 +180,14 @@ LAWS: dict[str, Law] = {
         title="Effective data transferred D_T = k·D_F^α·N^β (Hernandez et al. 2021)",
         params=("k", "alpha", "beta"),
         columns=lambda o: TRANSFER_COLUMNS,
-        fit=lambda df, o: fit_transfer(df, cut=o.cut, method=o.method),
+        fit=lambda df, o: fit_transfer(df, cut=o.cut, method=o.method or "varpro"),
         refit=lambda f, o: refitter(f, cut=o.cut),
         strata=transfer_strata,
         positive=(),  # failed runs have no loss: the law checks the runs that count
         one_corpus=False,  # parents on the source, the rest on the target
         plot="transfer",
         variants=(),  # needs fine-tunes and their parents: the transfer section fits it
-        results_columns={"loss": "best_val_loss"},
+        results_columns={"loss": "best_val_loss", "run": "run_id"},
     ),
 }
 

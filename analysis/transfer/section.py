@@ -25,9 +25,6 @@ from analysis.transfer.fit import MAX_FRACTION, PUBLISHED, transfer_table
 from analysis.uncertainty import LEVEL
 
 TITLE = "Transfer: effective data from pre-training (Hernandez et al. 2021)"
-# The from-scratch fit: variable projection finds the published grid's optimum
-# (tests/analysis/test_chinchilla.py) in 0.1 s instead of 12 s for the grid's 3,125 starts.
-METHOD = "varpro"
 HEADLINE = (
     ("k", "k of D_T = k·D_F^α·N^β (D_F in characters for Hernandez)"),
     ("alpha", "α of D_T = k·D_F^α·N^β: transfer against fine-tuning data"),
@@ -77,7 +74,7 @@ def transfer_section(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        fit = fit_law(table, "transfer", method=METHOD, n_bootstrap=n_bootstrap, seed=seed)
+        fit = fit_law(table, "transfer", n_bootstrap=n_bootstrap, seed=seed)
     except FitInputError as error:
         return _skipped(str(error))
     losses = forgetting_table(results, fit)

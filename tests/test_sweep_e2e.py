@@ -101,7 +101,8 @@ def test_killed_parallel_sweep_completes_every_run_exactly_once(corpus_dir, cach
     assert len({p.name for p in sweep.iterdir() if p.is_dir() and p.name != "report"}) == 4
 
 
-STUDY = """
+# A tiny study preset: its grids follow
+STUDY_HEAD = """
 defaults:
   - config
   - override hydra/sweeper: study
@@ -112,7 +113,8 @@ hydra:
   mode: MULTIRUN
   sweeper:
     grids:
-      sizes: {model.d_model: '16,32', train.tokens: 10000}
+"""
+STUDY = STUDY_HEAD + """      sizes: {model.d_model: '16,32', train.tokens: 10000}
       budgets: {model.d_model: 16, train.tokens: '10000,20000'}
 """
 
@@ -138,18 +140,7 @@ def test_a_study_launches_the_union_of_its_grids_once(corpus_dir, cache_dir, tmp
     assert "Launching 0 runs (3 already completed)" in again.stdout + again.stderr
 
 
-TRANSFER = """
-defaults:
-  - config
-  - override hydra/sweeper: study
-  - _self_
-model: {n_layer: 1, n_head: 2, n_ctx: 32}
-train: {batch_size: 8, eval_count: 3, eval_batches: 1}
-data: {tokenizer: bytes}
-hydra:
-  mode: MULTIRUN
-  sweeper:
-    grids:
+TRANSFER = STUDY_HEAD + """\
       finetune: {model.d_model: '16,24', train.tokens: 3000, stage: finetune,
                  stage.init_from: 'grid:pretrain'}
       pretrain: {model.d_model: '16,24', train.tokens: '10000'}
@@ -162,7 +153,7 @@ def test_a_study_fine_tunes_each_size_after_its_parent_and_skips_those_of_a_fail
     sweep = tmp_path / "S"
     args = ["--config-dir", str(tmp_path), "--config-name", "study", "hydra/launcher=local",
             "hydra.launcher.n_jobs=2", "data=files", f"data.paths=[{corpus_dir}/*.py]",
-            f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"]
+            "data.tokenizer=bytes", f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"]
     first = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     log = first.stdout + first.stderr

@@ -2,6 +2,12 @@
 `curves.parquet` (a row per evaluation of every run, keyed by `run_id`) and
 `positions.parquet` (each run's final validation loss at every context position).
 
+Every row carries the model's parameters and FLOPs per token by part (`scaling.flops.
+count_fields`: non-embedding, token and position embedding, unembedding, total; FLOPs per
+token with and without the unembedding and the attention term). A record written before a
+field existed gets it derived from its model config and vocabulary; one that cannot be
+derived stays missing (NaN in the table), and the run still has its row.
+
 Every run directory below the sweep directory counts, whatever its status: failed and
 diverged runs keep their row with the reason. A directory that is not a readable record is
 reported by path and skipped; it never stops the table from being written. The directory of a
@@ -18,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scaling.flops import record_counts
 from scaling.record import METRICS, POSITIONS, REPLICAS, SUMMARY, atomic_write
 from scaling.sweep import flatten
 
@@ -51,12 +58,23 @@ def _row(run_dir: Path, sweep_dir: Path) -> dict:
         raise ValueError("summary.json has no 'status'")
     if not isinstance(summary.get("config"), dict):
         raise ValueError("summary.json has no 'config'")
+    summary = _derived_counts(summary) | summary
     config = flatten(summary.pop("config"))
     # nested fields (`versions`) as columns of their own: `versions.jax`
     row = {"run_id": run_dir.relative_to(sweep_dir).as_posix(), **flatten(summary)}
     for key, value in config.items():
         row[key] = ",".join(map(str, value)) if isinstance(value, list) else value
     return row
+
+
+def _derived_counts(summary: dict) -> dict:
+    """The count fields of a run's model, from its config and vocabulary, for a record
+    written before they existed; empty when the record lacks what they need."""
+    try:
+        return record_counts(summary["config"]["model"], summary["vocab_size"],
+                             summary.get("flops_per_token"))
+    except (KeyError, TypeError, ValueError):
+        return {}
 
 
 def collect(sweep_dir: Path) -> Collected:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 
-from scaling.flops import mfu
+from scaling.flops import mfu, record_counts
 from scaling.hooks import LoopState
 from scaling.record import SUMMARY, versions
 
@@ -26,6 +26,7 @@ def start_summary(replica: Replica, i: int, k: int, total_steps: int, n_devices:
     return {
         "status": "running",
         "stage": stage.name,
+        **_counts(replica),
         **stage.record,
         "steps": total_steps,
         # D: every token read, unless the stage counts otherwise (SFT: response tokens)
@@ -43,6 +44,17 @@ def start_summary(replica: Replica, i: int, k: int, total_steps: int, n_devices:
         "versions": versions(),
         "config": replica.config,
     }
+
+
+def _counts(replica: Replica) -> dict[str, Any]:
+    """The model's parameters and FLOPs per token by part (`scaling.flops.count_fields`),
+    for analyses that count N and C by another convention; the stage's own counts (of its
+    parameter tree, a reward model's head included) are recorded over these."""
+    stage = replica.stage
+    model, vocab = replica.config.get("model"), stage.record.get("vocab_size")
+    if not isinstance(model, dict) or vocab is None:
+        return {}
+    return record_counts(model, vocab, stage.flops_per_token)
 
 
 def ending(summary: dict[str, Any], record_dir: Path) -> str:

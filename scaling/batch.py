@@ -4,7 +4,8 @@
 levanter's `LmExample.loss_mask` and nanodo's `weights_BxL`. Pretraining's weights are all ones;
 SFT's are 1 on response tokens only. Being a pytree, it passes through jit, vmap (replicas),
 scan (gradient accumulation) and device placement leaf by leaf, so none of them knows which
-stage it serves; pairs (chosen/rejected) and rollouts are further pytrees of the same kind.
+stage it serves. `ComparisonBatch` (a reward model's chosen/rejected windows) is another
+pytree of the same kind; rollouts will be one too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,24 @@ class LmBatch:
         tokens_BxT1 = np.asarray(tokens_BxT1)
         weights = np.ones((*tokens_BxT1.shape[:-1], tokens_BxT1.shape[-1] - 1), np.float32)
         return cls(tokens_BxT1, weights)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class ComparisonBatch:
+    """Reward-model training data: B comparisons, each a chosen and a rejected window of T
+    tokens (eos, prompt, response, eos, padding), and where each window's last real token is.
+
+    `weights` [B] says how much each comparison counts (1; 0 for the filler rows of the last
+    validation batch), so the step's batch weighting and `weighted_mean` treat it as they treat
+    an `LmBatch`'s targets. Leaves may carry leading axes ([k, B, ...], [K, B, ...]).
+    """
+
+    chosen: Any  # [B, T] int32
+    rejected: Any  # [B, T] int32
+    chosen_last: Any  # [B] int32: the position of the chosen window's last real token
+    rejected_last: Any  # [B] int32
+    weights: Any  # [B] float32
 
 
 def stack(batches: list[Any]) -> Any:

@@ -12,6 +12,9 @@ block's activations in the backward pass instead of storing them.
 
 Decoding (`init_cache`, `extend`) runs the same modules on a few new tokens at a time, with the
 keys and values of the tokens read before kept in a `KVCache`; training never passes a cache.
+
+A reward model is this Transformer plus `reward_head`, a separate parameter subtree read by
+`rewards` from the final LayerNorm's output (the language model's forward pass is untouched).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from scaling.batch import LmBatch
+from scaling.batch import ComparisonBatch, LmBatch
 
 VOCAB_MULTIPLE = 64
 LN_EPS = 1e-5
 INIT_STD = 0.02
+REWARD_HEAD = "reward_head"  # the parameter subtree a reward model adds
 
 # What a rematerialised block keeps from its forward pass (`model.remat`).
 REMAT_POLICIES = {
@@ -434,3 +438,42 @@ def next_token_loss(cfg: GPTConfig, params: dict, batch: LmBatch) -> jax.Array:
     x_BxTxD = GPT(cfg).apply({"params": params}, inputs_BxT, unembed=False)
     return chunked_cross_entropy(x_BxTxD, params["wte"]["embedding"], targets_BxT, batch.weights,
                                  cfg.loss_chunk, cfg.dtype)
+
+
+def init_reward_head(cfg: GPTConfig) -> dict:
+    """A new reward head: a d_model -> 1 projection at zero, so a reward model starts with every
+    reward 0 (the Bradley–Terry loss at ln 2) and its backbone exactly as its parent left it.
+    No bias: the loss sees reward differences only, so a bias would never move."""
+    return {"kernel": jnp.zeros((cfg.d_model, 1), jnp.float32)}
+
+
+def rewards(cfg: GPTConfig, params: dict, ids_BxT: jax.Array, last_B: jax.Array) -> jax.Array:
+    """The scalar reward of each sequence [B], float32: `params[REWARD_HEAD]` applied to the
+    final LayerNorm's output at position last_B, the sequence's last real token. The model is
+    causal, so the padding after it is never read; the language-model parameters are the GPT's."""
+    backbone = {name: p for name, p in params.items() if name != REWARD_HEAD}
+    x_BxTxD = GPT(cfg).apply({"params": backbone}, ids_BxT, unembed=False)
+    x_BxD = jnp.take_along_axis(x_BxTxD, last_B[:, None, None], axis=1)[:, 0]
+    return jnp.dot(x_BxD.astype(jnp.float32), params[REWARD_HEAD]["kernel"])[:, 0]
+
+
+def reward_margins(cfg: GPTConfig, params: dict, batch: ComparisonBatch) -> jax.Array:
+    """r_chosen − r_rejected of each comparison [B], both windows read in one forward pass."""
+    B = batch.chosen.shape[0]
+    r_2B = rewards(cfg, params, jnp.concatenate([batch.chosen, batch.rejected]),
+                   jnp.concatenate([batch.chosen_last, batch.rejected_last]))
+    return r_2B[:B] - r_2B[B:]
+
+
+def pairwise_loss(cfg: GPTConfig, params: dict, batch: ComparisonBatch) -> jax.Array:
+    """The Bradley–Terry loss −log σ(r_chosen − r_rejected), the weighted mean over the batch's
+    comparisons (InstructGPT's reward-model loss; Gao et al. 2022's proxies)."""
+    return weighted_mean(-jax.nn.log_sigmoid(reward_margins(cfg, params, batch)), batch.weights)
+
+
+def pairwise_accuracy(cfg: GPTConfig, params: dict, batch: ComparisonBatch) -> jax.Array:
+    """The weighted share of comparisons whose chosen response gets the higher reward; a tie
+    counts one half, so a model that cannot tell (the zero head) scores chance, 0.5."""
+    margin_B = reward_margins(cfg, params, batch)
+    return weighted_mean(jnp.where(margin_B > 0, 1.0, jnp.where(margin_B == 0, 0.5, 0.0)),
+                         batch.weights)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.allocation import compute_optimal, predict
+from analysis.isoflop import PROFILES
 from analysis.plots import plot_fit
 from analysis.registry import LAWS, fit_law, required_columns
 from analysis.result import Fit, jsonable
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="K",
         help="isoflop: reject points beyond K robust SDs of their parabola",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="parabola",
+        help="isoflop: each budget's optimum from a parabola in ln N (default, Hoffmann) or "
+        "the minimum of an Akima spline of ln loss in ln N (Porian et al. 2024)",
     )
     parser.add_argument(
         "--cut",
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             method=args.method,
             flops_per_token=args.flops_per_token,
             mad_threshold=args.mad_threshold,
+            profile=args.profile,
             cut=args.cut,
             n_bootstrap=args.bootstrap,
             seed=args.seed,

@@ -1,7 +1,15 @@
-"""IsoFLOP profiles (Chinchilla Approach 2): a parabola per budget, then N* ∝ C^a and D* ∝ C^b."""
+"""IsoFLOP profiles (Chinchilla Approach 2): a profile per budget, then N* ∝ C^a and D* ∝ C^b.
+
+Each budget's optimum is the vertex of a parabola in ln N (Hoffmann et al. 2022, the
+default) or the minimum of an Akima spline of ln loss in ln N (`profile="akima"`, as Porian
+et al. 2024 locate it). A parabola fits a narrow profile; over a wide, skewed one (Porian's
+span 1.5 to 2 decades of N) its vertex moves towards the flatter arm, and a moves with it.
+"""
 
 import numpy as np
 import pandas as pd
+from scipy.interpolate import Akima1DInterpolator
+from scipy.optimize import minimize_scalar
 
 from analysis.fit import ols
 from analysis.result import Fit, misallocation
@@ -20,6 +28,8 @@ AT_EDGE = 0.05
 # Rounds of outlier rejection per budget, as astropy's `sigma_clip` (maxiters=5). Rejection
 # only ever removes points, so it also ends when a round removes none.
 MAX_REJECTION_ROUNDS = 5
+PROFILES = ("parabola", "akima")
+AKIMA_GRID = 2001  # points on which the spline's minimum is first located, then refined
 
 
 def budget_table(runs: pd.DataFrame) -> pd.DataFrame | None:
@@ -37,23 +47,36 @@ def fit_isoflop(
     *,
     flops_per_token: float | None = FLOPS_PER_TOKEN,
     mad_threshold: float | None = None,
+    profile: str = "parabola",
 ) -> Fit:
     """Approach 2 on columns N, C (each budget's nominal FLOPs) and loss.
 
-    Per budget, least squares of loss on ln N by a parabola gives the vertex N*(C), and
-    D* = C/(k·N*) with k = `flops_per_token`, or, when it is None, each budget's median
-    C/(N·D) from the table's own D column. Budgets with fewer than 3 distinct N, no
-    minimum (a non-convex parabola) or a vertex far outside the sizes sampled are dropped
-    and named. A kept budget whose vertex is not inside its sizes by more than `AT_EDGE`
-    of their range (`vertex_in_range`) did not bracket its optimum, and a or b outside
-    (0, 1) is no allocation: either makes the status `degenerate: …`. `mad_threshold`
+    Per budget, the optimum N*(C) of its profile: with `profile="parabola"` the vertex of
+    the least-squares parabola of loss on ln N; with "akima" the minimum of an Akima spline
+    through ln loss against ln N (the mean ln loss of each distinct N), as Porian et al.
+    2024 locate it, reported with the curvature of the spline's loss there (a local
+    parabola). D* = C/(k·N*) with k = `flops_per_token`, or, when it is None, each
+    budget's median C/(N·D) from the table's own D column. Budgets with fewer than 3
+    distinct N, no minimum (a non-convex parabola; a spline lowest at the smallest or
+    largest size) or a vertex far outside the sizes sampled are dropped and named. A kept
+    budget whose vertex is not inside its sizes by more than `AT_EDGE` of their range
+    (`vertex_in_range`) did not bracket its optimum, and a or b outside (0, 1) is no
+    allocation: either makes the status `degenerate: …`. `mad_threshold` (parabola only)
     rejects points whose residual exceeds that many robust standard deviations
     (`_parabola`: at most `MAX_REJECTION_ROUNDS` rounds, never below 3 sizes); the points
     rejected are in diagnostics["rejected"]. Plain least squares on every point (the
-    default) reproduces the published exponents. a, b and the prefactors k_N, k_D
-    (N* = k_N·C^a, D* = k_D·C^b) come from OLS in log space. Raises `FitInputError` with
-    fewer than 2 budgets (before or after dropping).
+    default) reproduces the published parabola exponents (Chinchilla, Llama 3); the spline
+    reproduces Porian et al.'s. a, b and the prefactors k_N, k_D (N* = k_N·C^a,
+    D* = k_D·C^b) come from OLS in log space. Raises `FitInputError` with fewer than 2
+    budgets (before or after dropping), an unknown `profile`, or `mad_threshold` with the
+    spline (which passes through every point: there is no residual to judge).
     """
+    if profile not in PROFILES:
+        raise FitInputError(f"unknown isoflop profile {profile!r} (choose from "
+                            f"{', '.join(PROFILES)})")
+    if profile == "akima" and mad_threshold is not None:
+        raise FitInputError("--mad-threshold needs the parabola profile: the Akima spline "
+                            "passes through every point, leaving no residual to judge")
     budgets = df["C"].nunique()
     if budgets < 2:
         raise FitInputError(f"isoflop needs at least 2 budgets, found {budgets}")
@@ -67,13 +90,23 @@ def fit_isoflop(
                 f"{np.unique(x).size} distinct N (a parabola needs {MIN_BUDGET_POINTS})"
             )
             continue
-        coef, keep, rejection = _parabola(x, y, mad_threshold)
-        if rejection:
-            rejected[f"{C:g}"] = {"N": group["N"][~keep].tolist(), **rejection}
-        if coef[0] <= 0:
-            dropped[f"{C:g}"] = "not convex: the parabola has no minimum"
-            continue
-        x_star = -coef[1] / (2 * coef[0])
+        if profile == "akima":
+            vertex = _akima_minimum(x, y)
+            if isinstance(vertex, str):
+                dropped[f"{C:g}"] = vertex
+                continue
+            (x_star, loss_opt, curvature), keep = vertex, np.ones(len(x), dtype=bool)
+            fitted = y  # the spline passes through every point
+        else:
+            coef, keep, rejection = _parabola(x, y, mad_threshold)
+            if rejection:
+                rejected[f"{C:g}"] = {"N": group["N"][~keep].tolist(), **rejection}
+            if coef[0] <= 0:
+                dropped[f"{C:g}"] = "not convex: the parabola has no minimum"
+                continue
+            x_star = -coef[1] / (2 * coef[0])
+            loss_opt, curvature = np.polyval(coef, x_star), coef[0]
+            fitted = np.polyval(coef, x)
         beyond = max(x.min() - x_star, x_star - x.max(), 0.0) / np.ptp(x)
         edge = AT_EDGE * np.ptp(x)
         if beyond > MAX_EXTRAPOLATION:
@@ -85,15 +118,15 @@ def fit_isoflop(
                 "C": C,
                 "N_opt": np.exp(x_star),
                 "D_opt": C / (k * np.exp(x_star)),
-                "loss_opt": np.polyval(coef, x_star),
-                "curvature": coef[0],
+                "loss_opt": loss_opt,
+                "curvature": curvature,
                 "n_points": len(group),
                 "n_kept": int(keep.sum()),
                 "vertex_in_range": bool(x.min() + edge < x_star < x.max() - edge),
                 "flops_per_token": k,
             }
         )
-        residuals.append(y[keep] - np.polyval(coef, x[keep]))
+        residuals.append(y[keep] - fitted[keep])
     if len(rows) < 2:
         raise FitInputError(
             f"isoflop needs at least 2 budgets with a minimum, found {len(rows)} "
@@ -124,7 +157,9 @@ def fit_isoflop(
             "flops_per_token": "table" if flops_per_token is None else flops_per_token,
             "mad_threshold": mad_threshold,
             "rejected": rejected,
-            "loss_space": "loss, least squares per budget",
+            "profile": profile,
+            "loss_space": "loss, least squares per budget" if profile == "parabola"
+            else "ln loss, Akima spline per budget",
             "stderr_method": "ols",
         },
         tables={"budgets": table},
@@ -174,6 +209,26 @@ def _parabola(
         keep = new
         coef = _polyfit2(x[keep], y[keep])
     return coef, keep, {"rounds": MAX_REJECTION_ROUNDS, "stopped": "round limit reached"}
+
+
+def _akima_minimum(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | str:
+    """(ln N*, loss there, half the second derivative of loss in ln N there) of the Akima
+    spline through ln y against x (mean ln y per distinct x), or why the budget has none:
+    its lowest point is at the smallest or largest size. The minimum is found on a grid of
+    `AKIMA_GRID` points, then refined between the grid's neighbours."""
+    xs, inverse = np.unique(x, return_inverse=True)
+    ln_y = np.bincount(inverse, np.log(y)) / np.bincount(inverse)
+    spline = Akima1DInterpolator(xs, ln_y)
+    grid = np.linspace(xs[0], xs[-1], AKIMA_GRID)
+    i = int(np.argmin(spline(grid)))
+    if i in (0, AKIMA_GRID - 1):
+        end = "smallest" if i == 0 else "largest"
+        return f"no minimum inside the sizes: the spline is lowest at the {end} size tried"
+    found = minimize_scalar(
+        spline, bounds=(grid[i - 1], grid[i + 1]), method="bounded", options={"xatol": 1e-10}
+    )
+    loss_opt = float(np.exp(spline(found.x)))
+    return float(found.x), loss_opt, 0.5 * loss_opt * float(spline(found.x, 2))
 
 
 def _polyfit2(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ class Options:
     method: str | None = None
     flops_per_token: float | None = FLOPS_PER_TOKEN  # isoflop: None takes C/(N·D) from the table
     mad_threshold: float | None = None  # isoflop: robust outlier rejection
+    profile: str = "parabola"  # isoflop: each budget's optimum from a parabola or "akima"
     cut: float = MAX_FRACTION  # transfer: fit only fine-tunes with D_F/D_E at or below it
 
 
@@ -145,14 +146,15 @@ LAWS: dict[str, Law] = {
     ),
     "isoflop": Law(
         formula=(
-            "per budget C: loss = loss_opt + curvature·ln(N/N_opt)^2; "
-            "N_opt = k_N·C^a, D_opt = k_D·C^b"
+            "per budget C: loss = loss_opt + curvature·ln(N/N_opt)^2 (--profile akima: the "
+            "minimum of an Akima spline of ln loss in ln N); N_opt = k_N·C^a, D_opt = k_D·C^b"
         ),
         title="IsoFLOP profiles (Chinchilla Approach 2)",
         params=("k_N", "a", "k_D", "b"),
         columns=lambda o: ("N", "C", "loss", *(("D",) if o.flops_per_token is None else ())),
         fit=lambda df, o: fit_isoflop(
-            df, flops_per_token=o.flops_per_token, mad_threshold=o.mad_threshold
+            df, flops_per_token=o.flops_per_token, mad_threshold=o.mad_threshold,
+            profile=o.profile,
         ),
         strata="C",
         plot="isoflop",
@@ -221,7 +223,7 @@ def fit_law(
     """Fit `law` on a table with canonical columns; with `n_bootstrap` > 0, add its intervals.
 
     `options` are the fields of `Options` (x, offset, method, flops_per_token,
-    mad_threshold). Bootstrap refits of the multi-start laws start from the full-data
+    mad_threshold, profile, cut). Bootstrap refits of the multi-start laws start from the full-data
     optimum and the few starts that did best, not the whole grid: for Chinchilla
     (`chinchilla.bootstrap_refit`) 4,000 resamples take about 100 s instead of about 8
     hours; for power, kaplan-nd and kaplan-ns (`fit.warm_starts`) 3 starts replace up to

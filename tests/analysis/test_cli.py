@@ -140,6 +140,10 @@ def test_human_output_and_plot(capsys, power_csv, tmp_path):
         (["--law", "power", "--query", "N < 1e7"], "power with offset needs >= 4 points, got 3"),
         (["--law", "isoflop"], "isoflop needs at least 2 budgets, found 1"),
         (["--law", "power", "--query", "nonsense ==="], "bad --query 'nonsense ==='"),
+        (
+            ["--law", "isoflop", "--profile", "akima", "--mad-threshold", "3"],
+            "--mad-threshold needs the parabola profile",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, power_csv, argv, message):

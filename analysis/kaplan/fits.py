@@ -196,8 +196,9 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
     """N_opt ∝ C^a by three routes: the L(N, D) fit's allocation, the envelope of learning
     curves, and a Chinchilla Approach 3 fit on the same runs. `a` is from the first route
     whose fit is clean (converged inside its bounds, and within 2% rms, or for the envelope,
-    with optimal sizes from 2+ N levels) and whose a lies in (0, 1); failing that, the first
-    that gave an estimate (not degenerate, unconverged or failed)."""
+    with compute-optimal sizes from `MIN_SIZES` or more N levels: from two, a is the slope
+    between two sizes) and whose a lies in (0, 1); failing that, the first that gave an
+    estimate (not degenerate, unconverged or failed)."""
     out: dict[str, Any] = {
         "kaplan_a": KAPLAN_A,
         "kaplan_a_eq15": KAPLAN_A_EQ15,
@@ -214,14 +215,12 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
         a = out["from_kaplan_nd"]["params"]["a"]
         candidates.append((_tier(lnd.fit, clean), "kaplan-nd allocation", a))
     if lc.fit is not None and lc.law == "envelope":  # optimal sizes from 2+ N levels
-        out["from_envelope"] = {"a": lc.fit.params["a"], "status": lc.fit.status}
-        candidates.append(
-            (
-                _tier(lc.fit, lc.fit.ok),
-                "envelope of learning curves",
-                lc.fit.params["a"],
-            )
-        )
+        sizes = int(levels(lc.points["N"], N_LEVEL_RATIO).nunique())
+        out["from_envelope"] = {"a": lc.fit.params["a"], "status": lc.fit.status,
+                                "optimal_sizes": sizes}
+        clean = lc.fit.ok and sizes >= MIN_SIZES
+        candidates.append((_tier(lc.fit, clean), "envelope of learning curves",
+                           lc.fit.params["a"]))
     if lnd.points is not None:  # Chinchilla Approach 3 on the runs eq 1.5 was fitted on
         fit = _fit(lnd.points, "chinchilla", 0, 0, method="varpro")
         out["from_chinchilla"] = compute_optimal(fit).to_dict() | {"status": fit.status}
@@ -236,8 +235,10 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
         reasons = f"L(N,D): {lnd.skipped or lnd.fit.status}; L(C): {lc.skipped or 'no envelope'}"
         return jsonable(out | {"a": None, "method": None, "status": f"skipped: {reasons}"})
     tier, method, a = usable[0]
-    status = ("ok", "ok, but the fit misses the data by more than 2% rms",
-              "at a bound, or a outside (0, 1)")[tier]
+    loose = ("ok, but the compute-optimal sizes span fewer than "
+             f"{MIN_SIZES} N levels" if method == "envelope of learning curves"
+             else "ok, but the fit misses the data by more than 2% rms")
+    status = ("ok", loose, "at a bound, or a outside (0, 1)")[tier]
     return jsonable(out | {"a": a, "method": method, "status": status})
 
 

@@ -54,16 +54,17 @@ class DataConfig:
     # packages) | prose (the docstrings and comments of half of python's files, and the
     # documentation topics) | code (the other half, without docstrings and comments) | files;
     # prompt -> response pairs for stage=sft: sft_stdlib (the standard library's documented
-    # functions: signature + docstring -> body) | jsonl
+    # functions: signature + docstring -> body) | jsonl; for stage=reward: comparisons (JSONL
+    # files of prompt, chosen, rejected, as scaling-compare writes them)
     source: str = "stdlib"
-    paths: list[str] = field(default_factory=list)  # globs, for source=files or jsonl
+    paths: list[str] = field(default_factory=list)  # globs, for source=files, jsonl, comparisons
     # A second corpus, only evaluated on (transfer_loss): none | prose (the Python
     # documentation's prose, pydoc_data) | files
     transfer: str = "none"
     transfer_paths: list[str] = field(default_factory=list)  # globs, for transfer=files
     tokenizer: str = "bpe"  # bpe (byte-level BPE trained on the train split) | bytes
     vocab_size: int = 4096  # BPE vocabulary size (the bytes tokenizer is always 256)
-    val_fraction: float = 0.05  # share of documents held out for validation
+    val_fraction: float = 0.05  # share of documents (pairs: files; comparisons: prompts) held out
     cache_dir: str | None = None  # None: $SCALING_CACHE, else ~/.cache/scaling
 
 
@@ -113,7 +114,7 @@ class FreezeConfig:
 class StageConfig:
     """What kind of run this is: its data, loss and initialisation for the shared loop."""
 
-    kind: str = "pretrain"  # pretrain | finetune | sft
+    kind: str = "pretrain"  # pretrain | finetune | sft | reward
     # a run directory to start from: its parameters (stage.init_step) and its tokenizer; null
     # for a random initialisation (pretrain)
     init_from: str | None = None
@@ -125,9 +126,10 @@ class StageConfig:
 # What each stage reads: its data sources, and whether it starts from a parent run.
 STAGE_SOURCES = {"pretrain": ("stdlib", "python", "prose", "code", "files"),
                  "finetune": ("stdlib", "python", "prose", "code", "files"),
-                 "sft": ("sft_stdlib", "jsonl")}
-STAGES_FROM_PARENT = ("finetune", "sft")
-PATH_SOURCES = ("files", "jsonl")  # the sources that read data.paths
+                 "sft": ("sft_stdlib", "jsonl"),
+                 "reward": ("comparisons",)}
+STAGES_FROM_PARENT = ("finetune", "sft", "reward")
+PATH_SOURCES = ("files", "jsonl", "comparisons")  # the sources that read data.paths
 
 
 @dataclass
@@ -259,7 +261,7 @@ def validate(cfg: Config) -> Config:
     _check(m.remat in ("none", "full", "dots"), "model.remat", m.remat, "one of none, full, dots")
 
     _validate_stage(cfg)
-    _check(d.source not in ("files", "jsonl") or len(d.paths) > 0, "data.paths", d.paths,
+    _check(d.source not in PATH_SOURCES or len(d.paths) > 0, "data.paths", d.paths,
            f"at least one path or glob when data={d.source}")
     # Paths that no source reads would train on another corpus without a word.
     readers = " or ".join(f"data={s}" for s in PATH_SOURCES
@@ -287,6 +289,9 @@ def validate(cfg: Config) -> Config:
         t.tokens,
         f"at least one batch, train.batch_size * model.n_ctx = {tokens_per_step} tokens",
     )
+    _check(cfg.stage.kind != "reward" or t.tokens >= 2 * tokens_per_step, "train.tokens",
+           t.tokens, f"at least one batch of comparisons with stage=reward, 2 * "
+           f"train.batch_size * model.n_ctx = {2 * tokens_per_step} tokens (two windows each)")
     _check(t.budget is None or t.budget > 0, "train.budget", t.budget,
            "a positive number of FLOPs or null")
     _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a positive number or null")

@@ -321,10 +321,11 @@ class Interruption(Hook):
 
 class ExtraEval(Measurement):
     """`<name>_loss`: the loss on fixed batches [k, B, ...] of another corpus (a transfer
-    corpus, the parent's validation split)."""
+    corpus, the parent's validation split); `<name>_<metric>` for another per-batch mean
+    `loss_fn` (a reward model's pairwise accuracy), each batch weighted as the loss is."""
 
-    def __init__(self, name: str, loss_fn: LossFn, data: Any) -> None:
-        self.column, self.loss_fn, self.data = f"{name}_loss", loss_fn, data
+    def __init__(self, name: str, loss_fn: LossFn, data: Any, metric: str = "loss") -> None:
+        self.column, self.loss_fn, self.data = f"{name}_{metric}", loss_fn, data
         self.summary = (self.column,)
         self.evaluate: Callable | None = None
 

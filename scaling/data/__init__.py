@@ -1,6 +1,14 @@
 """Corpus files → tokenizer → cached token shards → batches; prompt/response pairs for SFT."""
 
-from scaling.data.batches import Batches, PairBatches, eval_pairs, eval_windows, transfer_windows
+from scaling.data.batches import (
+    Batches,
+    EpochOrder,
+    PairBatches,
+    eval_pairs,
+    eval_rows,
+    eval_windows,
+    transfer_windows,
+)
 from scaling.data.errors import DataError
 from scaling.data.pairs import (
     Example,
@@ -22,8 +30,8 @@ from scaling.data.shards import (
 from scaling.data.tokenizer import Tokenizer
 
 __all__ = [
-    "Batches", "DataError", "Dataset", "Example", "PairBatches", "PairSplit", "PairWindows",
-    "Tokenizer", "describe", "encode_examples", "eval_pairs", "eval_windows", "load_dataset",
-    "open_dataset", "read_jsonl_pairs", "read_pairs", "sft_stdlib", "split_pairs",
-    "transfer_windows", "vocabulary_shortfall",
+    "Batches", "DataError", "Dataset", "EpochOrder", "Example", "PairBatches", "PairSplit",
+    "PairWindows", "Tokenizer", "describe", "encode_examples", "eval_pairs", "eval_rows",
+    "eval_windows", "load_dataset", "open_dataset", "read_jsonl_pairs", "read_pairs",
+    "sft_stdlib", "split_pairs", "transfer_windows", "vocabulary_shortfall",
 ]

@@ -164,15 +164,28 @@ def eval_pairs(
     repeats of the first rows at weight 0, so every real row counts once. Raises DataError
     when there are no rows.
     """
-    if len(tokens) == 0:
-        raise DataError("the validation split has no examples that fit the context")
-    k = min(-(-len(tokens) // batch_size), n_batches)
-    count = k * batch_size
-    slot = np.arange(count)
-    if len(tokens) >= count:
-        rows, real = slot * len(tokens) // count, np.ones(count, dtype=bool)
-    else:
-        rows, real = slot % len(tokens), slot < len(tokens)
-    shape = (k, batch_size)
+    rows, real = eval_rows(len(tokens), batch_size, n_batches)
+    shape = rows.shape
+    rows, real = rows.ravel(), real.ravel()
     return (tokens[rows].reshape(*shape, -1),
             (weights[rows] * real[:, None]).astype(np.float32).reshape(*shape, -1))
+
+
+def eval_rows(m: int, batch_size: int, n_batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which of M rows fill fixed validation batches, and which slots are real: int64 and
+    bool [k, batch_size], k = min(ceil(M / batch_size), n_batches).
+
+    When the rows fill more than k batches, the rows taken are spread evenly over them; when
+    fewer, the last batch is filled with repeats of the first rows, marked not real (weight 0:
+    every real row counts once). Raises DataError when there are no rows.
+    """
+    if m == 0:
+        raise DataError("the validation split has no examples that fit the context")
+    k = min(-(-m // batch_size), n_batches)
+    count = k * batch_size
+    slot = np.arange(count)
+    if m >= count:
+        rows, real = slot * m // count, np.ones(count, dtype=bool)
+    else:
+        rows, real = slot % m, slot < m
+    return rows.reshape(k, batch_size), real.reshape(k, batch_size)

@@ -7,13 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scaling.config import Config
-from scaling.stages import finetune, pretrain, sft
+from scaling.stages import finetune, pretrain, reward, sft
 from scaling.stages.common import Prepared, run
 
 STAGES: dict[str, Callable[[Config], Prepared]] = {
     "pretrain": pretrain.prepare,
     "finetune": finetune.prepare,
     "sft": sft.prepare,
+    "reward": reward.prepare,
 }
 
 

@@ -61,10 +61,12 @@ def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
     return replace(shape, dtype=dtype, attention=resolve_attention(shape.attention, dtype))
 
 
-def model_record(model_cfg: GPTConfig, vocab_size: int) -> dict[str, Any]:
+def model_record(model_cfg: GPTConfig, vocab_size: int,
+                 init: Callable[[], Any] | None = None) -> dict[str, Any]:
     """The model facts every run records: Kaplan's N (non-embedding), the embedding and total
-    parameter counts, the vocabulary and the numerics."""
-    counts = count_params(jax.eval_shape(lambda: init_params(model_cfg, 0)))
+    parameter counts, the vocabulary and the numerics. The counts are of the tree `init()`
+    makes (shapes only; default: the language model's), a reward model's head included."""
+    counts = count_params(jax.eval_shape(init or (lambda: init_params(model_cfg, 0))))
     return {
         "n_params": counts.total,
         "n_params_nonembed": counts.nonembedding,

@@ -319,3 +319,76 @@ def _sample(argv: list[str] | None) -> None:
         print(f"--- sample {i + 1} of {args.n}: {length} new tokens"
               f"{', ended at eos' if ended else ''} ---")
         print(tokenizer.decode(prompt[1:] + new[:length - ended]))
+
+
+def compare(argv: list[str] | None = None) -> None:
+    """`scaling-compare POLICY_RUN_DIR OUT.jsonl [--n 4] [--prompts train] ...`: sample N
+    responses to each prompt of the policy's own SFT data (its train split by default) from
+    the policy, score each with the gold reward against the reference response, and write
+    every pair with unequal scores, labelled, to OUT.jsonl (the comparisons a reward model
+    trains on: stage=reward data=comparisons) and every sample with its gold score to
+    OUT.samples.jsonl, one line per prompt."""
+    try:
+        _compare(argv)
+    except Exception as error:
+        sys.exit(exit_status(error, "scaling-compare"))
+
+
+def _compare(argv: list[str] | None) -> None:
+    parser = ArgumentParser(prog="scaling-compare", description=compare.__doc__)
+    parser.add_argument("policy", type=Path, metavar="POLICY_RUN_DIR")
+    parser.add_argument("out", type=Path, metavar="OUT.jsonl")
+    parser.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
+    parser.add_argument("--prompts", default="train",
+                        help="train (default) or val: every prompt of the policy's split that "
+                             "fits; N or train:N / val:N: N of them, spread evenly")
+    parser.add_argument("--gold", default="sft_body", help="the gold reward (default sft_body)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature, 0: greedy (default 1)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="M",
+                        help="new tokens per sample at most (default n_ctx // 2); prompts "
+                             "without room for M and an eos are skipped")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed, the same samples")
+    parser.add_argument("--label-temperature", type=float, default=0.0, metavar="T",
+                        help="0 (default): the higher gold score wins; T > 0: a wins with "
+                             "probability σ((gold_a − gold_b) / T)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="B",
+                        help="prompts sampled at once (B × N sequences; default 16)")
+    parser.add_argument("--step", default="latest",
+                        help="the policy's checkpoint: latest (default), best, or a step")
+    args = parser.parse_args(argv)
+
+    from scaling.rlhf.collect import PromptChoice, samples_path
+    from scaling.rlhf.gold import GOLD_REWARDS
+    from scaling.sample import Policy, check_options
+
+    choice = PromptChoice.parse(args.prompts)
+    check_options(Policy(args.temperature), args.n, args.max_new_tokens)  # before loading
+    if args.gold not in GOLD_REWARDS:
+        raise UsageError(f"--gold {args.gold}: expected one of {listing(sorted(GOLD_REWARDS))}")
+    if not args.label_temperature >= 0:
+        raise UsageError(f"--label-temperature {args.label_temperature}: expected 0 or more")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: expected at least 1")
+    if not args.out.parent.is_dir():
+        raise UsageError(f"{args.out}: no directory {args.out.parent} to write it in")
+
+    from scaling.rlhf import gold_reward, write_comparisons
+    from scaling.rlhf.collect import collect, policy_prompts, write_samples
+    from scaling.stages.parent import load_run
+
+    policy = load_run(args.policy, args.step, step_key="--step")
+    collection = collect(
+        policy, policy_prompts(policy, choice), choice, gold_reward(args.gold), n=args.n,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        label_temperature=args.label_temperature, seed=args.seed, batch_size=args.batch_size)
+    write_comparisons(args.out, collection.comparisons)
+    write_samples(samples_path(args.out), collection.prompts)
+    s = collection.stats()
+    print(f"{s['prompts']} {choice.split} prompts (of {s['fitting']} with room for "
+          f"{collection.max_new_tokens} new tokens; {s['skipped']} without) x {args.n} samples: "
+          f"mean gold "
+          f"{s['mean_gold']:.3f}, {s['mean_new_tokens']:.0f} new tokens on average, "
+          f"{s['ended']:.0%} ended at eos; sampled in {s['sampling_s']:.1f} s "
+          f"({s['tokens_per_s']:,.0f} new tokens/s), scored in {s['scoring_s']:.1f} s")
+    print(f"{s['comparisons']} comparisons -> {args.out}; samples -> {samples_path(args.out)}")

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.allocation import compute_optimal, predict
+from analysis.counting import CONVENTIONS, describe, recount
 from analysis.isoflop import PROFILES
 from analysis.plots import plot_fit
 from analysis.registry import LAWS, fit_law, required_columns
@@ -82,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="parabola",
         help="isoflop: each budget's optimum from a parabola in ln N (default, Hoffmann) or "
         "the minimum of an Akima spline of ln loss in ln N (Porian et al. 2024)",
+    )
+    parser.add_argument(
+        "--count",
+        choices=tuple(CONVENTIONS),
+        help="N and C = 6·N·D from a run table's parameter counts by this convention: "
+        + "; ".join(f"{name}: {c.definition}" for name, c in CONVENTIONS.items())
+        + " (default: the table's own N and C columns)",
     )
     parser.add_argument(
         "--cut",
@@ -180,10 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         predicted = predict(fit, *points.to_numpy().T) if points is not None else None
         if args.json:
             out = fit.to_dict() | ({"allocation": allocation.to_dict()} if allocation else {})
+            if args.count:
+                chosen = CONVENTIONS[args.count]
+                out["count"] = {"name": chosen.name, "definition": chosen.definition}
             if predicted is not None:
                 out["predictions"] = _prediction_records(predicted, fit.variables)
             print(json.dumps(out, allow_nan=False))
         else:
+            if args.count:
+                print(f"counting {describe(args.count)}")
             print(_describe(fit, allocation.to_dict() if allocation else None))
             if predicted is not None:
                 print(_describe_predictions(predicted, fit))
@@ -207,6 +220,8 @@ def _prepare(args: argparse.Namespace) -> pd.DataFrame:
     for name, column in law.results_columns.items():  # a run table's own, unless --NAME given
         if columns[name] == name and column in df:
             columns[name] = column
+    if args.count:
+        df = _recounted(df, args, columns)
     need = required_columns(
         args.law, x=args.x, bootstrap=args.bootstrap > 0, flops_per_token=args.flops_per_token
     )
@@ -217,6 +232,22 @@ def _prepare(args: argparse.Namespace) -> pd.DataFrame:
     if args.derive:
         data = derive(data, args.derive, args.flops_per_token or FLOPS_PER_TOKEN)
     return data
+
+
+def _recounted(df: pd.DataFrame, args: argparse.Namespace, columns: dict[str, str]) -> pd.DataFrame:
+    """The table with N and C counted by `--count` (`analysis.counting.recount`), in the
+    columns the fit reads; UsageError where the choice cannot apply."""
+    given = [f"--{name} {columns[name]}" for name in ("N", "C") if columns[name] != name]
+    if given:
+        raise UsageError(f"--count {args.count} computes N and C itself: drop {', '.join(given)}")
+    if args.law == "isoflop":
+        raise UsageError(
+            f"--count {args.count} recounts each run's C = 6·N·D, but isoflop groups runs by "
+            "their nominal budget C: fit it on the table's own N and C (without --count)"
+        )
+    if args.derive:
+        raise UsageError(f"--count {args.count} computes C = 6·N·D: drop --derive")
+    return recount(df, args.count, d=columns["D"])
 
 
 def _prediction_records(predicted: pd.DataFrame, variables: tuple[str, ...]) -> list[dict]:

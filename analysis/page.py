@@ -16,9 +16,19 @@ the studies' sections, the runs and the pooled diagnostics follow.
   report}]`: completed runs of other corpora or stages, and the command that reports on
   them, or null), the ranges of N, D, C, tokens per parameter and epochs of the fitted
   runs, `multi_epoch_runs`, and the caveats shown at the top of the page.
+- `study.count`: the counting convention N and C were counted by for every fit
+  (`analysis.counting`: kaplan | standard | total), or null: the table's own N
+  (non-embedding parameters) and C (the FLOPs each run recorded).
 - each study's own keys (Kaplan: "L(N)", "L(D)", "L(C)", "L(N,D)", "N_opt(C)", "L(N,S)",
   "kaplan_findings", "icl"; transfer: "transfer", `{k, alpha, beta, k_ci, alpha_ci,
-  beta_ci, n_runs, cut, ...}`), each fit with the rows it was fitted on.
+  beta_ci, n_runs, cut, ...}`), each fit with the rows it was fitted on. "N_opt(C)" holds
+  `conventions`: `{kaplan|standard|total: {N, used_by, a, a_ci, method, status, routes}}`,
+  a of N_opt ∝ C^a from the same runs with N and C = 6·N·D counted each way (`a_ci` the
+  95 % bootstrap interval or null; `method` the route a came from; `routes` every route's
+  `{a, a_ci, status}`; `used_by` the published numbers counted that way; standard and
+  total also hold `relabelled`, `{from: "kaplan", elasticity, a}`: the kaplan a recounted
+  with N' ∝ N^elasticity, what counting alone changes; a convention whose counts the table
+  lacks has a null a and a `skipped: …` status naming the column).
 - `diagnostics`: every law of `analysis.registry` fitted on all the fitted runs at once,
   keyed like `power_N`; never an answer of the study's.
 
@@ -38,12 +48,14 @@ every run (transfer).
 import html
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from analysis.counting import recount, recount_curves
 from analysis.kaplan import write_kaplan_report
 from analysis.overview import write_overview
 from analysis.report import write_fits
@@ -85,6 +97,7 @@ def write_page(
     seed: int = 0,
     corpus: str | None = None,
     command: str = "scaling-report SWEEP_DIR",
+    count: str | None = None,
 ) -> Path:
     """Write `out_dir/index.html`, its figures and `fits.json`; return the page's path.
 
@@ -94,27 +107,35 @@ def write_page(
     `problems` lists run directories that could not be read. The fits use the pretraining
     runs of one corpus: `corpus` (a `corpus_cache` value), by default the one with the most
     completed runs; `command` is how the reader reports on the others (`--corpus CACHE` is
-    appended). Raises ValueError on an empty results table, FitInputError (naming the
-    corpora there are) on a `corpus` no completed pretraining run has.
+    appended). `count` counts N and C = 6·N·D of every fit by that convention
+    (`analysis.counting`; None: the table's own N and C); the study's cost stays the FLOPs
+    the runs recorded. Raises ValueError on an empty results table, FitInputError (naming
+    the corpora there are) on a `corpus` no completed pretraining run has, and (naming the
+    column) for a `count` the table lacks the parameter counts of.
     """
     if len(results) == 0:
         raise ValueError("results table is empty: no runs to report on")
+    scope = pretraining_scope(results, corpus)
+    fitted_curves = _of_runs(curves, scope.runs)
+    if count is not None:
+        scope = replace(scope, runs=recount(scope.runs, count))
+        fitted_curves = recount_curves(fitted_curves, scope.runs, count)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scope = pretraining_scope(results, corpus)
     sections = _sections(
         scope.runs,
-        _of_runs(curves, scope.runs),
+        fitted_curves,
         out,
         _of_runs(positions, scope.runs),
         n_bootstrap,
         seed,
+        count,
     )
     # Transfer reads every run (parents on the source corpus, the rest on the target): first,
     # since a sweep holding fine-tunes is a transfer study before it is anything else
     transfer = transfer_section(results, out, n_bootstrap=n_bootstrap, seed=seed)
     sections = [transfer, *sections] if transfer is not None else sections
-    study = _study(results, scope, sections, command)
+    study = _study(results, scope, sections, command) | {"count": count}
     fits: dict[str, Any] = {"schema": SCHEMA, "headline": {}, "study": study}
     for section in sections:
         fits["headline"] |= section.headline
@@ -160,13 +181,14 @@ def _sections(
     positions: pd.DataFrame | None,
     n_bootstrap: int,
     seed: int,
+    count: str | None = None,
 ) -> list[Section]:
     """Every study's section, then the pooled diagnostics (always last): on `results`, the
-    pretraining runs of one corpus, and their curves and positions."""
+    pretraining runs of one corpus (N and C counted by `count`), their curves and positions."""
     boot = {"n_bootstrap": n_bootstrap, "seed": seed}
     completed = results[results["status"] == "completed"] if "status" in results else results
     kaplan = (
-        write_kaplan_report(results, curves, out, positions=positions, **boot)
+        write_kaplan_report(results, curves, out, positions=positions, count=count, **boot)
         if len(results)
         else Section(
             title="Kaplan et al. 2020: laws and findings",
@@ -284,6 +306,8 @@ def _summary(study: dict[str, Any], headline: dict[str, dict], sections: list[Se
         cost.append(f"{study['flops']:.3g} training FLOPs")
     if study["wall_s"]:
         cost.append(f"{study['wall_s'] / 3600:.2g} h of run wall time")
+    if study.get("count"):
+        cost.append(f"every fit's N and C = 6·N·D counted by the {study['count']} convention")
     rows = []
     for name, h in headline.items():
         ci = "—" if not h["ci"] or None in h["ci"] else "[{:.3g}, {:.3g}]".format(*h["ci"])

@@ -219,10 +219,16 @@ def _report(argv: list[str] | None) -> None:
                         help="fit the pretraining runs of this corpus (their corpus_cache, e.g. "
                              "stdlib-bpe4096-391502949643341d; default: the corpus with the "
                              "most completed pretraining runs)")
+    parser.add_argument("--count", metavar="CONVENTION",
+                        help="count N and C = 6·N·D of every fit by this convention "
+                             "(analysis.counting): kaplan (N non-embedding), standard (+ the "
+                             "unembedding) or total (every parameter); default: N "
+                             "non-embedding, C the FLOPs each run recorded")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise UsageError(f"{args.sweep_dir} is not a directory")
 
+    from analysis.counting import counted_n
     from analysis.page import write_page
     from analysis.table import FitInputError, pretraining_scope
     from scaling.results import write_tables
@@ -238,12 +244,17 @@ def _report(argv: list[str] | None) -> None:
         scope = pretraining_scope(collected.results, args.corpus)
     except FitInputError as error:
         raise UsageError(f"--corpus: {error}") from error
+    if args.count:  # before the fits, which take a while
+        try:
+            counted_n(collected.results, args.count)
+        except FitInputError as error:
+            raise UsageError(str(error)) from error
     command = f"scaling-report {shlex.quote(str(args.sweep_dir))}"
     index = write_page(
         collected.results, collected.curves, args.sweep_dir / "report",
         title=f"Sweep {args.sweep_dir.name}", problems=collected.problems,
         positions=collected.positions if not collected.positions.empty else None,
-        n_bootstrap=args.bootstrap, corpus=args.corpus, command=command)
+        n_bootstrap=args.bootstrap, corpus=args.corpus, command=command, count=args.count)
     if skipped:
         print(one_line(f"{skipped} (all listed in {index})"), file=sys.stderr)
     counts = collected.results["status"].value_counts().to_dict()

@@ -13,7 +13,6 @@ criterion line and the minimum-evidence gate on the rows each finding used), `se
 (figures and HTML); this module ties them together.
 """
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ from analysis.kaplan.fits import (
     LawFit,
     after_warmup,
     compute_optimal_exponent,
+    exponent_by_convention,
+    guarded,
     law_c,
     law_d,
     law_n,
@@ -82,6 +83,7 @@ __all__ = [
     "compute_optimal_exponent",
     "curve_table",
     "explain",
+    "exponent_by_convention",
     "finding_batch",
     "finding_learning_curves",
     "finding_overfitting",
@@ -115,6 +117,7 @@ def write_kaplan_report(
     positions: pd.DataFrame | None = None,
     n_bootstrap: int = 0,
     seed: int = 0,
+    count: str | None = None,
 ) -> Section:
     """Fit Kaplan's laws, judge the eight findings, write `kaplan_*.png` into `out_dir`.
 
@@ -136,12 +139,13 @@ def write_kaplan_report(
     except FitInputError as error:
         cur, every_curve, no_curves = None, None, str(error)
 
-    ln = _guard("L(N)", "power", lambda: law_n(main, **boot))
-    ld = _guard("L(D)", "power", lambda: law_d(main, **boot))
-    lc = _guard("L(C)", "envelope", lambda: law_c(_need(cur, no_curves), **boot))
-    lnd = _guard("L(N,D)", "kaplan-nd", lambda: law_nd(main, **boot))
-    lns = _guard("L(N,S)", "kaplan-ns", lambda: law_ns(_need(cur, no_curves), **boot))
+    ln = guarded("L(N)", "power", lambda: law_n(main, **boot))
+    ld = guarded("L(D)", "power", lambda: law_d(main, **boot))
+    lc = guarded("L(C)", "envelope", lambda: law_c(_need(cur, no_curves), **boot))
+    lnd = guarded("L(N,D)", "kaplan-nd", lambda: law_nd(main, **boot))
+    lns = guarded("L(N,S)", "kaplan-ns", lambda: law_ns(_need(cur, no_curves), **boot))
     n_opt = compute_optimal_exponent(lnd, lc)
+    n_opt["conventions"] = exponent_by_convention(main, curves, **boot)
     icl = per_position_icl(positions, runs) if positions is not None else None
     transfer = finding_transfer(runs)
 
@@ -184,7 +188,7 @@ def write_kaplan_report(
     )
     return Section(
         title="Kaplan et al. 2020: laws and findings",
-        html=_html(runs, len(main), laws, n_opt, findings, figures, icl, evidence),
+        html=_html(runs, len(main), laws, n_opt, findings, figures, icl, evidence, count),
         fits=out_dict,
         headline=headline(laws, n_opt),
         caveats=(CAVEAT,),
@@ -196,14 +200,6 @@ CAVEAT = (
     "Kaplan's constants hold for WebText2 with GPT-2's 50,257-token BPE and N up to 1.5e9: "
     "compare exponents, not constants, and mind the range."
 )
-
-
-def _guard(key: str, law: str, build: Callable[[], LawFit]) -> LawFit:
-    """The law, or a skipped record with the reason when the data cannot support it."""
-    try:
-        return build()
-    except FitInputError as error:
-        return LawFit(key, law, skipped=str(error))
 
 
 def _need(table: pd.DataFrame | None, reason: str) -> pd.DataFrame:

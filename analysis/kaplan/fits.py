@@ -4,6 +4,7 @@ points it used or why it was skipped. Separate from the findings, which only rea
 fits, and from the report section, which only shows them.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,13 @@ import numpy as np
 import pandas as pd
 
 from analysis.allocation import compute_optimal
+from analysis.counting import (
+    CONVENTIONS,
+    elasticity,
+    recount,
+    recount_curves,
+    relabelled_exponent,
+)
 from analysis.envelope import lower_envelope
 from analysis.fit import fit_power
 from analysis.kaplan.constants import (
@@ -24,7 +32,7 @@ from analysis.kaplan.constants import (
     SMOOTH_RMS,
     WARMUP_FRACTION,
 )
-from analysis.kaplan.tables import levels
+from analysis.kaplan.tables import curve_table, levels
 from analysis.registry import fit_law
 from analysis.result import Fit, jsonable
 from analysis.table import FitInputError, select
@@ -240,6 +248,100 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
              else "ok, but the fit misses the data by more than 2% rms")
     status = ("ok", loose, "at a bound, or a outside (0, 1)")[tier]
     return jsonable(out | {"a": a, "method": method, "status": status})
+
+
+KAPLAN_COUNT = "kaplan"  # the convention the others are compared with
+ROUTES = {  # compute_optimal_exponent's routes: its key for each, and the law whose fit gave it
+    "kaplan-nd allocation": "from_kaplan_nd",
+    "envelope of learning curves": "from_envelope",
+    "chinchilla allocation": "from_chinchilla",
+}
+
+
+def route_interval(n_opt: dict[str, Any], lc: LawFit, route: str | None) -> list[float] | None:
+    """The bootstrap interval of a of one route of `n_opt` (`compute_optimal_exponent`;
+    None: the route it chose), or None where that route has none (no bootstrap; the
+    Chinchilla route is fitted without one)."""
+    route = route or n_opt.get("method")
+    if route == "kaplan-nd allocation" and "from_kaplan_nd" in n_opt:
+        interval = n_opt["from_kaplan_nd"].get("intervals", {}).get("a")
+        return list(interval) if interval else None
+    if route == "envelope of learning curves" and lc.fit is not None and lc.law == "envelope":
+        interval = lc.fit.intervals.get("a")
+        return list(interval) if interval else None
+    return None
+
+
+def exponent_by_convention(
+    main: pd.DataFrame, curves: pd.DataFrame | None, n_bootstrap: int = 0, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """N_opt ∝ C^a under each counting convention of `analysis.counting`, from the same runs.
+
+    `main` are the runs the laws are fitted on (chosen once, under the report's own N),
+    `curves` their learning curves (run_id, step, tokens, flops, val_loss). Under each
+    convention N and C = 6·N·D are recounted (every evaluation's C too) and a is found by
+    `compute_optimal_exponent`'s rule on L(N, D) and the envelope of the curves refitted
+    with `n_bootstrap` resamples. Returns per convention: its N, who published numbers
+    counted that way, a with its interval (`a_ci`), the route it came from, its status and
+    every route's a (`routes`); a convention whose counts the table lacks is skipped with
+    the column named. The others also hold `relabelled`: the elasticity e of their N
+    against the kaplan count over these runs and the kaplan a recounted by it
+    (`counting.relabelled_exponent`), what counting alone changes before any refit.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, chosen in CONVENTIONS.items():
+        entry = {"N": chosen.definition, "used_by": chosen.used_by}
+        try:
+            runs = recount(main, name)
+        except FitInputError as error:
+            out[name] = entry | {"a": None, "a_ci": None, "method": None, "routes": {},
+                                 "status": f"skipped: {error}"}
+            continue
+        out[name] = entry | _exponent(runs, _recounted_curves(curves, runs, name),
+                                      n_bootstrap, seed)
+        base = out.get(KAPLAN_COUNT, {}).get("a")
+        if name != KAPLAN_COUNT and base is not None:
+            e = elasticity(main, name, KAPLAN_COUNT)
+            out[name]["relabelled"] = {"from": KAPLAN_COUNT, "elasticity": e,
+                                       "a": relabelled_exponent(base, e)}
+    return jsonable(out)
+
+
+def _exponent(
+    runs: pd.DataFrame, curves: pd.DataFrame | None, n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """a of N_opt ∝ C^a on these runs and curves, its interval and route, every route's a."""
+    lnd = guarded("L(N,D)", "kaplan-nd", lambda: law_nd(runs, n_bootstrap, seed))
+    lc = guarded("L(C)", "envelope", lambda: law_c(curve_table(curves, runs), n_bootstrap, seed))
+    n_opt = compute_optimal_exponent(lnd, lc)
+    routes = {}
+    for route, key in ROUTES.items():
+        if key in n_opt:
+            found = n_opt[key]
+            a = found["params"]["a"] if "params" in found else found["a"]
+            routes[route] = {"a": a, "a_ci": route_interval(n_opt, lc, route),
+                             "status": found["status"]}
+    return {"a": n_opt["a"], "a_ci": route_interval(n_opt, lc, None),
+            "method": n_opt["method"], "status": n_opt["status"], "routes": routes}
+
+
+def _recounted_curves(
+    curves: pd.DataFrame | None, runs: pd.DataFrame, name: str
+) -> pd.DataFrame | None:
+    """The runs' curves with every evaluation's C recounted under convention `name` (None
+    without curves; `curve_table` says what they lack)."""
+    if curves is None or not {"run_id", "tokens"} <= set(curves):
+        return curves
+    return recount_curves(curves[curves["run_id"].isin(runs["run_id"])], runs, name)
+
+
+def guarded(key: str, law: str, build: Callable[[], LawFit]) -> LawFit:
+    """The law `build()` fits, or a skipped record with the reason when the data cannot
+    support it."""
+    try:
+        return build()
+    except FitInputError as error:
+        return LawFit(key, law, skipped=str(error))
 
 
 def _tier(fit: Fit, clean: bool) -> int:

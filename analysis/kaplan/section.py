@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import plots
+from analysis.counting import CONVENTIONS, ratio
 from analysis.kaplan.batch import noise_scale_points
 from analysis.kaplan.constants import (
     CHINCHILLA_A,
@@ -22,10 +23,11 @@ from analysis.kaplan.constants import (
     KAPLAN_A_EQ15,
     MIN_EVIDENCE,
 )
-from analysis.kaplan.fits import LawFit
+from analysis.kaplan.fits import LawFit, route_interval
 from analysis.kaplan.tables import levels, transfer_curves
 from analysis.kaplan.verdict import Finding, explain
 from analysis.result import Fit, jsonable
+from analysis.table import FitInputError
 from analysis.uncertainty import LEVEL, percentile_interval
 
 FIGURES_OF = {
@@ -143,9 +145,17 @@ def _html(
     figures: list[str],
     icl: dict[str, Any] | None,
     evidence: dict[str, float],
+    count: str | None = None,
 ) -> str:
-    """The section: the exponents against Kaplan's, the figures, then one part per finding."""
+    """The section: the exponents against Kaplan's, N_opt's exponent under each counting
+    convention, the figures, then one part per finding. `count` is the convention N and C
+    were counted by (None: the table's own, non-embedding N and the recorded FLOPs)."""
     e = html.escape
+    counted = (
+        f"N and C are counted by the {count} convention ({CONVENTIONS[count].definition})"
+        if count
+        else "N counts non-embedding parameters, C the training FLOPs the runs recorded"
+    )
     span = ", ".join(
         f"{c} ×{runs[c].max() / runs[c].min():.3g}"
         for c in ("N", "D", "C")
@@ -156,12 +166,13 @@ def _html(
         "<h2>Kaplan et al. 2020: laws and findings</h2>",
         f"<p>{len(runs)} completed runs ({e(span)}); the laws are fitted on the "
         f"{main_count} of one batch size and one shape per size (the others are batch-size and "
-        "depth variations, for findings 8 and 1). N counts non-embedding parameters, C "
-        "the training FLOPs, losses are nats/token. Kaplan's constants hold for WebText2 with "
+        f"depth variations, for findings 8 and 1). {e(counted)}; losses are nats/token. "
+        "Kaplan's constants hold for WebText2 with "
         "GPT-2's 50,257-token BPE and N up to 1.5e9; compare exponents, not constants, and "
         "mind the range.</p>",
         "<h3>Exponents against Kaplan's</h3>",
         _exponent_table(laws, n_opt),
+        _conventions_html(n_opt.get("conventions", {}), runs),
         '<div class="figures">'
         + "".join(_figure(f) for f in figures if f not in SECTION_FIGURES)
         + "</div>",
@@ -243,6 +254,46 @@ def _exponent_table(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> str:
     return pd.DataFrame(rows, columns=header).to_html(index=False, border=0, escape=True)
 
 
+def _conventions_html(conventions: dict[str, dict[str, Any]], runs: pd.DataFrame) -> str:
+    """N_opt ∝ C^a under each counting convention, side by side, with who counted how."""
+    if not conventions:
+        return ""
+    rows = []
+    for name, c in conventions.items():
+        ci = "—" if not c.get("a_ci") else "[{:.3g}, {:.3g}]".format(*c["a_ci"])
+        routes = "; ".join(
+            f"{route}: {_num(r['a'])}"
+            + (" [{:.3g}, {:.3g}]".format(*r["a_ci"]) if r.get("a_ci") else "")
+            for route, r in c.get("routes", {}).items()
+        )
+        moved = c.get("relabelled")
+        relabelled = (f"{_num(moved['a'])} (e = {_num(moved['elasticity'])})" if moved
+                      else "")
+        rows.append((name, c["N"], _num(c.get("a")), ci, c.get("method") or "", c["status"],
+                     relabelled, routes, c["used_by"]))
+    header = ("convention", "N, C", "a", "95% interval", "from", "status",
+              "kaplan's a recounted", "every route", "published numbers counted this way")
+    try:
+        times = ratio(runs, "standard", "kaplan")
+        weight = (f" In these runs the unembedding makes N {times:.3g} times the non-embedding "
+                  "count (median over the runs). It grows as d_model while the blocks grow as "
+                  "12·n_layer·d_model², so N' ∝ N^e with e < 1 over these sizes, and the same "
+                  "optima recounted give a' = e·a/(1 + (e − 1)·a) (\"kaplan's a recounted\"): "
+                  "what counting alone changes, before any refit.")
+    except FitInputError:
+        weight = ""
+    return (
+        "<h3>N_opt ∝ C^a under three counting conventions</h3>"
+        "<p>The same runs (the main series) and the same rule as the N_opt row above, with N "
+        "and C = 6·N·D counted three ways (scaling-fit --count and scaling-report --count "
+        "choose one for every fit). Kaplan's 0.73 counts the first way, Chinchilla's 0.50 "
+        f"the third; Porian et al. 2024 give both of theirs.{html.escape(weight)}</p>"
+        + '<div class="wide">'
+        + pd.DataFrame(rows, columns=header).to_html(index=False, border=0, escape=True)
+        + "</div>"
+    )
+
+
 def _selection(law: LawFit) -> str:
     """The rows a law was fitted on, as the headline states them."""
     return SELECTIONS.get(law.key) or law.info.get("selection") or law.info.get("method", "")
@@ -302,12 +353,7 @@ def headline(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> dict[str, dict[
                             "selection": selection, "status": law.fit.status}
         out[key]["verdict"] = _verdict(law.fit.usable, ci, published)
     route = n_opt.get("method")
-    ci = None
-    if route == "kaplan-nd allocation":
-        ci = n_opt["from_kaplan_nd"]["intervals"].get("a")
-    elif route == "envelope of learning curves":
-        lc = by_key["L(C)"]
-        ci = list(lc.fit.intervals["a"]) if lc.fit and "a" in lc.fit.intervals else None
+    ci = route_interval(n_opt, by_key["L(C)"], route)
     n_points = {"kaplan-nd allocation": by_key["L(N,D)"], "envelope of learning curves":
                 by_key["L(C)"]}.get(route)
     out["N_opt(C)"] = {

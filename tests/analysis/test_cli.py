@@ -140,6 +140,14 @@ def test_human_output_and_plot(capsys, power_csv, tmp_path):
         (["--law", "power", "--query", "N < 1e7"], "power with offset needs >= 4 points, got 3"),
         (["--law", "isoflop"], "isoflop needs at least 2 budgets, found 1"),
         (["--law", "power", "--query", "nonsense ==="], "bad --query 'nonsense ==='"),
+        (["--law", "power", "--count", "chinchilla"], "argument --count: invalid choice"),
+        (
+            ["--law", "power", "--count", "standard"],
+            "--count standard needs column 'n_params_nonembed' (non-embedding parameters), "
+            "'n_params_unembed'",
+        ),
+        (["--law", "power", "--count", "kaplan", "--N", "C"], "drop --N C"),
+        (["--law", "isoflop", "--count", "kaplan"], "isoflop groups runs by their nominal"),
         (
             ["--law", "isoflop", "--profile", "akima", "--mad-threshold", "3"],
             "--mad-threshold needs the parabola profile",

@@ -5,7 +5,8 @@ levanter's `LmExample.loss_mask` and nanodo's `weights_BxL`. Pretraining's weigh
 SFT's are 1 on response tokens only. Being a pytree, it passes through jit, vmap (replicas),
 scan (gradient accumulation) and device placement leaf by leaf, so none of them knows which
 stage it serves. `ComparisonBatch` (a reward model's chosen/rejected windows) is another
-pytree of the same kind; rollouts will be one too.
+pytree of the same kind, and `PreferenceBatch` (DPO's, with the reference policy's log-probs);
+rollouts will be one too.
 """
 
 from __future__ import annotations
@@ -54,6 +55,27 @@ class ComparisonBatch:
     rejected_last: Any  # [B] int32
     weights: Any  # [B] float32
 
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """DPO training data (Rafailov et al. 2023): B comparisons, each a chosen and a rejected
+    window of T tokens (eos, prompt, response, eos, padding) read as next-token targets
+    [:, 1:], a weight per target (1 on the response and its closing eos, 0 on the prompt and
+    padding, as SFT's), and the reference policy's log-probability of each response.
+
+    `weights` [B] is each comparison's weight (0 for filler rows), as `ComparisonBatch`'s.
+    Leaves may carry leading axes ([k, B, ...], [K, B, ...]).
+    """
+
+    chosen: Any  # [B, T] int32
+    rejected: Any  # [B, T] int32
+    chosen_weights: Any  # [B, T-1] float32: 1 where the target is a response token
+    rejected_weights: Any  # [B, T-1] float32
+    ref_chosen: Any  # [B] float32: log π_ref(chosen | prompt), summed over response tokens
+    ref_rejected: Any  # [B] float32
+    weights: Any  # [B] float32
 
 def stack(batches: list[Any]) -> Any:
     """Batches (any pytree of arrays) stacked along a new leading axis, on the host."""

@@ -114,21 +114,23 @@ class FreezeConfig:
 class StageConfig:
     """What kind of run this is: its data, loss and initialisation for the shared loop."""
 
-    kind: str = "pretrain"  # pretrain | finetune | sft | reward
+    kind: str = "pretrain"  # pretrain | finetune | sft | reward | dpo
     # a run directory to start from: its parameters (stage.init_step) and its tokenizer; null
     # for a random initialisation (pretrain)
     init_from: str | None = None
     init_step: str = "latest"  # latest | best (its best-validation step, if kept) | a step
     schedule: str = "cosine"  # cosine (warmup + cosine, as train.*) | constant (after warmup)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)  # parts kept as the parent left them
+    beta: float = 0.1  # stage=dpo: DPO's β, how far the policy may move from its reference
 
 
 # What each stage reads: its data sources, and whether it starts from a parent run.
 STAGE_SOURCES = {"pretrain": ("stdlib", "python", "prose", "code", "files"),
                  "finetune": ("stdlib", "python", "prose", "code", "files"),
                  "sft": ("sft_stdlib", "jsonl"),
-                 "reward": ("comparisons",)}
-STAGES_FROM_PARENT = ("finetune", "sft", "reward")
+                 "reward": ("comparisons",),
+                 "dpo": ("comparisons",)}
+STAGES_FROM_PARENT = ("finetune", "sft", "reward", "dpo")
 PATH_SOURCES = ("files", "jsonl", "comparisons")  # the sources that read data.paths
 
 
@@ -289,8 +291,9 @@ def validate(cfg: Config) -> Config:
         t.tokens,
         f"at least one batch, train.batch_size * model.n_ctx = {tokens_per_step} tokens",
     )
-    _check(cfg.stage.kind != "reward" or t.tokens >= 2 * tokens_per_step, "train.tokens",
-           t.tokens, f"at least one batch of comparisons with stage=reward, 2 * "
+    _check(cfg.stage.kind not in ("reward", "dpo") or t.tokens >= 2 * tokens_per_step,
+           "train.tokens", t.tokens, f"at least one batch of comparisons with "
+           f"stage={cfg.stage.kind}, 2 * "
            f"train.batch_size * model.n_ctx = {2 * tokens_per_step} tokens (two windows each)")
     _check(t.budget is None or t.budget > 0, "train.budget", t.budget,
            "a positive number of FLOPs or null")
@@ -350,6 +353,7 @@ def _validate_stage(cfg: Config) -> None:
            s.init_step, "latest, best or a checkpoint step")
     _check(s.schedule in ("cosine", "constant"), "stage.schedule", s.schedule,
            "one of cosine, constant")
+    _check(s.beta > 0, "stage.beta", s.beta, "a positive number (DPO's β)")
     _check(s.freeze.blocks >= 0, "stage.freeze.blocks", s.freeze.blocks,
            "a non-negative number of blocks")
     _check(s.freeze.blocks <= cfg.model.n_layer, "stage.freeze.blocks", s.freeze.blocks,

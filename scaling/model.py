@@ -15,6 +15,8 @@ keys and values of the tokens read before kept in a `KVCache`; training never pa
 
 A reward model is this Transformer plus `reward_head`, a separate parameter subtree read by
 `rewards` from the final LayerNorm's output (the language model's forward pass is untouched).
+DPO (`dpo_loss`) trains the language model itself on the same comparisons, against the log-probs
+of a frozen reference carried in its batches.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from scaling.batch import ComparisonBatch, LmBatch
+from scaling.batch import ComparisonBatch, LmBatch, PreferenceBatch
 
 VOCAB_MULTIPLE = 64
 LN_EPS = 1e-5
@@ -477,3 +479,63 @@ def pairwise_accuracy(cfg: GPTConfig, params: dict, batch: ComparisonBatch) -> j
     margin_B = reward_margins(cfg, params, batch)
     return weighted_mean(jnp.where(margin_B > 0, 1.0, jnp.where(margin_B == 0, 0.5, 0.0)),
                          batch.weights)
+
+
+def sequence_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                      weights_BxT: jax.Array) -> jax.Array:
+    """log p(targets) of each sequence [B]: the weighted sum of its targets' log-probabilities
+    (weight 0 leaves a target out: a prompt token or padding), softmax in float32."""
+    return -jnp.sum(weights_BxT * token_losses(logits_BxTxV, targets_BxT), axis=-1)
+
+
+def policy_logprobs(cfg: GPTConfig, params: dict, batch: PreferenceBatch) -> jax.Array:
+    """log π(y|x) of each chosen and then each rejected response [2B], summed over response
+    tokens, both windows in one forward pass (Rafailov et al. 2023, eq. 7)."""
+    ids_2BxT = jnp.concatenate([batch.chosen, batch.rejected])
+    weights_2BxT = jnp.concatenate([batch.chosen_weights, batch.rejected_weights])
+    logits_2BxTxV = GPT(cfg).apply({"params": params}, ids_2BxT[:, :-1])
+    return sequence_logprobs(logits_2BxTxV, ids_2BxT[:, 1:], weights_2BxT)
+
+
+def log_ratios(cfg: GPTConfig, params: dict, batch: PreferenceBatch) -> jax.Array:
+    """log π(y|x) − log π_ref(y|x) of the chosen [0] and the rejected [1] responses, [2, B]."""
+    logp_2B = policy_logprobs(cfg, params, batch)
+    B = batch.chosen.shape[0]
+    return jnp.stack([logp_2B[:B] - batch.ref_chosen, logp_2B[B:] - batch.ref_rejected])
+
+
+def dpo_margins(cfg: GPTConfig, beta: float, params: dict, batch: PreferenceBatch) -> jax.Array:
+    """DPO's implicit reward margin [B]: β·[(log π − log π_ref)(y_c) − (log π − log π_ref)(y_r)]
+    (Rafailov et al. 2023, eq. 7); 0 while π is the reference."""
+    ratio_2xB = log_ratios(cfg, params, batch)
+    return beta * (ratio_2xB[0] - ratio_2xB[1])
+
+
+def dpo_loss(cfg: GPTConfig, beta: float, params: dict, batch: PreferenceBatch) -> jax.Array:
+    """The DPO loss −log σ(margin), the weighted mean over the batch's comparisons (Rafailov et
+    al. 2023, eq. 7): ln 2 at the reference. π_ref enters only through the batch's constants."""
+    return weighted_mean(-jax.nn.log_sigmoid(dpo_margins(cfg, beta, params, batch)),
+                         batch.weights)
+
+
+def dpo_accuracy(cfg: GPTConfig, beta: float, params: dict,
+                 batch: PreferenceBatch) -> jax.Array:
+    """The weighted share of comparisons with a positive implicit reward margin (a tie counts
+    one half, as `pairwise_accuracy`: 0.5 at the reference)."""
+    margin_B = dpo_margins(cfg, beta, params, batch)
+    return weighted_mean(jnp.where(margin_B > 0, 1.0, jnp.where(margin_B == 0, 0.5, 0.0)),
+                         batch.weights)
+
+
+def dpo_mean_margin(cfg: GPTConfig, beta: float, params: dict,
+                    batch: PreferenceBatch) -> jax.Array:
+    """The weighted mean implicit reward margin (Rafailov et al. 2023's `rewards/margins`)."""
+    return weighted_mean(dpo_margins(cfg, beta, params, batch), batch.weights)
+
+
+def chosen_kl(cfg: GPTConfig, params: dict, batch: PreferenceBatch) -> jax.Array:
+    """KL(π‖π_ref) estimated on the chosen responses: the weighted mean over comparisons of
+    log π(y_c|x) − log π_ref(y_c|x), summed over the response's tokens (nats per sequence, as
+    Gao et al. 2022 count KL); 0 at the reference. The responses are the data's, not samples
+    of π, so it tracks how far π moved on them rather than being an unbiased KL."""
+    return weighted_mean(log_ratios(cfg, params, batch)[0], batch.weights)

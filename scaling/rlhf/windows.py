@@ -65,6 +65,7 @@ class ComparisonWindows:
     rejected: np.ndarray  # int32 [M, n_ctx]
     chosen_last: np.ndarray  # int32 [M]: the position of the closing eos
     rejected_last: np.ndarray  # int32 [M]
+    response_start: np.ndarray  # int32 [M]: the position of the first response token
     dropped: int  # comparisons with a window longer than n_ctx, left out
 
     def __len__(self) -> int:
@@ -81,6 +82,15 @@ class ComparisonWindows:
         """Fixed batches [k, batch_size, ...] spread over the rows, each row counted once
         (`scaling.data.eval_rows`): what an evaluation scores."""
         return self.batch(*eval_rows(len(self), batch_size, n_batches))
+
+    def response_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """Next-token weights [M, n_ctx - 1] of the chosen and the rejected windows: 1 where
+        the target is a response token or the closing eos, 0 on the prompt and padding (as
+        SFT weighs an example): what a policy's log π(response | prompt) sums over (DPO)."""
+        target_position = np.arange(1, self.chosen.shape[1])[None, :]
+        start = self.response_start[:, None]
+        return tuple(((target_position >= start) & (target_position <= last[:, None]))
+                     .astype(np.float32) for last in (self.chosen_last, self.rejected_last))
 
 
 def encode_comparisons(tokenizer: Tokenizer, comparisons: Sequence[Comparison],
@@ -111,7 +121,7 @@ def encode_comparisons(tokenizer: Tokenizer, comparisons: Sequence[Comparison],
         if longest > n_ctx:
             too_long.append(longest)
         else:
-            pairs.append(windows)
+            pairs.append((windows, len(prompt)))
     if not pairs:
         raise DataError(
             f"none of the {len(comparisons)} comparisons fits n_ctx={n_ctx} tokens: the "
@@ -119,8 +129,11 @@ def encode_comparisons(tokenizer: Tokenizer, comparisons: Sequence[Comparison],
             "model.n_ctx")
     tokens = np.full((2, len(pairs), n_ctx), eos, dtype=np.int32)
     last = np.zeros((2, len(pairs)), dtype=np.int32)
-    for m, windows in enumerate(pairs):
+    start = np.zeros(len(pairs), dtype=np.int32)
+    for m, (windows, prompt_len) in enumerate(pairs):
+        start[m] = prompt_len
         for side, window in enumerate(windows):
             tokens[side, m, :len(window)] = window
             last[side, m] = len(window) - 1
-    return ComparisonWindows(tokens[0], tokens[1], last[0], last[1], dropped=len(too_long))
+    return ComparisonWindows(tokens[0], tokens[1], last[0], last[1], start,
+                             dropped=len(too_long))

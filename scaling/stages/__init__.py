@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scaling.config import Config
-from scaling.stages import finetune, pretrain, reward, sft
+from scaling.stages import dpo, finetune, pretrain, reward, sft
 from scaling.stages.common import Prepared, run
 
 STAGES: dict[str, Callable[[Config], Prepared]] = {
@@ -15,6 +15,7 @@ STAGES: dict[str, Callable[[Config], Prepared]] = {
     "finetune": finetune.prepare,
     "sft": sft.prepare,
     "reward": reward.prepare,
+    "dpo": dpo.prepare,
 }
 
 

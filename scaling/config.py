@@ -122,6 +122,9 @@ class StageConfig:
     schedule: str = "cosine"  # cosine (warmup + cosine, as train.*) | constant (after warmup)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)  # parts kept as the parent left them
     beta: float = 0.1  # stage=dpo: DPO's β, how far the policy may move from its reference
+    # stage=dpo: held-out SFT prompts of the parent sampled at each evaluation for gold_reward
+    # (sft_body) and a sampled kl_to_ref; 0: none
+    gold_samples: int = 0
 
 
 # What each stage reads: its data sources, and whether it starts from a parent run.
@@ -354,6 +357,8 @@ def _validate_stage(cfg: Config) -> None:
     _check(s.schedule in ("cosine", "constant"), "stage.schedule", s.schedule,
            "one of cosine, constant")
     _check(s.beta > 0, "stage.beta", s.beta, "a positive number (DPO's β)")
+    _check(s.gold_samples >= 0, "stage.gold_samples", s.gold_samples,
+           "a non-negative number of prompts")
     _check(s.freeze.blocks >= 0, "stage.freeze.blocks", s.freeze.blocks,
            "a non-negative number of blocks")
     _check(s.freeze.blocks <= cfg.model.n_layer, "stage.freeze.blocks", s.freeze.blocks,

@@ -40,7 +40,8 @@ LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transf
                 "data.transfer_paths": [], "train.noise_scale_batches": 0,
                 "stage.kind": "pretrain", "stage.init_from": None, "stage.init_step": "latest",
                 "stage.schedule": "cosine", "stage.freeze.embeddings": False,
-                "stage.freeze.blocks": 0, "stage.beta": 0.1}
+                "stage.freeze.blocks": 0, "stage.beta": 0.1,
+                "stage.gold_samples": 0}
 # Keys holding paths or globs, compared by what they name rather than how they are spelt.
 PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from")
 IDENTITY_GROUPS = ("model", "data", "train", "stage")

@@ -148,7 +148,7 @@ def test_dpo_learns_easy_comparisons_and_moves_away_from_the_reference(tmp_path,
     config = run_config(cache_dir, 40_960, data=DataConfig(
         source="comparisons", paths=[str(_easy(tmp_path / "easy.jsonl"))], tokenizer="bytes",
         val_fraction=0.2, cache_dir=str(cache_dir)),
-        stage=StageConfig(kind="dpo", init_from=str(sft)))
+        stage=StageConfig(kind="dpo", init_from=str(sft), gold_samples=4))
     summary = pretrain(config, tmp_path / "dpo")
     metrics = pd.read_parquet(tmp_path / "dpo" / "metrics.parquet")
     assert summary["status"] == "completed" and summary["stage"] == "dpo"
@@ -160,6 +160,11 @@ def test_dpo_learns_easy_comparisons_and_moves_away_from_the_reference(tmp_path,
     assert final["val_accuracy"] > 0.8 and final["train_accuracy"] > 0.8
     assert final["val_loss"] < first["val_loss"] and final["val_margin"] > 0
     assert final["val_kl_to_ref"] > 0.1
+    # the policy's own samples of 4 held-out SFT prompts: KL 0 at the reference, then not
+    assert first["kl_to_ref"] == pytest.approx(0, abs=1e-3)
+    assert abs(final["kl_to_ref"]) > 0.1
+    assert metrics["gold_reward"].between(0, 1).all()
+    assert summary["gold_reward"] == final["gold_reward"]
     assert summary["val_accuracy"] == final["val_accuracy"]
     assert summary["beta"] == 0.1 and summary["parent_run"] == sft.name
     assert summary["n_params"] == read_summary(sft)["n_params"]  # the LM, no head

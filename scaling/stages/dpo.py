@@ -17,7 +17,10 @@ costs in the first epoch, and less after it.
 Each evaluation records on the held-out comparisons (split by prompt): `val_loss`,
 `val_accuracy` (the implicit reward margin > 0), `val_margin` (its mean) and `val_kl_to_ref`
 (log π − log π_ref summed over each chosen response, the mean over comparisons: the x axis of
-an overoptimization curve), and `train_accuracy` on fixed training batches.
+an overoptimization curve), and `train_accuracy` on fixed training batches. With
+`stage.gold_samples=N` each evaluation also samples N held-out SFT prompts of the parent and
+records their mean `gold_reward` and `kl_to_ref`, the KL to the reference estimated on the
+samples (`GoldSamples`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from scaling.batch import PreferenceBatch
 from scaling.config import Config
 from scaling.data import DataError, EpochOrder, eval_rows
 from scaling.flops import flops_per_token
-from scaling.hooks import ExtraEval
+from scaling.hooks import ExtraEval, LoopState, Measurement
 from scaling.model import (
+    GPT,
     REWARD_HEAD,
     GPTConfig,
     chosen_kl,
@@ -42,7 +46,10 @@ from scaling.model import (
     dpo_loss,
     dpo_mean_margin,
     policy_logprobs,
+    sequence_logprobs,
 )
+from scaling.rlhf.collect import PromptChoice, policy_prompts
+from scaling.rlhf.gold import GoldReward, sft_body
 from scaling.rlhf.windows import (
     ComparisonSplit,
     ComparisonWindows,
@@ -50,6 +57,7 @@ from scaling.rlhf.windows import (
     read_comparison_files,
     split_comparisons,
 )
+from scaling.sample import generate, pad_prompts
 from scaling.stages.common import Prepared, model_config, model_record, prepare_models
 from scaling.stages.parent import Parent, load_parent
 from scaling.sweep import canonical_data
@@ -95,8 +103,66 @@ def reference_logprobs(model_cfg: GPTConfig, reference: dict, windows: Compariso
     return Preferences(replace(rows.batch_all, ref_chosen=ref[0], ref_rejected=ref[1]))
 
 
+class GoldSamples(Measurement):
+    """`gold_reward` and `kl_to_ref` of the policy's own samples, at each evaluation: one
+    response (temperature 1, up to n_ctx // 2 new tokens) to each of up to `n` held-out SFT
+    prompts of the parent, scored by `gold` against the prompt's reference body, and
+    KL(π‖π_ref) ≈ the mean over samples of Σ (log π − log π_ref) over the new tokens (Gao et
+    al. 2022's KL; a sample's log π comes from `generate`, its log π_ref from the reference)."""
+
+    summary = ("gold_reward", "kl_to_ref")
+
+    def __init__(self, model_cfg: GPTConfig, parent: Parent, reference: dict, n: int,
+                 gold: GoldReward = sft_body, seed: int = 0) -> None:
+        tokenizer = parent.tokenizer_dataset().tokenizer
+        self.model_cfg, self.reference, self.gold, self.seed = model_cfg, reference, gold, seed
+        self.eos, self.decode = tokenizer.eos_id, tokenizer.decode
+        self.max_new = model_cfg.n_ctx // 2
+        examples = policy_prompts(parent, PromptChoice("val"))
+        encoded = [[self.eos, *tokenizer.encode(e.prompt)] for e in examples]
+        fitting = [i for i, ids in enumerate(encoded) if len(ids) + self.max_new < model_cfg.n_ctx]
+        if not fitting:
+            raise DataError(f"stage.gold_samples={n}: no held-out SFT prompt of the parent leaves "
+                            f"room for {self.max_new} new tokens within n_ctx={model_cfg.n_ctx}")
+        picked = [fitting[j] for j in np.arange(min(n, len(fitting))) * len(fitting)
+                  // min(n, len(fitting))]
+        self.examples = [examples[i] for i in picked]
+        self.prompts = [encoded[i] for i in picked]
+        self.ids, self.mask = pad_prompts(self.prompts, self.eos)
+        self.ref_logprobs = jax.jit(lambda params, ids, w: sequence_logprobs(
+            GPT(model_cfg).apply({"params": params}, ids[:, :-1]), ids[:, 1:], w))
+
+    def __call__(self, loop: LoopState) -> dict[str, list[float]]:
+        params = loop.state["params"]
+        rows = [self._score(params if loop.k == 1 else jax.tree_util.tree_map(
+            lambda x, i=i: x[i], params), jax.random.PRNGKey(self.seed + loop.step))
+            for i in range(loop.k)]
+        return {"gold_reward": [g for g, _ in rows], "kl_to_ref": [kl for _, kl in rows]}
+
+    def _score(self, params: dict, key: jax.Array) -> tuple[float, float]:
+        """The mean gold reward and sampled KL to the reference of one model's samples."""
+        samples = generate(self.model_cfg, params, self.ids, self.mask,
+                           max_new_tokens=self.max_new, eos_id=self.eos, rng=key)
+        tokens = np.asarray(samples.tokens_BxNxT)[:, 0]
+        lengths = np.asarray(samples.lengths_BxN)[:, 0]
+        logp = np.asarray(samples.logprobs_BxNxT)[:, 0].sum(axis=-1)
+        n_ctx = self.model_cfg.n_ctx
+        windows = np.full((len(tokens), n_ctx), self.eos, np.int32)
+        weights = np.zeros((len(tokens), n_ctx - 1), np.float32)
+        golds = []
+        for r, (prompt, e) in enumerate(zip(self.prompts, self.examples, strict=True)):
+            new = tokens[r, :lengths[r]].tolist()
+            windows[r, :len(prompt) + len(new)] = prompt + new
+            weights[r, len(prompt) - 1:len(prompt) - 1 + len(new)] = 1
+            ended = bool(new) and new[-1] == self.eos
+            golds.append(self.gold(e.prompt, self.decode(new[:len(new) - ended]), e.response).total)
+        ref = np.asarray(self.ref_logprobs(self.reference, windows, weights))
+        return float(np.mean(golds)), float(np.mean(logp - ref))
+
+
 def dpo_stage(cfg: Config, parent: Parent, model_cfg: GPTConfig, split: ComparisonSplit,
-              train: Preferences, val: Preferences, dropped: int) -> Stage:
+              train: Preferences, val: Preferences, dropped: int,
+              gold: Measurement | None = None) -> Stage:
     """DPO with β = stage.beta on the train comparisons, evaluated on the held-out ones."""
     t, beta = cfg.train, cfg.stage.beta
     if len(train) < t.batch_size:
@@ -152,6 +218,7 @@ def dpo_stage(cfg: Config, parent: Parent, model_cfg: GPTConfig, split: Comparis
             ExtraEval("val", partial(chosen_kl, model_cfg), eval_data, metric="kl_to_ref"),
             ExtraEval("train", accuracy, train.fixed_batches(t.batch_size, t.eval_batches),
                       metric="accuracy"),
+            *([gold] if gold is not None else []),
         ),
         # the comparisons in the parent's tokens and the parent's log-probs of them
         data_fingerprints={"comparisons_cache": f"preferences-{digest.hexdigest()[:16]}"},
@@ -172,5 +239,7 @@ def prepare(cfg: Config) -> Prepared:
     train, val = (reference_logprobs(model_cfg, reference, w, cfg.train.batch_size)
                   for w in windows)
     dropped = sum(w.dropped for w in windows)
+    n = cfg.stage.gold_samples
+    gold = GoldSamples(model_cfg, parent, reference, n, seed=cfg.train.seed) if n else None
     return prepare_models(cfg, lambda c: dpo_stage(c, parent, model_cfg, split, train, val,
-                                                   dropped))
+                                                   dropped, gold))

@@ -74,7 +74,7 @@ def test_help_lists_every_key_with_the_schemas_comment():
     assert lines[0].startswith("scaling-train [KEY=VALUE ...]: train one model")
     assert "model: n100k, n12k" in result.stdout  # the config groups
     for key, words in [("model.n_layer=2", "Transformer blocks"),
-                       ("data.paths=[]", "globs, for source=files or jsonl"),
+                       ("data.paths=[]", "globs, for source=files, jsonl, comparisons"),
                        ("data.cache_dir=null", "$SCALING_CACHE"),
                        ("train.checkpoint_every_seconds=600.0", "and every this much wall"),
                        ("stage.freeze.blocks=0", "the lowest k Transformer blocks")]:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -30,7 +30,9 @@ from scaling.model import GPTConfig, model_shape, resolve_dtype
 from scaling.rlhf.comparisons import Comparison, compare
 from scaling.rlhf.gold import GoldReward
 from scaling.sample import generate, pad_prompts
-from scaling.stages.parent import Parent
+
+if TYPE_CHECKING:  # the stages import this module (dpo): a runtime import would be a cycle
+    from scaling.stages.parent import Parent
 
 # Prompt batches are padded to a multiple of this many tokens: a few compiled shapes, not one
 # per prompt length.

@@ -192,8 +192,11 @@ def test_ctrl_c_on_a_parallel_sweep_checkpoints_its_runs_and_the_relaunch_resume
     sweep = tmp_path / "S"
     args = [*sweep_args(corpus_dir, cache_dir, sweep, "16,24", tokens=80_000),
             "hydra/launcher=local", "hydra.launcher.n_jobs=2"]
+    # As from a terminal: a background job of a script inherits SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt (the launcher would wait for its runs instead)
     proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if len({p.parent.parent for p in sweep.glob("*/checkpoints/*") if p.name.isdigit()}) == 2:

@@ -2,7 +2,6 @@
 reference, the response-only weighting, an SFT policy learning easy comparisons on the shared
 loop, and the inputs it refuses."""
 
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from scaling.rlhf.windows import ComparisonWindows
 from scaling.stages.dpo import reference_logprobs
 from scaling.stages.parent import load_run
 from tests.runs import pretrain
-from tests.test_reward import _easy, _empty_field, run_config, train_parent
+from tests.test_reward import _easy, _empty_field, refused, run_config, train_sft_policy
 
 CFG = GPTConfig(vocab_size=64, n_layer=2, d_model=16, n_head=2, n_ctx=12, d_ff=32)
 N_CTX = 128
@@ -133,14 +132,8 @@ def test_swapping_chosen_and_rejected_flips_the_margin():
 
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory, corpus_dir, cache_dir) -> Path:
-    """A tiny parent fine-tuned (SFT) on data=sft_stdlib: the policy DPO starts from."""
-    parent = train_parent(tmp_path_factory.mktemp("parent"), corpus_dir, cache_dir)
-    run_dir = tmp_path_factory.mktemp("sft")
-    config = run_config(cache_dir, 10_240, data=DataConfig(
-        source="sft_stdlib", tokenizer="bytes", cache_dir=str(cache_dir)),
-        stage=StageConfig(kind="sft", init_from=str(parent)))
-    assert pretrain(config, run_dir)["status"] == "completed"
-    return run_dir
+    """The policy DPO starts from (and its reference)."""
+    return train_sft_policy(tmp_path_factory, corpus_dir, cache_dir)
 
 
 def test_dpo_learns_easy_comparisons_and_moves_away_from_the_reference(tmp_path, cache_dir,
@@ -182,14 +175,7 @@ def test_dpo_learns_easy_comparisons_and_moves_away_from_the_reference(tmp_path,
 ])
 def test_scaling_train_refuses_bad_dpo_inputs_in_one_line(tmp_path, cache_dir, sft, change,
                                                           message):
-    run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [BIN / "scaling-train", "stage=dpo", f"stage.init_from={sft}", "data=comparisons",
-         "data.tokenizer=bytes", f"data.cache_dir={cache_dir}", "model.n_layer=2",
-         "model.d_model=32", "model.n_head=2", f"model.n_ctx={N_CTX}", "train.batch_size=8",
-         f"hydra.run.dir={run_dir}", *change(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path)
+    result, summary = refused("dpo", sft, tmp_path, cache_dir, change(tmp_path))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr
-    summary = read_summary(run_dir)
     assert summary is None or summary["status"] == "failed"

@@ -125,6 +125,32 @@ def parent(tmp_path_factory, corpus_dir, cache_dir) -> Path:
     return train_parent(tmp_path_factory.mktemp("parent"), corpus_dir, cache_dir)
 
 
+def train_sft_policy(tmp_path_factory, corpus_dir: Path, cache_dir: Path) -> Path:
+    """A tiny parent fine-tuned (SFT) on data=sft_stdlib for a few steps: a policy to sample
+    from, or to start DPO from."""
+    parent = train_parent(tmp_path_factory.mktemp("parent"), corpus_dir, cache_dir)
+    run_dir = tmp_path_factory.mktemp("sft")
+    config = run_config(cache_dir, 10_240, data=DataConfig(
+        source="sft_stdlib", tokenizer="bytes", cache_dir=str(cache_dir)),
+        stage=StageConfig(kind="sft", init_from=str(parent)))
+    assert pretrain(config, run_dir)["status"] == "completed"
+    return run_dir
+
+
+def refused(stage: str, init_from: Path, tmp_path: Path, cache_dir: Path,
+            arguments: list[str]) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """`scaling-train stage=STAGE` of a tiny model on data=comparisons with `arguments`: the
+    process and the run's record."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [BIN / "scaling-train", f"stage={stage}", f"stage.init_from={init_from}",
+         "data=comparisons", "data.tokenizer=bytes", f"data.cache_dir={cache_dir}",
+         "model.n_layer=2", "model.d_model=32", "model.n_head=2", f"model.n_ctx={N_CTX}",
+         "train.batch_size=8", f"hydra.run.dir={run_dir}", *arguments],
+        capture_output=True, text=True, cwd=tmp_path)
+    return result, read_summary(run_dir)
+
+
 def reward_config(cache_dir, parent: Path, paths: list[str], tokens: int = 40_960,
                   val_fraction: float = 0.2) -> Config:
     """A reward model from `parent` on the comparisons of `paths`."""
@@ -195,16 +221,10 @@ def _long(path: Path) -> Path:
 ])
 def test_scaling_train_refuses_bad_reward_inputs_in_one_line(tmp_path, cache_dir, parent,
                                                              change, message):
-    run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [BIN / "scaling-train", "stage=reward", f"stage.init_from={parent}", "data=comparisons",
-         "data.tokenizer=bytes", f"data.cache_dir={cache_dir}", "model.n_layer=2",
-         "model.d_model=32", "model.n_head=2", f"model.n_ctx={N_CTX}", "train.batch_size=8",
-         f"hydra.run.dir={run_dir}", *change(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path)
+    result, summary = refused("reward", parent, tmp_path, cache_dir, change(tmp_path))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr
-    assert read_summary(run_dir)["status"] == "failed"
+    assert summary["status"] == "failed"
 
 
 def _empty_field(path: Path) -> Path:

@@ -19,8 +19,8 @@ from typing import Any
 import jax
 
 from scaling.batch import LmBatch
-from scaling.config import Config, is_replica_group, replica_configs, to_dict
-from scaling.data import Dataset, describe, vocabulary_shortfall
+from scaling.config import Config, TrainConfig, is_replica_group, replica_configs, to_dict
+from scaling.data import DataError, Dataset, EpochOrder, describe, vocabulary_shortfall
 from scaling.data.shards import cache_root
 from scaling.flops import count_params
 from scaling.model import (
@@ -185,3 +185,15 @@ def run(cfg: Config, run_dir: Path, prepare: Callable[[Config], Prepared]) -> li
         return train_replicas(prepared.replicas, cfg.train, prepared.config, run_dir,
                               prepared.steps)
     return [train(prepared.replicas[0], cfg.train, run_dir, prepared.steps)]
+
+
+def comparison_schedule(n_train: int, t: TrainConfig, n_ctx: int) -> tuple[EpochOrder, int, int]:
+    """The data order, tokens per step and steps of a stage trained on comparisons (reward,
+    dpo): each row is a chosen and a rejected window of `n_ctx` tokens, `t.tokens` counts both.
+    Raises DataError when the `n_train` comparisons that fit the context are fewer than one
+    batch."""
+    if n_train < t.batch_size:
+        raise DataError(f"the train split has {n_train} comparisons that fit the context, "
+                        f"too few for one batch of train.batch_size={t.batch_size}")
+    tokens_per_step = 2 * t.batch_size * n_ctx
+    return EpochOrder(n_train, t.batch_size, t.seed), tokens_per_step, t.tokens // tokens_per_step

@@ -34,7 +34,7 @@ import numpy as np
 
 from scaling.batch import PreferenceBatch
 from scaling.config import Config
-from scaling.data import DataError, EpochOrder, eval_rows
+from scaling.data import DataError, eval_rows
 from scaling.flops import flops_per_token
 from scaling.hooks import ExtraEval, LoopState, Measurement
 from scaling.model import (
@@ -58,7 +58,13 @@ from scaling.rlhf.windows import (
     split_comparisons,
 )
 from scaling.sample import generate, pad_prompts
-from scaling.stages.common import Prepared, model_config, model_record, prepare_models
+from scaling.stages.common import (
+    Prepared,
+    comparison_schedule,
+    model_config,
+    model_record,
+    prepare_models,
+)
 from scaling.stages.parent import Parent, load_parent
 from scaling.sweep import canonical_data
 from scaling.train import Stage
@@ -165,12 +171,7 @@ def dpo_stage(cfg: Config, parent: Parent, model_cfg: GPTConfig, split: Comparis
               gold: Measurement | None = None) -> Stage:
     """DPO with β = stage.beta on the train comparisons, evaluated on the held-out ones."""
     t, beta = cfg.train, cfg.stage.beta
-    if len(train) < t.batch_size:
-        raise DataError(f"the train split has {len(train)} comparisons that fit the context, "
-                        f"too few for one batch of train.batch_size={t.batch_size}")
-    order = EpochOrder(len(train), t.batch_size, t.seed)
-    tokens_per_step = 2 * t.batch_size * model_cfg.n_ctx  # a chosen and a rejected window
-    steps = t.tokens // tokens_per_step
+    order, tokens_per_step, steps = comparison_schedule(len(train), t, model_cfg.n_ctx)
     eval_data = val.fixed_batches(t.batch_size, t.eval_batches)
     digest = hashlib.sha256()
     for data in (train, val):

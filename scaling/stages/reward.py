@@ -20,7 +20,6 @@ from functools import partial
 import numpy as np
 
 from scaling.config import Config
-from scaling.data import DataError, EpochOrder
 from scaling.flops import flops_per_token
 from scaling.hooks import ExtraEval
 from scaling.model import (
@@ -38,7 +37,13 @@ from scaling.rlhf.windows import (
     read_comparison_files,
     split_comparisons,
 )
-from scaling.stages.common import Prepared, model_config, model_record, prepare_models
+from scaling.stages.common import (
+    Prepared,
+    comparison_schedule,
+    model_config,
+    model_record,
+    prepare_models,
+)
 from scaling.stages.parent import Parent, load_parent
 from scaling.sweep import canonical_data
 from scaling.train import Stage
@@ -48,12 +53,7 @@ def reward_stage(cfg: Config, parent: Parent, model_cfg: GPTConfig, split: Compa
                  train: ComparisonWindows, val: ComparisonWindows) -> Stage:
     """Bradley–Terry training on encoded train comparisons, evaluated on the held-out ones."""
     t = cfg.train
-    if len(train) < t.batch_size:
-        raise DataError(f"the train split has {len(train)} comparisons that fit the context, "
-                        f"too few for one batch of train.batch_size={t.batch_size}")
-    order = EpochOrder(len(train), t.batch_size, t.seed)
-    tokens_per_step = 2 * t.batch_size * model_cfg.n_ctx  # a chosen and a rejected window
-    steps = t.tokens // tokens_per_step
+    order, tokens_per_step, steps = comparison_schedule(len(train), t, model_cfg.n_ctx)
     accuracy = partial(pairwise_accuracy, model_cfg)
     eval_data = val.fixed_batches(t.batch_size, t.eval_batches)
     digest = hashlib.sha256()

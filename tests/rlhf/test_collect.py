@@ -9,28 +9,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling.config import DataConfig, StageConfig
 from scaling.console import UsageError
 from scaling.data import sft_stdlib, split_pairs
 from scaling.rlhf import read_comparisons, sft_body
 from scaling.rlhf.collect import PromptChoice, collect, policy_prompts, read_samples
 from scaling.stages.parent import load_run
 from tests.runs import pretrain
-from tests.test_reward import N_CTX, reward_config, run_config, train_parent
+from tests.test_reward import N_CTX, reward_config, train_sft_policy
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory, corpus_dir, cache_dir) -> Path:
-    """A tiny parent fine-tuned (SFT) on data=sft_stdlib for a few steps: a policy to sample."""
-    parent = train_parent(tmp_path_factory.mktemp("parent"), corpus_dir, cache_dir)
-    run_dir = tmp_path_factory.mktemp("sft")
-    config = run_config(cache_dir, 10_240, data=DataConfig(
-        source="sft_stdlib", tokenizer="bytes", cache_dir=str(cache_dir)),
-        stage=StageConfig(kind="sft", init_from=str(parent)))
-    assert pretrain(config, run_dir)["status"] == "completed"
-    return run_dir
+    """A tiny SFT policy to sample."""
+    return train_sft_policy(tmp_path_factory, corpus_dir, cache_dir)
 
 
 def test_scaling_compare_then_a_reward_model_on_the_policys_own_samples(

@@ -194,9 +194,10 @@ def test_ctrl_c_on_a_parallel_sweep_checkpoints_its_runs_and_the_relaunch_resume
             "hydra/launcher=local", "hydra.launcher.n_jobs=2"]
     # As from a terminal: a background job of a script inherits SIGINT ignored, and Python
     # then never raises KeyboardInterrupt (the launcher would wait for its runs instead)
-    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    at_terminal = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, "
+                   "signal.default_int_handler); from scaling.cli import train; train()"]
+    proc = subprocess.Popen([*at_terminal, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if len({p.parent.parent for p in sweep.glob("*/checkpoints/*") if p.name.isdigit()}) == 2:

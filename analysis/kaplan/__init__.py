@@ -49,6 +49,7 @@ from analysis.kaplan.fits import (
     guarded,
     law_c,
     law_d,
+    law_isoflop,
     law_n,
     law_nd,
     law_ns,
@@ -144,7 +145,8 @@ def write_kaplan_report(
     lc = guarded("L(C)", "envelope", lambda: law_c(_need(cur, no_curves), **boot))
     lnd = guarded("L(N,D)", "kaplan-nd", lambda: law_nd(main, **boot))
     lns = guarded("L(N,S)", "kaplan-ns", lambda: law_ns(_need(cur, no_curves), **boot))
-    n_opt = compute_optimal_exponent(lnd, lc)
+    iso = guarded("IsoFLOP", "isoflop", lambda: law_isoflop(main, **boot))
+    n_opt = compute_optimal_exponent(lnd, lc, iso, **boot)
     n_opt["conventions"] = exponent_by_convention(main, curves, **boot)
     icl = per_position_icl(positions, runs) if positions is not None else None
     transfer = finding_transfer(runs)
@@ -188,9 +190,9 @@ def write_kaplan_report(
     )
     return Section(
         title="Kaplan et al. 2020: laws and findings",
-        html=_html(runs, len(main), laws, n_opt, findings, figures, icl, evidence, count),
+        html=_html(runs, len(main), laws, n_opt, findings, figures, icl, evidence, count, iso),
         fits=out_dict,
-        headline=headline(laws, n_opt),
+        headline=headline(laws, n_opt, iso),
         caveats=(CAVEAT,),
         statuses=statuses,
     )

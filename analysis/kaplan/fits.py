@@ -21,6 +21,7 @@ from analysis.counting import (
 )
 from analysis.envelope import lower_envelope
 from analysis.fit import fit_power
+from analysis.isoflop import MIN_BUDGET_POINTS
 from analysis.kaplan.constants import (
     CHINCHILLA_A,
     D_LEVEL_RATIO,
@@ -200,13 +201,38 @@ def after_warmup(curves: pd.DataFrame) -> pd.DataFrame:
     return curves[curves["S"] > curves["run"].map(peak)]
 
 
-def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
-    """N_opt ∝ C^a by three routes: the L(N, D) fit's allocation, the envelope of learning
-    curves, and a Chinchilla Approach 3 fit on the same runs. `a` is from the first route
-    whose fit is clean (converged inside its bounds, and within 2% rms, or for the envelope,
-    with compute-optimal sizes from `MIN_SIZES` or more N levels: from two, a is the slope
-    between two sizes) and whose a lies in (0, 1); failing that, the first that gave an
-    estimate (not degenerate, unconverged or failed)."""
+def law_isoflop(runs: pd.DataFrame, n_bootstrap: int = 0, seed: int = 0) -> LawFit:
+    """Chinchilla Approach 2 on the runs trained to a compute budget (`train.budget`): each
+    budget's profile of final loss over N, its vertex N*(C), then N* ∝ C^a (`fit_isoflop`,
+    bootstrap stratified by budget). C is each budget's median recorded (or recounted) C, so
+    the budgets are counted as N is; D* = C/(k·N*) with k each budget's own C/(N·D)."""
+    runs = _with(runs, ["N", "D", "C", "loss"], "IsoFLOP")
+    if "budget" in runs:
+        runs = runs[runs["budget"].notna()]
+        runs = runs.assign(C=runs.groupby("budget")["C"].transform("median"))
+    else:
+        runs = runs.iloc[:0]
+    budgets = int((runs.groupby("C").size() >= MIN_BUDGET_POINTS).sum()) if len(runs) else 0
+    if budgets < 2:
+        raise FitInputError(f"IsoFLOP profiles need 2+ compute budgets (train.budget) of "
+                            f"{MIN_BUDGET_POINTS}+ runs each, found {budgets}")
+    data = select(runs, ["N", "C", "D", "loss"])
+    fit = _fit(data, "isoflop", n_bootstrap, seed, flops_per_token=None)
+    info = {"selection": f"{runs['C'].nunique()} compute budgets (train.budget), final loss",
+            "run_ids": runs["run_id"].tolist()}
+    return LawFit("IsoFLOP", "isoflop", fit, None, data, info)
+
+
+def compute_optimal_exponent(lnd: LawFit, lc: LawFit, iso: LawFit | None = None,
+                             n_bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
+    """N_opt ∝ C^a by four routes: the L(N, D) fit's allocation, the envelope of learning
+    curves (Chinchilla's Approach 1), IsoFLOP profiles (Approach 2, from `iso`, the runs
+    trained to a budget) and a Chinchilla Approach 3 fit on the same runs as L(N, D), with
+    `n_bootstrap` resamples. `a` is from the first route whose fit is clean (converged
+    inside its bounds, and within 2% rms, or for the envelope, with compute-optimal sizes
+    from `MIN_SIZES` or more N levels: from two, a is the slope between two sizes; for
+    IsoFLOP, every vertex inside its budget's sizes) and whose a lies in (0, 1); failing
+    that, the first that gave an estimate (not degenerate, unconverged or failed)."""
     out: dict[str, Any] = {
         "kaplan_a": KAPLAN_A,
         "kaplan_a_eq15": KAPLAN_A_EQ15,
@@ -229,8 +255,12 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit) -> dict[str, Any]:
         clean = lc.fit.ok and sizes >= MIN_SIZES
         candidates.append((_tier(lc.fit, clean), "envelope of learning curves",
                            lc.fit.params["a"]))
+    if iso is not None and iso.fit is not None:
+        out["from_isoflop"] = {"a": iso.fit.params["a"], "status": iso.fit.status,
+                               "budgets": int(iso.points["C"].nunique())}
+        candidates.append((_tier(iso.fit, iso.fit.ok), "isoflop profiles", iso.fit.params["a"]))
     if lnd.points is not None:  # Chinchilla Approach 3 on the runs eq 1.5 was fitted on
-        fit = _fit(lnd.points, "chinchilla", 0, 0, method="varpro")
+        fit = _fit(lnd.points, "chinchilla", n_bootstrap, seed, method="varpro")
         out["from_chinchilla"] = compute_optimal(fit).to_dict() | {"status": fit.status}
         clean = fit.ok and float(np.sqrt(np.mean(fit.residuals**2))) <= SMOOTH_RMS
         candidates.append(
@@ -254,17 +284,23 @@ KAPLAN_COUNT = "kaplan"  # the convention the others are compared with
 ROUTES = {  # compute_optimal_exponent's routes: its key for each, and the law whose fit gave it
     "kaplan-nd allocation": "from_kaplan_nd",
     "envelope of learning curves": "from_envelope",
+    "isoflop profiles": "from_isoflop",
     "chinchilla allocation": "from_chinchilla",
 }
 
 
-def route_interval(n_opt: dict[str, Any], lc: LawFit, route: str | None) -> list[float] | None:
+def route_interval(n_opt: dict[str, Any], lc: LawFit, route: str | None,
+                   iso: LawFit | None = None) -> list[float] | None:
     """The bootstrap interval of a of one route of `n_opt` (`compute_optimal_exponent`;
-    None: the route it chose), or None where that route has none (no bootstrap; the
-    Chinchilla route is fitted without one)."""
+    None: the route it chose), or None where that route has none (no bootstrap)."""
     route = route or n_opt.get("method")
-    if route == "kaplan-nd allocation" and "from_kaplan_nd" in n_opt:
-        interval = n_opt["from_kaplan_nd"].get("intervals", {}).get("a")
+    for name, key in (("kaplan-nd allocation", "from_kaplan_nd"),
+                      ("chinchilla allocation", "from_chinchilla")):
+        if route == name and key in n_opt:
+            interval = n_opt[key].get("intervals", {}).get("a")
+            return list(interval) if interval else None
+    if route == "isoflop profiles" and iso is not None and iso.fit is not None:
+        interval = iso.fit.intervals.get("a")
         return list(interval) if interval else None
     if route == "envelope of learning curves" and lc.fit is not None and lc.law == "envelope":
         interval = lc.fit.intervals.get("a")
@@ -313,15 +349,16 @@ def _exponent(
     """a of N_opt ∝ C^a on these runs and curves, its interval and route, every route's a."""
     lnd = guarded("L(N,D)", "kaplan-nd", lambda: law_nd(runs, n_bootstrap, seed))
     lc = guarded("L(C)", "envelope", lambda: law_c(curve_table(curves, runs), n_bootstrap, seed))
-    n_opt = compute_optimal_exponent(lnd, lc)
+    iso = guarded("IsoFLOP", "isoflop", lambda: law_isoflop(runs, n_bootstrap, seed))
+    n_opt = compute_optimal_exponent(lnd, lc, iso, n_bootstrap, seed)
     routes = {}
     for route, key in ROUTES.items():
         if key in n_opt:
             found = n_opt[key]
             a = found["params"]["a"] if "params" in found else found["a"]
-            routes[route] = {"a": a, "a_ci": route_interval(n_opt, lc, route),
+            routes[route] = {"a": a, "a_ci": route_interval(n_opt, lc, route, iso),
                              "status": found["status"]}
-    return {"a": n_opt["a"], "a_ci": route_interval(n_opt, lc, None),
+    return {"a": n_opt["a"], "a_ci": route_interval(n_opt, lc, None, iso),
             "method": n_opt["method"], "status": n_opt["status"], "routes": routes}
 
 

@@ -23,7 +23,7 @@ from analysis.kaplan.constants import (
     KAPLAN_A_EQ15,
     MIN_EVIDENCE,
 )
-from analysis.kaplan.fits import LawFit, route_interval
+from analysis.kaplan.fits import ROUTES, LawFit, route_interval
 from analysis.kaplan.tables import levels, transfer_curves
 from analysis.kaplan.verdict import Finding, explain
 from analysis.result import Fit, jsonable
@@ -146,10 +146,12 @@ def _html(
     icl: dict[str, Any] | None,
     evidence: dict[str, float],
     count: str | None = None,
+    iso: LawFit | None = None,
 ) -> str:
-    """The section: the exponents against Kaplan's, N_opt's exponent under each counting
-    convention, the figures, then one part per finding. `count` is the convention N and C
-    were counted by (None: the table's own, non-embedding N and the recorded FLOPs)."""
+    """The section: the exponents against Kaplan's, N_opt's exponent by Chinchilla's three
+    approaches and under each counting convention, the figures, then one part per finding.
+    `count` is the convention N and C were counted by (None: the table's own, non-embedding N
+    and the recorded FLOPs); `iso` the IsoFLOP fit (`law_isoflop`)."""
     e = html.escape
     counted = (
         f"N and C are counted by the {count} convention ({CONVENTIONS[count].definition})"
@@ -172,6 +174,7 @@ def _html(
         "mind the range.</p>",
         "<h3>Exponents against Kaplan's</h3>",
         _exponent_table(laws, n_opt),
+        _approaches_html(n_opt, laws, iso),
         _conventions_html(n_opt.get("conventions", {}), runs),
         '<div class="figures">'
         + "".join(_figure(f) for f in figures if f not in SECTION_FIGURES)
@@ -254,6 +257,44 @@ def _exponent_table(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> str:
     return pd.DataFrame(rows, columns=header).to_html(index=False, border=0, escape=True)
 
 
+APPROACHES = (  # Hoffmann et al. 2022's three, and Kaplan's eq 1.5 beside them
+    ("1: envelope of learning curves", "envelope of learning curves",
+     "the lowest loss any run reached at each C, and the size that reached it"),
+    ("2: IsoFLOP profiles", "isoflop profiles",
+     "the vertex of each budget's loss over N (runs with train.budget)"),
+    ("3: parametric, E + A/N^α + B/D^β", "chinchilla allocation",
+     "the law's minimum at C = 6·N·D (the L(N, D) runs)"),
+    ("Kaplan eq 1.5, L(N, D)", "kaplan-nd allocation",
+     "the law's minimum at C = 6·N·D (the L(N, D) runs)"),
+)
+
+
+def _approaches_html(n_opt: dict[str, Any], laws: tuple[LawFit, ...],
+                     iso: LawFit | None) -> str:
+    """N_opt ∝ C^a by Chinchilla's three approaches (and Kaplan's eq 1.5), side by side, each
+    with its interval and status, from the same study."""
+    lc = {law.key: law for law in laws}["L(C)"]
+    rows = []
+    for name, route, what in APPROACHES:
+        found = n_opt.get(ROUTES[route])
+        if found is None:
+            why = iso.skipped if route == "isoflop profiles" and iso is not None else ""
+            rows.append((name, "—", "—", f"not fitted{': ' + why if why else ''}", what))
+            continue
+        a = found["params"]["a"] if "params" in found else found["a"]
+        ci = route_interval(n_opt, lc, route, iso)
+        rows.append((name, _num(a), "[{:.3g}, {:.3g}]".format(*ci) if ci else "—",
+                     str(found["status"]), what))
+    header = ("approach", "a", "95% interval", "status", "N_opt from")
+    return (
+        "<h3>N_opt ∝ C^a by Chinchilla's three approaches</h3>"
+        "<p>Hoffmann et al. 2022 found a ≈ 0.50 by all three; Kaplan's 0.73 came from the "
+        "learning-curve frontier. Approaches that disagree here measure different things on "
+        "too narrow a range, not one exponent.</p>"
+        + pd.DataFrame(rows, columns=header).to_html(index=False, border=0, escape=True)
+    )
+
+
 def _conventions_html(conventions: dict[str, dict[str, Any]], runs: pd.DataFrame) -> str:
     """N_opt ∝ C^a under each counting convention, side by side, with who counted how."""
     if not conventions:
@@ -330,7 +371,8 @@ SELECTIONS = {
 }
 
 
-def headline(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def headline(laws: tuple[LawFit, ...], n_opt: dict[str, Any],
+             iso: LawFit | None = None) -> dict[str, dict[str, Any]]:
     """Each law's headline exponent with its interval, the points and rows it was fitted on,
     Kaplan's value and a verdict: `consistent` when the interval holds Kaplan's value,
     `differs` when it does not, `no interval` without a bootstrap, `not determined` when the
@@ -353,9 +395,9 @@ def headline(laws: tuple[LawFit, ...], n_opt: dict[str, Any]) -> dict[str, dict[
                             "selection": selection, "status": law.fit.status}
         out[key]["verdict"] = _verdict(law.fit.usable, ci, published)
     route = n_opt.get("method")
-    ci = route_interval(n_opt, by_key["L(C)"], route)
+    ci = route_interval(n_opt, by_key["L(C)"], route, iso)
     n_points = {"kaplan-nd allocation": by_key["L(N,D)"], "envelope of learning curves":
-                by_key["L(C)"]}.get(route)
+                by_key["L(C)"], "isoflop profiles": iso}.get(route)
     out["N_opt(C)"] = {
         "parameter": "a", "measures": "a of N_opt ∝ C^a", "published": KAPLAN_A,
         "value": n_opt.get("a"), "ci": ci,

@@ -458,3 +458,47 @@ def test_each_finding_is_gated_on_its_own_rows_not_the_study(tmp_path):
         assert findings[number]["verdict"] == "partly", number
         assert f"below the minimum evidence: {short}" in findings[number]["reason"], number
     assert findings[1]["verdict"] == "reproduced" and findings[1]["held"]["runs"] == 9
+
+
+def _isoflop_runs(budgets=(1e18, 1e19, 1e20), per_budget=7) -> pd.DataFrame:
+    """Runs trained to each budget in a Chinchilla-law world, sizes spread around its optimum."""
+    p = TRUE_CHINCHILLA
+    a = p["beta"] / (p["alpha"] + p["beta"])
+    rows = []
+    for C in budgets:
+        center = 0.1 * (C / 6) ** a  # the sizes move with the budget as a study's would
+        for j, N in enumerate(center * np.geomspace(0.05, 20, per_budget)):
+            D = C / (6 * N)
+            rows.append({"run_id": f"b{C:.0e}-{j}", "status": "completed", "N": N, "D": D,
+                         "C": C * (1 + 1e-3 * j), "budget": C,  # tokens rounded per size
+                         "loss": laws.chinchilla(N, D, **p)})
+    return pd.DataFrame(rows)
+
+
+def test_isoflop_is_approach_two_beside_the_others():
+    from analysis.kaplan.fits import compute_optimal_exponent, guarded, law_isoflop
+
+    p = TRUE_CHINCHILLA
+    iso = law_isoflop(_isoflop_runs(), n_bootstrap=20)
+    assert iso.fit.status == "ok"
+    assert iso.fit.params["a"] == pytest.approx(p["beta"] / (p["alpha"] + p["beta"]), abs=0.03)
+    lo, hi = iso.fit.intervals["a"]
+    assert lo <= iso.fit.params["a"] <= hi
+    skipped = guarded("L", "power", lambda: law_ns(pd.DataFrame({"run": [], "N": [], "S": []})))
+    n_opt = compute_optimal_exponent(skipped, skipped, iso)
+    assert n_opt["method"] == "isoflop profiles"
+    assert n_opt["from_isoflop"]["budgets"] == 3
+    # one budget is no profile: skipped with the reason, never a guess
+    one = guarded("IsoFLOP", "isoflop", lambda: law_isoflop(_isoflop_runs(budgets=(1e18,))))
+    assert one.fit is None and "2+ compute budgets" in one.skipped
+
+
+def test_the_section_shows_three_approaches(tmp_path):
+    results, curves, _ = _sweep()
+    both = pd.concat([results, _isoflop_runs().assign(**_size(1e9))], ignore_index=True)
+    section = write_kaplan_report(both, curves, tmp_path)
+    assert "by Chinchilla's three approaches" in section.html
+    for approach in ("1: envelope of learning curves", "2: IsoFLOP profiles",
+                     "3: parametric"):
+        assert approach in section.html
+    assert section.fits["N_opt(C)"]["from_isoflop"]["budgets"] == 3

@@ -403,3 +403,96 @@ def _compare(argv: list[str] | None) -> None:
           f"{s['ended']:.0%} ended at eos; sampled in {s['sampling_s']:.1f} s "
           f"({s['tokens_per_s']:,.0f} new tokens/s), scored in {s['scoring_s']:.1f} s")
     print(f"{s['comparisons']} comparisons -> {args.out}; samples -> {samples_path(args.out)}")
+
+
+def bon(argv: list[str] | None = None) -> None:
+    """`scaling-bon POLICY_RUN_DIR RM_RUN_DIR [RM_RUN_DIR ...] OUT_DIR [--n-max 256] ...`:
+    best-of-n against each reward model, no training (Gao et al. 2022). One pool of --pool
+    samples (default --n-max) per prompt of the policy's own SFT data (its val split by
+    default) from the policy at temperature 1, each scored by the gold reward and by every
+    reward model; for n = 1, 2, 4, ..., --n-max, the expected gold and proxy score of the
+    proxy's favourite of n, over all n-subsets of the pool, and KL = ln n - (n-1)/n. Writes
+    OUT_DIR/bon.parquet (a row per reward model and n), bon_prompts.parquet (per prompt),
+    pool.parquet (every sample's scores) and bon.json (settings and cost)."""
+    try:
+        _bon(argv)
+    except Exception as error:
+        sys.exit(exit_status(error, "scaling-bon"))
+
+
+def _bon(argv: list[str] | None) -> None:
+    parser = ArgumentParser(prog="scaling-bon", description=bon.__doc__)
+    parser.add_argument("policy", type=Path, metavar="POLICY_RUN_DIR")
+    parser.add_argument("runs", type=Path, nargs="+", metavar="RM_RUN_DIR ... OUT_DIR",
+                        help="reward-model run directories (stage=reward), then the output "
+                             "directory (created if absent)")
+    parser.add_argument("--n-max", type=int, default=256, metavar="N",
+                        help="the largest n (default 256); n runs over 1, 2, 4, ... and N")
+    parser.add_argument("--pool", type=int, metavar="M",
+                        help="samples per prompt, at least --n-max (default: --n-max)")
+    parser.add_argument("--prompts", default="val:32",
+                        help="val:N (default val:32) or val: the policy's held-out prompts "
+                             "(N spread evenly); train, N or train:N: its training prompts")
+    parser.add_argument("--gold", default="sft_body", help="the gold reward (default sft_body)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="T",
+                        help="new tokens per sample at most (default n_ctx // 2); prompts "
+                             "without room for T and an eos are skipped")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed, the same pools")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="B",
+                        help="sequences sampled at once (B // pool prompts, at least 1; "
+                             "default 256)")
+    parser.add_argument("--step", default="latest",
+                        help="the policy's checkpoint: latest (default), best, or a step")
+    args = parser.parse_args(argv)
+    if len(args.runs) < 2:
+        raise UsageError("expected POLICY_RUN_DIR, at least one RM_RUN_DIR and OUT_DIR")
+    *rm_dirs, out = args.runs
+
+    from scaling.rlhf.bon import n_grid
+    from scaling.rlhf.collect import PromptChoice
+    from scaling.rlhf.gold import GOLD_REWARDS
+    from scaling.sample import Policy, check_options
+
+    if args.n_max < 1:
+        raise UsageError(f"--n-max {args.n_max}: expected at least 1")
+    pool = args.n_max if args.pool is None else args.pool
+    if pool < args.n_max:
+        raise UsageError(f"--pool {pool}: expected at least --n-max {args.n_max}")
+    choice = PromptChoice.parse(args.prompts)
+    check_options(Policy(), pool, args.max_new_tokens)  # before loading
+    if args.gold not in GOLD_REWARDS:
+        raise UsageError(f"--gold {args.gold}: expected one of {listing(sorted(GOLD_REWARDS))}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: expected at least 1")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: not a directory (OUT_DIR comes last)")
+
+    from scaling.rlhf import gold_reward
+    from scaling.rlhf.bon import best_of_n_run, check_reward_model, write_bon
+    from scaling.rlhf.collect import draw, policy_prompts
+    from scaling.stages.parent import load_run
+
+    policy = load_run(args.policy, args.step, step_key="--step")
+    rms = [load_run(path) for path in rm_dirs]
+    for rm in rms:  # before sampling; the windows' length is checked once they are drawn
+        check_reward_model(policy, rm)
+    ns = n_grid(args.n_max)
+    drawn = draw(policy, policy_prompts(policy, choice), choice, gold_reward(args.gold), n=pool,
+                 max_new_tokens=args.max_new_tokens, seed=args.seed,
+                 batch_size=max(1, args.batch_size // pool))
+    result = best_of_n_run(policy, rms, drawn, ns, policy.tokenizer_dataset().tokenizer.eos_id)
+    out.mkdir(parents=True, exist_ok=True)
+    write_bon(out, result, vars(args))
+    r = result.record
+    print(f"{r['n_prompts']} {choice.split} prompts (of {r['fitting']} with room for "
+          f"{r['max_new_tokens']} new tokens; {r['skipped']} without) x {pool} samples: "
+          f"sampled in {r['sampling_s']:.1f} s ({r['tokens_per_s']:,.0f} new tokens/s), gold "
+          f"scored in {r['gold_scoring_s']:.1f} s, proxies in "
+          f"{sum(r['proxy_scoring_s'].values()):.1f} s")
+    table = result.table
+    for rm_run, rows in table.groupby("rm_run", sort=False):
+        top = rows.iloc[-1]
+        print(f"{rm_run}: gold {rows['gold_reward'].iloc[0]:.4f} (n=1) -> "
+              f"{top['gold_reward']:.4f} (n={top['n']}, KL {top['kl']:.2f} nats), proxy "
+              f"{rows['proxy_reward'].iloc[0]:.3f} -> {top['proxy_reward']:.3f}")
+    print(f"-> {out / 'bon.parquet'}")

@@ -15,7 +15,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from scaling.config import DataConfig, ModelConfig
 from scaling.console import UsageError
 from scaling.data import DataError, Example, read_pairs, split_pairs
 from scaling.data.text import read_json_lines
-from scaling.model import GPTConfig, model_shape, resolve_dtype
+from scaling.model import GPTConfig, model_shape, resolve_attention, resolve_dtype
 from scaling.rlhf.comparisons import Comparison, compare
 from scaling.rlhf.gold import GoldReward
 from scaling.sample import generate, pad_prompts
@@ -87,12 +87,15 @@ class Collection:
     """What `collect` drew and labelled, and how long it took."""
 
     prompts: list[PromptSamples]
-    comparisons: list[Comparison]
+    comparisons: list[Comparison]  # none from `draw`, which labels no pairs
     fitting: int  # prompts of the split with room for max_new_tokens (sampled: all or some)
     skipped: int  # prompts of the split without that room
     max_new_tokens: int
     sampling_s: float
     scoring_s: float
+    # Per prompt, its ids as sampled (eos, prompt) and each sample's new tokens (its eos
+    # included where it ended), in the order of `prompts`: what a reward model scores.
+    token_ids: list[tuple[list[int], list[list[int]]]] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
         """Counts, means and rates, as `scaling-compare` prints them."""
@@ -111,10 +114,12 @@ class Collection:
 
 
 def policy_model(policy: Parent) -> GPTConfig:
-    """The policy's model shape, its numerics resolved for this machine."""
+    """The policy's (or a reward model's) shape, its numerics and attention kernel resolved
+    for this machine."""
     shape = model_shape(ModelConfig(**policy.summary["config"]["model"]),
                         policy.summary["vocab_size"])
-    return replace(shape, dtype=resolve_dtype(shape.dtype))
+    dtype = resolve_dtype(shape.dtype)
+    return replace(shape, dtype=dtype, attention=resolve_attention(shape.attention, dtype))
 
 
 def policy_prompts(policy: Parent, choice: PromptChoice) -> list[Example]:
@@ -133,15 +138,35 @@ def collect(policy: Parent, examples: Sequence[Example], choice: PromptChoice,
             gold: GoldReward, *, n: int, max_new_tokens: int | None = None,
             temperature: float = 1.0, label_temperature: float = 0.0, seed: int = 0,
             batch_size: int = 16) -> Collection:
+    """`draw` `n` responses to each prompt `choice` picks, then label every pair of a
+    prompt's responses (`compare`: equal scores dropped; at label_temperature > 0 drawn with
+    `seed`). The labelling's time counts in `scoring_s`.
+
+    Raises UsageError (one line) when no prompt of the split fits.
+    """
+    drawn = draw(policy, examples, choice, gold, n=n, max_new_tokens=max_new_tokens,
+                 temperature=temperature, seed=seed, batch_size=batch_size)
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    comparisons = [c for p in drawn.prompts for c in compare(
+        p.prompt, p.reference, [s.response for s in p.samples], gold,
+        temperature=label_temperature, rng=rng)]
+    return replace(drawn, comparisons=comparisons,
+                   scoring_s=drawn.scoring_s + time.perf_counter() - started)
+
+
+def draw(policy: Parent, examples: Sequence[Example], choice: PromptChoice, gold: GoldReward,
+         *, n: int, max_new_tokens: int | None = None, temperature: float = 1.0,
+         seed: int = 0, batch_size: int = 16) -> Collection:
     """Sample `n` responses to the prompts of `examples` that `choice` picks from `policy`
-    (its model and tokenizer), score each with `gold` against the example's response, and
-    label every pair (`compare`: equal scores dropped).
+    (its model and tokenizer) and score each with `gold` against the example's response; no
+    pairs (`collect` labels them; best-of-n ranks the pools instead).
 
     A prompt is read as SFT wrote it (eos, prompt) and needs room for max_new_tokens (default
     n_ctx // 2) and a closing eos within n_ctx: the reward model's window (eos, prompt,
     response, eos) then fits. Prompts without that room are skipped; of the rest, all are
     sampled, or `choice.count` spread evenly over them. `batch_size` prompts are sampled at
-    a time; `seed` fixes the samples and, at label_temperature > 0, the labels.
+    a time; `seed` fixes the samples.
 
     Raises UsageError (one line) when no prompt of the split fits.
     """
@@ -164,8 +189,7 @@ def collect(policy: Parent, examples: Sequence[Example], choice: PromptChoice,
                     batch_size=batch_size, eos_id=tokenizer.eos_id)
     sampling_s = time.perf_counter() - started
     started = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    prompts, comparisons = [], []
+    prompts = []
     for i, rows in zip(picked, drawn, strict=True):
         e = examples[i]
         samples = []
@@ -176,10 +200,10 @@ def collect(policy: Parent, examples: Sequence[Example], choice: PromptChoice,
             samples.append(Sample(response, score.total, dict(score.parts), len(tokens), ended,
                                   logprob))
         prompts.append(PromptSamples(e.name, choice.split, e.prompt, e.response, samples))
-        comparisons += compare(e.prompt, e.response, [s.response for s in samples], gold,
-                               temperature=label_temperature, rng=rng)
-    return Collection(prompts, comparisons, len(fitting), len(examples) - len(fitting),
-                      max_new_tokens, sampling_s, time.perf_counter() - started)
+    token_ids = [(encoded[i], [tokens for tokens, _ in rows])
+                 for i, rows in zip(picked, drawn, strict=True)]
+    return Collection(prompts, [], len(fitting), len(examples) - len(fitting), max_new_tokens,
+                      sampling_s, time.perf_counter() - started, token_ids)
 
 
 def _sample(policy: Parent, model_cfg: GPTConfig, prompts: list[list[int]], *, n: int,

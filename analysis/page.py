@@ -21,7 +21,9 @@ the studies' sections, the runs and the pooled diagnostics follow.
   (non-embedding parameters) and C (the FLOPs each run recorded).
 - each study's own keys (Kaplan: "L(N)", "L(D)", "L(C)", "L(N,D)", "N_opt(C)", "L(N,S)",
   "kaplan_findings", "icl"; transfer: "transfer", `{k, alpha, beta, k_ci, alpha_ci,
-  beta_ci, n_runs, cut, ...}`), each fit with the rows it was fitted on. "N_opt(C)" holds
+  beta_ci, n_runs, cut, ...}`; overoptimization: "bon" and "rl", each keyed by RM size,
+  `{alpha, beta, alpha_ci, beta_ci, n_points, ...}`, and "overoptimization", the trends
+  with RM size), each fit with the rows it was fitted on. "N_opt(C)" holds
   `conventions`: `{kaplan|standard|total: {N, used_by, a, a_ci, method, status, routes}}`,
   a of N_opt ∝ C^a from the same runs with N and C = 6·N·D counted each way (`a_ci` the
   95 % bootstrap interval or null; `method` the route a came from; `routes` every route's
@@ -57,6 +59,7 @@ import pandas as pd
 
 from analysis.counting import recount, recount_curves
 from analysis.kaplan import write_kaplan_report
+from analysis.overopt.section import overopt_section
 from analysis.overview import write_overview
 from analysis.report import write_fits
 from analysis.result import jsonable
@@ -98,6 +101,7 @@ def write_page(
     corpus: str | None = None,
     command: str = "scaling-report SWEEP_DIR",
     count: str | None = None,
+    bon: pd.DataFrame | None = None,
 ) -> Path:
     """Write `out_dir/index.html`, its figures and `fits.json`; return the page's path.
 
@@ -111,7 +115,9 @@ def write_page(
     (`analysis.counting`; None: the table's own N and C); the study's cost stays the FLOPs
     the runs recorded. Raises ValueError on an empty results table, FitInputError (naming
     the corpora there are) on a `corpus` no completed pretraining run has, and (naming the
-    column) for a `count` the table lacks the parameter counts of.
+    column) for a `count` the table lacks the parameter counts of. `bon`: the study's
+    best-of-n tables per prompt (`analysis.overopt.read_bon`), which with its RL runs make
+    the overoptimization section.
     """
     if len(results) == 0:
         raise ValueError("results table is empty: no runs to report on")
@@ -133,6 +139,8 @@ def write_page(
     )
     # Transfer reads every run (parents on the source corpus, the rest on the target): first,
     # since a sweep holding fine-tunes is a transfer study before it is anything else
+    overopt = overopt_section(results, curves, bon, out, n_bootstrap=n_bootstrap, seed=seed)
+    sections = [overopt, *sections] if overopt is not None else sections
     transfer = transfer_section(results, out, n_bootstrap=n_bootstrap, seed=seed)
     sections = [transfer, *sections] if transfer is not None else sections
     study = _study(results, scope, sections, command) | {"count": count}

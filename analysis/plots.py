@@ -647,3 +647,61 @@ def forgetting(table: pd.DataFrame) -> Figure:
     log_axes(ax, "fine-tuning data D_F (tokens)", "loss on the source (nats/token)",
              "forgetting: after fine-tuning (dots), parent before (dashed)")
     return fig
+
+
+def overopt_curves(points: pd.DataFrame, fits: dict[float, Fit], form: str, title: str) -> Figure:
+    """Gao et al. 2022's overoptimization curves: gold (left, with the fitted R(d) of `form`,
+    "bon" or "rl") and proxy reward (right), both relative to the initial policy, against
+    d = √KL, a colour per RM size. `points`: rm_size, d, gold, proxy, and rm_run (best-of-n)
+    or run (RL), whose points are joined by a line."""
+    from analysis.overopt.fit import LAWS
+
+    fig = Figure(figsize=SIZE["double"], layout="constrained")
+    gold_ax, proxy_ax = fig.subplots(1, 2)
+    norm = _log_norm(points["rm_size"])
+    series = "run" if "run" in points else "rm_run"
+    for j, ((size, name), group) in enumerate(points.groupby(["rm_size", series])):
+        group = group.sort_values("d")
+        colour, marker = CMAP(norm(size)), MARKERS[j % len(MARKERS)]
+        gold_ax.plot(group["d"], group["gold"], marker + ":", ms=4, lw=0.8, color=colour)
+        proxy_ax.plot(group["d"], group["proxy"], marker + "-", ms=4, color=colour,
+                      label=f"{name} (N = {size:,.0f})")
+    for size, fit in fits.items():
+        d = np.linspace(0, points["d"].max() * 1.05, 100)
+        gold_ax.plot(d, LAWS[form](d, **fit.params), color=CMAP(norm(size)), lw=2,
+                     label=f"fit, RM N = {size:,.0f}: α {fit.params['alpha']:.3g}, "
+                           f"β {fit.params['beta']:.3g}")
+    for ax, what in ((gold_ax, "gold"), (proxy_ax, "proxy")):
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xlabel("d = √KL(π‖π_init) (√nats)")
+        ax.set_ylabel(f"{what} reward − initial policy's")
+        ax.grid(True, alpha=0.3)
+    gold_ax.set_title(f"{title}: gold (markers) and the fitted R(d)", fontsize=10)
+    proxy_ax.set_title(f"{title}: proxy, the reward model optimised", fontsize=10)
+    add_legend(gold_ax)
+    add_legend(proxy_ax)
+    return fig
+
+
+def overopt_trend(fits: dict[str, dict[float, Fit]]) -> Figure:
+    """α and β of each form ("bon", "rl": `fits[form][rm_size]`) against RM size, with their
+    bootstrap intervals: Gao et al. 2022's figures 3 and 4."""
+    fig = Figure(figsize=SIZE["double"], layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, param in zip(axes, ("alpha", "beta"), strict=True):
+        for i, (form, by_size) in enumerate(sorted(fits.items())):
+            sizes = sorted(by_size)
+            values = np.array([by_size[s].params[param] for s in sizes])
+            ci = np.array([by_size[s].intervals.get(param, (v, v))
+                           for s, v in zip(sizes, values, strict=True)]).reshape(-1, 2)
+            ax.errorbar(sizes, values, yerr=np.abs(ci.T - values), fmt="os"[i % 2] + "-",
+                        capsize=3, color=f"C{i}", label=f"{param}_{form}")
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis, ax.dataLim.intervalx)
+        ax.set_xlabel("reward model N (non-embedding parameters)")
+        ax.set_ylabel(param)
+        ax.grid(True, alpha=0.3)
+        add_legend(ax)
+    fig.suptitle("coefficients against RM size (Gao: larger RMs, larger α_bon, smaller β)",
+                 fontsize=10)
+    return fig

@@ -203,7 +203,9 @@ def report(argv: list[str] | None = None) -> None:
     results.parquet and curves.parquet, and write SWEEP_DIR/report/ (index.html, its figures
     and fits.json). The fits use the pretraining runs of one corpus (runs of several corpora
     or tokenizers are never pooled): the one with the most completed runs, or --corpus; the
-    page and the last line name the runs left out."""
+    page and the last line name the runs left out. Best-of-n tables (scaling-bon's OUT_DIR,
+    e.g. SWEEP_DIR/bon/) and stage=rl runs below SWEEP_DIR make the overoptimization
+    section."""
     try:
         _report(argv)
     except Exception as error:
@@ -229,6 +231,7 @@ def _report(argv: list[str] | None) -> None:
         raise UsageError(f"{args.sweep_dir} is not a directory")
 
     from analysis.counting import counted_n
+    from analysis.overopt import read_bon
     from analysis.page import write_page
     from analysis.table import FitInputError, pretraining_scope
     from scaling.results import write_tables
@@ -249,12 +252,17 @@ def _report(argv: list[str] | None) -> None:
             counted_n(collected.results, args.count)
         except FitInputError as error:
             raise UsageError(str(error)) from error
+    try:
+        bon = read_bon(args.sweep_dir)  # scaling-bon's tables, wherever they are below it
+    except FitInputError as error:
+        raise UsageError(str(error)) from error
     command = f"scaling-report {shlex.quote(str(args.sweep_dir))}"
     index = write_page(
         collected.results, collected.curves, args.sweep_dir / "report",
         title=f"Sweep {args.sweep_dir.name}", problems=collected.problems,
         positions=collected.positions if not collected.positions.empty else None,
-        n_bootstrap=args.bootstrap, corpus=args.corpus, command=command, count=args.count)
+        n_bootstrap=args.bootstrap, corpus=args.corpus, command=command, count=args.count,
+        bon=bon)
     if skipped:
         print(one_line(f"{skipped} (all listed in {index})"), file=sys.stderr)
     counts = collected.results["status"].value_counts().to_dict()

@@ -140,19 +140,21 @@ def windows(token_ids: list[tuple[list[int], list[list[int]]]],
 def proxy_scores(cfg: GPTConfig, params: Any, windows_W: list[list[int]], last_W: np.ndarray,
                  eos_id: int, batch_size: int = SCORE_BATCH) -> np.ndarray:
     """[W] float32: the reward model's scalar at each window's closing eos. Windows go
-    `batch_size` at a time, eos-padded to the longest rounded up to PROMPT_BUCKET tokens (the
-    model is causal: the padding after a window's last token is never read), the last batch
-    filled with repeats, so one shape compiles."""
-    width = min(-(-max(map(len, windows_W)) // PROMPT_BUCKET) * PROMPT_BUCKET, cfg.n_ctx)
-    ids_WxT = np.full((len(windows_W), width), eos_id, np.int32)
-    for row, window in enumerate(windows_W):
-        ids_WxT[row, :len(window)] = window
+    `batch_size` at a time in order of length, each batch eos-padded to its longest rounded
+    up to PROMPT_BUCKET tokens (the model is causal: the padding after a window's last token
+    is never read), the last batch filled with repeats: a few shapes compile, and short
+    windows are not padded to the longest."""
+    order = np.argsort(last_W, kind="stable")
     score = jax.jit(partial(rewards, cfg))
-    out = []
-    for start in range(0, len(ids_WxT), batch_size):
-        rows = np.arange(start, start + batch_size) % len(ids_WxT)
-        out.append(np.asarray(score(params, ids_WxT[rows], last_W[rows])))
-    return np.concatenate(out)[:len(ids_WxT)]
+    out = np.empty(len(windows_W), np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[np.arange(start, start + batch_size) % len(order)]
+        width = min(-(-int(last_W[rows].max() + 1) // PROMPT_BUCKET) * PROMPT_BUCKET, cfg.n_ctx)
+        ids_BxT = np.full((batch_size, width), eos_id, np.int32)
+        for row, w in enumerate(rows):
+            ids_BxT[row, :len(windows_W[w])] = windows_W[w]
+        out[rows] = np.asarray(score(params, ids_BxT, last_W[rows]))
+    return out
 
 
 @dataclass(frozen=True)

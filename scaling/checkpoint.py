@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +65,17 @@ def _drop_closed_loop_reports() -> None:
 class Checkpointer:
     """Save on a step interval or a wall-clock interval, whichever comes first; restore latest."""
 
-    def __init__(self, directory: Path, keep: int, create: bool = True) -> None:
-        """Checkpoints in `directory`, the newest `keep` kept; `create=False` only reads (a
-        parent run's), and finds no steps where the directory is missing."""
+    def __init__(self, directory: Path, keep: int, create: bool = True,
+                 keep_steps: Collection[int] = ()) -> None:
+        """Checkpoints in `directory`, the newest `keep` kept and those of `keep_steps` too (a
+        WSD trunk's branch points); `create=False` only reads (a parent run's), and finds no
+        steps where the directory is missing."""
         self.directory = Path(directory).absolute()
         if create:
-            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+                ocp.checkpoint_managers.LatestN(n=keep),
+                ocp.checkpoint_managers.CustomSteps(sorted(keep_steps))])
+            options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         elif self.directory.is_dir():
             options = ocp.CheckpointManagerOptions(read_only=True, create=False,
@@ -109,6 +114,22 @@ class Checkpointer:
         """The JSON bookkeeping saved with the checkpoint at `step`, without its state."""
         args = ocp.args.Composite(meta=ocp.args.JsonRestore())
         return self._manager.restore(step, args=args).meta
+
+    def restore(self, step: int, like: Any,
+                check: Callable[[dict], None]) -> tuple[Any, dict]:
+        """The checkpoint of `step` as (state, meta), the state shaped and placed like `like`;
+        `check(meta)` sees its bookkeeping first and raises to refuse it. Raises
+        CheckpointError where there is no such checkpoint or it cannot be read."""
+        if step not in self.steps():
+            raise CheckpointError(f"{self.directory} holds no checkpoint of step {step} (it "
+                                  f"keeps {', '.join(map(str, self.steps())) or 'none'})")
+        try:
+            meta = self._meta(step)
+            check(meta)
+            return self._restore(step, like), meta
+        except UNREADABLE as error:
+            raise CheckpointError(f"{self.directory}/{step} cannot be restored "
+                                  f"({_describe(error)})") from error
 
     def restore_latest(self, like: Any,
                        check: Callable[[dict], None]) -> tuple[int, Any, dict] | None:
@@ -158,5 +179,7 @@ class Checkpointer:
 
     def close(self) -> None:
         """Wait for pending saves to be committed."""
+        if not hasattr(self, "_manager"):  # read-only, of a directory that is not there
+            return
         self._manager.wait_until_finished()
         self._manager.close()

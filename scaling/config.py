@@ -17,6 +17,7 @@ import textwrap
 import tokenize
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from types import MappingProxyType
 from typing import Any, get_type_hints
 
 from scaling.console import UsageError, listing, suggestion
@@ -72,13 +73,30 @@ class DataConfig:
 class TrainConfig:
     """Optimisation and bookkeeping. Defaults follow Kaplan et al. 2020 (Adam, warmup, cosine)."""
 
+    # keys of older configs, and where they went (not fields: what an error says of them)
+    moved_keys = MappingProxyType(
+        {"warmup_fraction": "train.warmup (a fraction of the steps: train.warmup=0.05)"})
+
     tokens: int = 200_000  # token budget D; steps = tokens // (batch_size * n_ctx)
     budget: float | None = None  # compute budget C (FLOPs) of an IsoFLOP run; see sweeps/isoflop*
     batch_size: int = 16  # sequences per step
     seed: int = 0  # initialisation and data order
     lr: float | None = None  # None: Kaplan's size rule 0.003239 - 0.0001395 * ln(N)
-    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
-    warmup_fraction: float = 0.05  # of all steps, linear from zero
+    # the learning rate after warmup: cosine (decays over the whole run, Kaplan's) | wsd
+    # (warmup-stable-decay, Hägele et al. 2024: the peak held, then a decay over the last
+    # train.cooldown_fraction of the steps) | constant (the peak held); docs/schedules.md
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1  # cosine and wsd decay to this fraction of the peak (Hägele: 0)
+    # linear warmup from zero: a fraction of the steps (a number < 1: 0.05), a token count (a
+    # whole number >= 1: 2e5), or a rule: kaplan (a fixed 1e5 tokens whatever the size: long,
+    # as Kaplan's 3,000 steps were for small models) | porian (N tokens, N counted with the
+    # unembedding as Porian et al. 2024: short and size-scaled)
+    warmup: str = "0.05"
+    cooldown_fraction: float = 0.2  # wsd: the share of the steps the final decay takes, in (0, 1)
+    cooldown_shape: str = "linear"  # wsd: linear | sqrt (1 - sqrt, Hägele et al. 2024)
+    # wsd: token counts D1 < D2 < ... <= train.tokens: one constant-LR trunk per run and a
+    # cooldown branch from it ending at each Dk, each recorded as its own run; []: one run
+    cooldowns: list[int] = field(default_factory=list)
     weight_decay: float = 0.1  # AdamW's decoupled weight decay
     beta1: float = 0.9  # Adam's first-moment decay
     beta2: float = 0.95  # Adam's second-moment decay
@@ -114,12 +132,14 @@ class FreezeConfig:
 class StageConfig:
     """What kind of run this is: its data, loss and initialisation for the shared loop."""
 
+    moved_keys = MappingProxyType(  # keys of older configs, and where they went
+        {"schedule": "train.schedule (cosine | wsd | constant, for every stage)"})
+
     kind: str = "pretrain"  # pretrain | finetune | sft | reward | dpo
     # a run directory to start from: its parameters (stage.init_step) and its tokenizer; null
     # for a random initialisation (pretrain)
     init_from: str | None = None
     init_step: str = "latest"  # latest | best (its best-validation step, if kept) | a step
-    schedule: str = "cosine"  # cosine (warmup + cosine, as train.*) | constant (after warmup)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)  # parts kept as the parent left them
     beta: float = 0.1  # stage=dpo: DPO's β, how far the policy may move from its reference
     # stage=dpo: held-out SFT prompts of the parent sampled at each evaluation for gold_reward
@@ -229,12 +249,52 @@ def reject_unknown_keys(node: Mapping[str, Any], schema: type, prefix: str = "")
     """Raise ConfigError for any key in `node` that the dataclass `schema` does not declare."""
     declared = get_type_hints(schema)
     for key in node:
+        if key in getattr(schema, "moved_keys", {}):
+            raise ConfigError(f"{prefix}{key} is not a config key any more: it moved to "
+                              f"{schema.moved_keys[key]}")
         if key not in declared:
             hint = (suggestion(key, list(declared), prefix) or
                     f"; {schema.__name__} has {listing([prefix + name for name in declared])}")
             raise ConfigError(f"{prefix}{key} is not a config key{hint}")
         if is_dataclass(declared[key]):
             reject_unknown_keys(node[key], declared[key], f"{prefix}{key}.")
+
+
+SCHEDULES = ("cosine", "wsd", "constant")
+COOLDOWN_SHAPES = ("linear", "sqrt")
+# train.warmup=kaplan: one fixed warmup for every model size and run length, as Kaplan et al.
+# 2020 warmed up for 3,000 steps (1.57e9 tokens) whatever the model. Taken at our scale as 1e5
+# tokens: 10 % of a 1e6-token CPU run, and most or all of the smallest models' IsoFLOP runs,
+# the regime where Porian et al. 2024 found the long warmup biased N_opt (docs/schedules.md).
+KAPLAN_WARMUP_TOKENS = 100_000
+WARMUP_RULES = ("kaplan", "porian")
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """`train.warmup` read: a `fraction` of the steps, a count of `tokens`, or a rule."""
+
+    kind: str  # fraction | tokens | kaplan | porian
+    value: float = 0.0  # the fraction, or the tokens; 0 for a rule
+
+
+def parse_warmup(text: str) -> Warmup:
+    """`train.warmup` as a `Warmup`: a number < 1 is a fraction of the steps, a whole number >= 1
+    a token count (`2e5` and `200000.0` as well), a name one of WARMUP_RULES.
+
+    Raises ConfigError naming train.warmup for anything else (a negative number, a fractional
+    token count, an unknown rule)."""
+    text = str(text).strip()
+    if text in WARMUP_RULES:
+        return Warmup(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    _check(math.isfinite(value) and value >= 0 and (value < 1 or value.is_integer()),
+           "train.warmup", text, "a fraction of the steps in [0, 1), a whole number of tokens, "
+           f"or a rule: {', '.join(WARMUP_RULES)}")
+    return Warmup("fraction", value) if value < 1 else Warmup("tokens", value)
 
 
 def kaplan_lr(n_nonembed: int) -> float:
@@ -302,8 +362,7 @@ def validate(cfg: Config) -> Config:
            "a positive number of FLOPs or null")
     _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a positive number or null")
     _check(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", t.min_lr_ratio, "a value in [0, 1]")
-    _check(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", t.warmup_fraction,
-           "a value in [0, 1)")
+    _validate_schedule(cfg)
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a non-negative number")
     _check(0.0 <= t.beta1 < 1.0, "train.beta1", t.beta1, "a value in [0, 1)")
     _check(0.0 <= t.beta2 < 1.0, "train.beta2", t.beta2, "a value in [0, 1)")
@@ -340,6 +399,36 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _validate_schedule(cfg: Config) -> None:
+    """train.schedule, warmup and cooldowns: one line naming the first bad field."""
+    t = cfg.train
+    _check(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"one of {', '.join(SCHEDULES)}")
+    parse_warmup(t.warmup)
+    _check(0.0 < t.cooldown_fraction < 1.0, "train.cooldown_fraction", t.cooldown_fraction,
+           "a fraction strictly between 0 and 1")
+    _check(t.cooldown_shape in COOLDOWN_SHAPES, "train.cooldown_shape", t.cooldown_shape,
+           f"one of {', '.join(COOLDOWN_SHAPES)}")
+    if not t.cooldowns:
+        return
+    _check(t.schedule == "wsd", "train.cooldowns", t.cooldowns,
+           f"[] with train.schedule={t.schedule}: cooldown branches need train.schedule=wsd")
+    _check(all(a < b for a, b in zip(t.cooldowns, t.cooldowns[1:], strict=False)),
+           "train.cooldowns", t.cooldowns, "token counts in increasing order")
+    _check(t.cooldowns[0] > 0 and t.cooldowns[-1] <= t.tokens, "train.cooldowns", t.cooldowns,
+           f"token counts in (0, train.tokens={t.tokens}]")
+    tokens_per_step = t.batch_size * cfg.model.n_ctx
+    for tokens in t.cooldowns:
+        steps = tokens // tokens_per_step
+        _check(0 < round(t.cooldown_fraction * steps) < steps, "train.cooldowns", t.cooldowns,
+               f"token counts whose cooldown (train.cooldown_fraction={t.cooldown_fraction} of "
+               f"their steps of {tokens_per_step} tokens) is at least one step and starts after "
+               f"step 0; {tokens} is {steps} steps")
+    _check(t.replicas == 1 and not t.replica_lr_scales, "train.replicas", t.replicas,
+           "1 with train.cooldowns (a trunk and its branches are one model each)")
+    _check(cfg.stage.kind == "pretrain", "train.cooldowns", t.cooldowns,
+           f"[] with stage={cfg.stage.kind}: cooldown branches are built for pretraining")
+
+
 def _validate_stage(cfg: Config) -> None:
     s, d = cfg.stage, cfg.data
     _check(s.kind in STAGE_SOURCES, "stage.kind", s.kind, f"one of {', '.join(STAGE_SOURCES)}")
@@ -354,8 +443,6 @@ def _validate_stage(cfg: Config) -> None:
                f"null for stage={s.kind}, which starts from a random initialisation")
     _check(s.init_step in ("latest", "best") or s.init_step.isdigit(), "stage.init_step",
            s.init_step, "latest, best or a checkpoint step")
-    _check(s.schedule in ("cosine", "constant"), "stage.schedule", s.schedule,
-           "one of cosine, constant")
     _check(s.beta > 0, "stage.beta", s.beta, "a positive number (DPO's β)")
     _check(s.gold_samples >= 0, "stage.gold_samples", s.gold_samples,
            "a non-negative number of prompts")
@@ -387,6 +474,19 @@ def replica_configs(cfg: Config, peak_lr: float) -> list[Config]:
         configs.append(replace(cfg, train=replace(t, seed=t.seed + i, lr=lr, replicas=1,
                                                   replica_lr_scales=[])))
     return configs
+
+
+def branch_configs(cfg: Config, warmup_tokens: int) -> list[Config]:
+    """The standalone config of each cooldown branch of `cfg` (`train.cooldowns`): the `wsd`
+    run of train.tokens = Dk with no branches, which trains exactly as the branch does.
+
+    `warmup_tokens` is the trunk's warmup in tokens: a warmup given as a fraction of the steps
+    is taken of the longest branch's steps, and each branch records it as that token count (its
+    own fraction would differ); a token count or rule is kept as it is."""
+    t = cfg.train
+    warmup = t.warmup if parse_warmup(t.warmup).kind != "fraction" else str(warmup_tokens)
+    return [replace(cfg, train=replace(t, tokens=tokens, cooldowns=[], warmup=warmup))
+            for tokens in t.cooldowns]
 
 
 def to_dict(obj: Any) -> Any:

@@ -101,6 +101,9 @@ def _omegaconf_message(error: BaseException) -> str:
         if not is_dataclass(schema):
             return f"{key} is not a config key"
         prefix = key.removesuffix(str(error.key))  # train.nosuch -> train.
+        moved = getattr(schema, "moved_keys", {}).get(str(error.key))  # a key of old configs
+        if moved:
+            return f"{key} is not a config key any more: it moved to {moved}"
         declared = [f.name for f in fields(schema)]
         hint = (suggestion(str(error.key), declared, prefix)
                 or f"; {schema.__name__} has {listing([prefix + name for name in declared])}")

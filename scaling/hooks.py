@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,19 +244,20 @@ class Evaluation(Hook):
 
 
 class Checkpointing(Hook):
-    """A checkpoint every `every_steps` steps or `every_seconds` of wall time, and at the end;
-    `meta(loop)` is the JSON bookkeeping saved beside the state."""
+    """A checkpoint every `every_steps` steps or `every_seconds` of wall time, at each step of
+    `at` (a WSD trunk's branch points) and at the end; `meta(loop)` is the JSON bookkeeping
+    saved beside the state."""
 
     def __init__(self, checkpointer: Checkpointer, every_steps: int, every_seconds: float,
-                 meta: Callable[[LoopState], dict]) -> None:
+                 meta: Callable[[LoopState], dict], at: Collection[int] = ()) -> None:
         self.checkpointer, self.every_steps, self.every_seconds = (
             checkpointer, every_steps, every_seconds)
-        self.meta = meta
+        self.meta, self.at = meta, frozenset(at)
         self.last = time.monotonic()
         self.saved = -1  # the step of the last checkpoint saved here
 
     def __call__(self, loop: LoopState) -> None:
-        if (loop.step % self.every_steps == 0
+        if (loop.step % self.every_steps == 0 or loop.step in self.at
                 or time.monotonic() - self.last >= self.every_seconds
                 or loop.step == loop.total_steps):
             self.save(loop)

@@ -1,13 +1,26 @@
-"""AdamW with linear warmup and cosine decay to a floor: Kaplan's recipe, as Optax pieces."""
+"""AdamW with a learning-rate schedule (Kaplan's warmup + cosine, WSD, constant) as Optax pieces.
+
+Every schedule starts with a linear warmup from 0 (`warmup_steps`: `train.warmup` as a fraction
+of the steps, a token count, or a rule scaled with the model). After it: `cosine` decays to
+train.min_lr_ratio of the peak over the rest of the run (Kaplan et al. 2020); `wsd` holds the
+peak, then decays to the same floor over the last train.cooldown_fraction of the steps, linearly
+or as 1 - sqrt (Hägele et al. 2024); `constant` holds the peak. A WSD run's values before its
+cooldown are a constant run's, which is what lets cooldown branches start from a trunk's
+checkpoint (`scaling.branches`).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from scaling.config import TrainConfig, kaplan_lr
+from scaling.config import KAPLAN_WARMUP_TOKENS, TrainConfig, kaplan_lr, parse_warmup
+
+log = logging.getLogger("scaling")
 
 
 def peak_lr(cfg: TrainConfig, n_nonembed: int) -> float:
@@ -15,20 +28,71 @@ def peak_lr(cfg: TrainConfig, n_nonembed: int) -> float:
     return cfg.lr if cfg.lr is not None else kaplan_lr(n_nonembed)
 
 
-def lr_schedule(cfg: TrainConfig, total_steps: int, peak: float,
-                kind: str = "cosine") -> optax.Schedule:
-    """Linear warmup from 0 over train.warmup_fraction of the steps, then a cosine decay to
-    train.min_lr_ratio of the peak (`cosine`, Kaplan's), or the peak held (`constant`)."""
-    warmup = round(cfg.warmup_fraction * total_steps)
-    if kind == "constant":
+def warmup_steps(cfg: TrainConfig, total_steps: int, tokens_per_step: int, n_params: int) -> int:
+    """Steps of linear warmup that `train.warmup` asks of a run of `total_steps` steps.
+
+    A fraction f: round(f * total_steps). A token count W: round(W / tokens_per_step), the same
+    for every model and run length. `kaplan`: KAPLAN_WARMUP_TOKENS tokens, so. `porian`: N
+    tokens, `n_params` being N with the unembedding (Porian et al. 2024's count, the `standard`
+    convention of analysis.counting), so that it scales with the model.
+    """
+    warmup = parse_warmup(cfg.warmup)
+    tokens = {"tokens": warmup.value, "kaplan": KAPLAN_WARMUP_TOKENS, "porian": n_params}
+    if warmup.kind == "fraction":
+        return round(warmup.value * total_steps)
+    return round(tokens[warmup.kind] / tokens_per_step)
+
+
+def cooldown_start(fraction: float, total_steps: int) -> int:
+    """The step after which a `wsd` run of `total_steps` decays: its last
+    round(fraction * total_steps) steps (train.cooldown_fraction) are its cooldown."""
+    return total_steps - round(fraction * total_steps)
+
+
+def wsd_schedule(peak: float, warmup: int, start: int, total_steps: int, floor: float,
+                 shape: str = "linear") -> optax.Schedule:
+    """Warmup-stable-decay (Hägele et al. 2024): peak·min(ramp, decay) at update `count`, where
+    ramp = count / warmup (0 -> 1 over the warmup) and decay is 1 until `start`, then falls to
+    `floor` (a fraction of the peak) at `total_steps`: linearly, or as 1 - sqrt of the
+    cooldown's elapsed fraction (`shape=sqrt`). A cooldown that overlaps the warmup takes the
+    lower of the two, so the schedule stays continuous."""
+    cool = max(total_steps - start, 1)
+
+    def schedule(count):
+        step = jnp.asarray(count, jnp.float32)
+        ramp = jnp.minimum(step / warmup, 1.0) if warmup > 0 else 1.0
+        elapsed = jnp.clip((step - start) / cool, 0.0, 1.0)
+        decayed = jnp.sqrt(elapsed) if shape == "sqrt" else elapsed
+        return peak * jnp.minimum(ramp, 1.0 - (1.0 - floor) * decayed)
+
+    return schedule
+
+
+def lr_schedule(cfg: TrainConfig, total_steps: int, peak: float, warmup: int) -> optax.Schedule:
+    """The learning rate at each update of a run of `total_steps` steps under train.schedule:
+    a linear warmup from 0 over `warmup` steps (`warmup_steps`), then `cosine` (to
+    train.min_lr_ratio of the peak at the last step), `wsd` (the peak, then the cooldown to the
+    same floor, `wsd_schedule`) or `constant` (the peak).
+
+    A cosine run's warmup is cut to leave one step of decay; `wsd` and `constant` runs may be
+    all warmup (a long `kaplan` warmup on a short run)."""
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "constant":
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+    if cfg.schedule == "wsd":
+        start = cooldown_start(cfg.cooldown_fraction, total_steps)
+        return wsd_schedule(peak, warmup, start, total_steps, floor, cfg.cooldown_shape)
+    if warmup >= total_steps:
+        log.warning("warmup of %d steps is not shorter than the run's %d: cut to %d, leaving "
+                    "one step of cosine decay", warmup, total_steps, max(total_steps - 1, 0))
+        warmup = max(total_steps - 1, 0)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,
         warmup_steps=warmup,
         decay_steps=total_steps,
-        end_value=peak * cfg.min_lr_ratio,
+        end_value=peak * floor,
     )
 
 
@@ -60,7 +124,7 @@ def make_optimizer(cfg: TrainConfig, schedule: optax.Schedule,
 
 
 def make_replica_optimizer(
-    cfg: TrainConfig, total_steps: int, peak: float, kind: str = "cosine",
+    cfg: TrainConfig, total_steps: int, peak: float, warmup: int,
     frozen: Callable[[dict], dict] | None = None,
 ) -> optax.GradientTransformation:
     """`make_optimizer` with the peak LR held in its state, for replicas trained in one step.
@@ -69,7 +133,7 @@ def make_replica_optimizer(
     replicas' states applies each replica's own. The schedule is the peak times the unit-peak
     schedule (the same values up to float rounding): optax's schedules take no traced peak.
     """
-    unit = lr_schedule(cfg, total_steps, 1.0, kind)
+    unit = lr_schedule(cfg, total_steps, 1.0, warmup)
 
     def adamw(peak_lr):
         return make_optimizer(cfg, lambda count: peak_lr * unit(count), frozen)

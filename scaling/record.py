@@ -4,7 +4,8 @@ that decides what a directory holds: a completed run of this config and data
 
 A group of replicas (`train.replicas`) records each of its models as such a run, in a
 directory of its own; the group's directory holds its checkpoints and `replicas.json` (the
-replicas' run ids and statuses) instead.
+replicas' run ids and statuses) instead. A WSD trunk (`train.cooldowns`) likewise: its cooldown
+branches are runs beside it, its directory holds checkpoints and `branches.json`.
 
 Both are written atomically (temp file, then rename), so a reader (a sweep deciding what to
 skip, the results table) never sees half a record, even when the run is killed mid-write.
@@ -18,7 +19,7 @@ import logging
 import os
 import platform
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
 POSITIONS = "positions.parquet"
 REPLICAS = "replicas.json"
+BRANCHES = "branches.json"  # a WSD trunk's record (`scaling.branches`)
 METRIC_COLUMNS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "grad_norm",
                   "tokens_per_s")
 # Set to 1 to train again from the start a run whose data changed since it was recorded or
@@ -99,14 +101,25 @@ def completed_record(run_dir: Path, config: dict[str, Any],
     return None if data_changed(summary, fingerprints, run_dir) else summary
 
 
+def record_name(train: Any) -> str:
+    """The file that records a run of this `train` config: SUMMARY for one model, REPLICAS for
+    a group of replicas (`train.replicas`), BRANCHES for a WSD trunk (`train.cooldowns`)."""
+    from scaling.config import is_replica_group
+
+    if train.get("cooldowns") if isinstance(train, Mapping) else train.cooldowns:
+        return BRANCHES
+    return REPLICAS if is_replica_group(train) else SUMMARY
+
+
 def completed_same_config(run_dir: Path, config: dict[str, Any],
-                          group: bool = False) -> dict[str, Any] | None:
-    """The record of `run_dir` (its summary.json, or a group's replicas.json) where it says
-    that this very config (`scaling.sweep.identity`) completed; else None, an unreadable or
-    another run's record included. Never raises: what a launcher asks before it starts a run,
-    whose own process then checks the data (`completed_record`)."""
+                          record: str = SUMMARY) -> dict[str, Any] | None:
+    """The record of `run_dir` (`record`: its summary.json, a group's replicas.json or a trunk's
+    branches.json, as `record_name` says) where it says that this very config
+    (`scaling.sweep.identity`) completed; else None, an unreadable or another run's record
+    included. Never raises: what a launcher asks before it starts a run, whose own process then
+    checks the data (`completed_record`)."""
     try:
-        record = _read_json(Path(run_dir) / (REPLICAS if group else SUMMARY))
+        record = _read_json(Path(run_dir) / record)
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("status") != "completed":
@@ -171,6 +184,17 @@ def tokenizer_cache(summary: dict[str, Any]) -> str | None:
 def read_replicas(group_dir: Path) -> dict[str, Any] | None:
     """A group's `replicas.json`, or None where there is none."""
     return _read_json(Path(group_dir) / REPLICAS)
+
+
+def write_branches(trunk_dir: Path, trunk: dict[str, Any]) -> None:
+    """A WSD trunk's `branches.json`: status, config, the trunk's steps and FLOPs, and
+    [{run_id, tokens, start_step, status}] of its cooldown branches."""
+    _write_json(Path(trunk_dir) / BRANCHES, trunk)
+
+
+def read_branches(trunk_dir: Path) -> dict[str, Any] | None:
+    """A WSD trunk's `branches.json`, or None where there is none."""
+    return _read_json(Path(trunk_dir) / BRANCHES)
 
 
 def record_failure(run_dir: Path, error: BaseException, config: dict[str, Any],

@@ -12,7 +12,12 @@ Every run directory below the sweep directory counts, whatever its status: faile
 diverged runs keep their row with the reason. A directory that is not a readable record is
 reported by path and skipped; it never stops the table from being written. The directory of a
 group of replicas (`train.replicas`, holding `replicas.json`) is not a run: its models are
-runs of their own, beside it, and it is skipped silently.
+runs of their own, beside it, and it is skipped silently; so is a WSD trunk's
+(`train.cooldowns`, holding `branches.json`), whose cooldown branches are the runs.
+
+`C` is the compute a run's model saw: a cooldown branch's `path_flops` (trunk prefix and
+cooldown, `scaling.branches`), every other run's `flops`. What a branch itself cost stays in
+`flops`, and its trunk's in `trunk_flops`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.flops import record_counts
-from scaling.record import METRICS, POSITIONS, REPLICAS, SUMMARY, atomic_write
+from scaling.record import BRANCHES, METRICS, POSITIONS, REPLICAS, SUMMARY, atomic_write
 from scaling.sweep import flatten
 
 RESULTS = "results.parquet"
@@ -83,8 +88,8 @@ def collect(sweep_dir: Path) -> Collected:
     rows, curves, positions, problems = [], [], [], []
     for run_dir in _run_dirs(sweep_dir):
         if not (run_dir / SUMMARY).exists():
-            if (run_dir / REPLICAS).exists():
-                continue  # a group of replicas, recorded in their own run directories
+            if (run_dir / REPLICAS).exists() or (run_dir / BRANCHES).exists():
+                continue  # a group of replicas or a WSD trunk: its models are runs of their own
             problems.append(f"{run_dir}: no summary.json (never started, or not a run)")
             continue
         try:
@@ -113,6 +118,8 @@ def collect(sweep_dir: Path) -> Collected:
         # Always present, NaN where no run recorded it (a sweep of interrupted runs has no
         # final loss yet), so that the analysis finds its columns and says what is missing.
         results[alias] = results.get(column, np.nan)
+    if "path_flops" in results:  # a cooldown branch's model saw its trunk's prefix too
+        results["C"] = results["path_flops"].fillna(results["C"])
     curve_table = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["run_id", "step", "tokens", "flops", "train_loss", "val_loss"])
     if not curve_table.empty:

@@ -46,6 +46,8 @@ LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transf
 PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from")
 IDENTITY_GROUPS = ("model", "data", "train", "stage")
 LOCK_FILE = ".lock"
+LATER_FIELDS |= {"train.cooldown_fraction": 0.2, "train.cooldown_shape": "linear",
+                 "train.cooldowns": []}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -77,7 +79,8 @@ def canonical_data(data: DataConfig) -> DataConfig:
 def identity(config: dict) -> dict[str, Any]:
     """The flattened config minus bookkeeping, corpus paths canonical: equal identities mean
     the same run."""
-    flat = flatten({k: config[k] for k in IDENTITY_GROUPS if k in config})
+    flat = _schedule_as_recorded_before(
+        flatten({k: config[k] for k in IDENTITY_GROUPS if k in config}))
     for key in PATH_FIELDS:
         if isinstance(flat.get(key), list):
             flat[key] = [canonical_path(p) for p in flat[key]]
@@ -85,6 +88,28 @@ def identity(config: dict) -> dict[str, Any]:
             flat[key] = canonical_path(flat[key])
     return {k: v for k, v in flat.items()
             if k not in BOOKKEEPING_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+
+
+def _schedule_as_recorded_before(flat: dict[str, Any]) -> dict[str, Any]:
+    """train.warmup and train.schedule in the keys runs were recorded under before them, so
+    that their ids stay: a warmup fraction as `train.warmup_fraction` (a number), a token count
+    as a whole number (`2e5` and `200000` are one run); a cosine or constant schedule as
+    `stage.schedule`, which owned it then. WSD and the warmup rules are new keys."""
+    if "train.warmup" in flat:
+        from scaling.config import ConfigError, parse_warmup
+
+        try:
+            warmup = parse_warmup(flat["train.warmup"])
+        except ConfigError:  # a record's own value, left as it is
+            warmup = None
+        if warmup is not None:
+            del flat["train.warmup"]
+            key = "train.warmup_fraction" if warmup.kind == "fraction" else "train.warmup"
+            flat[key] = {"fraction": warmup.value, "tokens": int(warmup.value)}.get(
+                warmup.kind, warmup.kind)
+    if flat.get("train.schedule") in ("cosine", "constant"):
+        flat["stage.schedule"] = flat.pop("train.schedule")
+    return flat
 
 
 def corpus_fingerprint(data: DataConfig, tokenizer_from: str | None = None) -> str:
@@ -109,12 +134,15 @@ def _si(x: float) -> str:
 
 def run_id(config: dict) -> str:
     """A readable name plus a short hash of the run's identity: `L2-d64-T64-D200k-s0-1a2b3c4d`
-    (`...-s0-x8-...` for a group of 8 replicas, whose models are runs of their own)."""
+    (`...-s0-x8-...` for a group of 8 replicas, `...-s0-trunk-...` for a WSD trunk: their
+    models are runs of their own)."""
     m, t = config["model"], config["train"]
     digest = hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()
     readable = f"L{m['n_layer']}-d{m['d_model']}-T{m['n_ctx']}-D{_si(t['tokens'])}-s{t['seed']}"
     if t.get("replicas", 1) > 1:
         readable += f"-x{t['replicas']}"
+    if t.get("cooldowns"):  # a WSD trunk: its branches are runs of their own
+        readable += "-trunk"
     return f"{readable}-{digest[:8]}"
 
 
@@ -160,8 +188,14 @@ def planned_flops(root: DictConfig) -> int:
     t = root.train
     tokens_per_step = int(t.batch_size) * int(root.model.n_ctx)
     models = int(t.get("replicas", 1))
-    return models * int(t.tokens) // tokens_per_step * tokens_per_step * flops_per_token(
-        _shape(root))
+    steps = int(t.tokens) // tokens_per_step
+    if t.get("cooldowns"):  # a WSD trunk and its branches' cooldowns
+        from scaling.branches import branch_steps
+
+        trunk, branches = branch_steps([int(d) for d in t.cooldowns], tokens_per_step,
+                                       float(t.cooldown_fraction))
+        steps = trunk + sum(end - start for start, end in branches)
+    return models * steps * tokens_per_step * flops_per_token(_shape(root))
 
 
 def width_for_params(n_params: float, multiple: int = 16, *, _root_: DictConfig) -> int:

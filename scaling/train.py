@@ -124,6 +124,17 @@ class Replica:
     seed: int
 
 
+@dataclass(frozen=True)
+class StartFrom:
+    """Another run's checkpoint that a run starts from when it has none of its own: a WSD
+    cooldown branch's trunk step (`scaling.branches`), the whole train state, optimizer
+    included, with the evaluations recorded up to it."""
+
+    directory: Path  # that run's checkpoints/
+    step: int
+    config: dict  # that run's config, which the checkpoint must hold
+
+
 def use_compile_cache(directory: Path | None) -> None:
     """Keep compiled programs in `directory` across processes (None: off), small ones too."""
     jax.config.update("jax_enable_compilation_cache", directory is not None)
@@ -213,6 +224,8 @@ def train_models(
     recorded: Sequence[dict | None],
     total_steps: int,
     group_name: str | None = None,
+    keep_steps: Sequence[int] = (),
+    start_from: StartFrom | None = None,
 ) -> list[dict[str, Any]]:
     """Train `replicas` for `total_steps`, checkpointing in `run_dir` (and resuming from its
     latest readable checkpoint), and record model i in record_dirs[i], unless recorded[i] is
@@ -224,11 +237,14 @@ def train_models(
     Any error but a refusal (ResumeError: the directory holds another run, or other data, whose
     record is not this run's to change) is recorded in each model's record as its failure.
     Raises Interrupted, each model recorded as interrupted, when a signal stopped the loop.
+    `keep_steps` are checkpointed and kept whatever train.keep_checkpoints prunes (a WSD
+    trunk's branch points); a run without a checkpoint of its own starts from `start_from`.
     """
     try:
-        with closing(Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)) as ckpt:
+        with closing(Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints,
+                                  keep_steps=keep_steps)) as ckpt:
             return _train(replicas, cfg, config_dict, run_dir, record_dirs, recorded,
-                          total_steps, group_name, ckpt)
+                          total_steps, group_name, ckpt, keep_steps, start_from)
     except ResumeError:
         raise
     except Exception as error:
@@ -240,7 +256,8 @@ def train_models(
 
 def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run_dir: Path,
            record_dirs: Sequence[Path], recorded: Sequence[dict | None], total_steps: int,
-           group_name: str | None, checkpointer: Checkpointer) -> list[dict[str, Any]]:
+           group_name: str | None, checkpointer: Checkpointer, keep_steps: Sequence[int] = (),
+           start_from: StartFrom | None = None) -> list[dict[str, Any]]:
     """`train_models` without its failure records: set up, resume, loop, record."""
     k, stage = len(replicas), replicas[0].stage  # the shape, loss, data of every model
     started = time.time()
@@ -252,7 +269,8 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
                      batch_at=lambda step: models_batch(replicas, step), clock=Clock(),
                      rows=[[] for _ in replicas], diverged=[0] * k,
                      artifacts=[{} for _ in replicas])
-    wall_before = _resume(loop, checkpointer, config_dict, stage.data_fingerprints, run_dir)
+    wall_before = _resume(loop, checkpointer, config_dict, stage.data_fingerprints, run_dir,
+                          start_from)
     if loop.step:
         for summary in summaries:
             summary["resumed_from_step"] = loop.step
@@ -272,7 +290,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
     eval_data = jax.tree_util.tree_map(jnp.asarray, placement.batch(stage.eval_data, axis=1))
     start_step = loop.step
     checkpointing = Checkpointing(checkpointer, cfg.checkpoint_every_steps,
-                                  cfg.checkpoint_every_seconds, meta)
+                                  cfg.checkpoint_every_seconds, meta, at=keep_steps)
     interruption = Interruption(checkpointing)
     run_loop(loop, step_fn, [
         CompileTime([eval_meter, log_meter]),
@@ -310,15 +328,31 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
 
 
 def _resume(loop: LoopState, checkpointer: Checkpointer, config_dict: dict,
-            fingerprints: dict[str, str], run_dir: Path) -> float:
-    """Restore the loop from the newest readable checkpoint of this run and data, if any;
-    returns the wall time already spent (0 for a fresh start)."""
+            fingerprints: dict[str, str], run_dir: Path,
+            start_from: StartFrom | None = None) -> float:
+    """Restore the loop from the newest readable checkpoint of this run and data, if any, else
+    from `start_from`; returns the wall time already spent (0 for a fresh start, and for a
+    start from another run's checkpoint: that time was its)."""
     restored = checkpointer.restore_latest(
         loop.state, check=lambda meta: check_same_run(meta["config"], config_dict, run_dir))
     if restored is not None and data_changed(restored[2].get("data_fingerprints", {}),
                                              fingerprints, run_dir):
         checkpointer.discard()
         restored = None
+    if restored is None and start_from is not None:
+        origin = start_from.directory.parent
+
+        def check(meta: dict) -> None:
+            check_same_run(meta["config"], start_from.config, origin)
+            if data_changed(meta.get("data_fingerprints", {}), fingerprints, origin):
+                raise ResumeError(f"{origin} was trained on other data; train it again first")
+
+        with closing(Checkpointer(start_from.directory, keep=1, create=False)) as other:
+            state, meta = other.restore(start_from.step, loop.state, check)
+        loop.step, loop.state = start_from.step, state
+        loop.rows = meta["rows"] if loop.k > 1 else [meta["rows"]]
+        log.info("%s: starting from step %d of %s", run_dir, loop.step, origin)
+        return 0.0
     if restored is None:
         log.info("%s: no checkpoint to resume from; training from step 0", run_dir)
         return 0.0

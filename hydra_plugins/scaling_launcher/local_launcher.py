@@ -35,9 +35,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from scaling.config import is_replica_group
 from scaling.data.errors import DataError
-from scaling.record import completed_same_config, read_summary, tokenizer_cache
+from scaling.record import completed_same_config, read_summary, record_name, tokenizer_cache
 from scaling.sweep import IDENTITY_GROUPS, canonical_path, corpus_fingerprint, planned_flops
 
 log = logging.getLogger(__name__)
@@ -230,7 +229,8 @@ def _stop(running: dict[int, tuple[subprocess.Popen, Any, int, float, int]]) -> 
 def completed(job_config: DictConfig, run_dir: Path,
               fingerprints: dict[str, str | None] | None = None) -> bool:
     """Whether `run_dir` holds a completed record of this very config and corpus (a run's
-    summary.json, or the replicas.json of a group of replicas, `train.replicas`).
+    summary.json, the replicas.json of a group of replicas, `train.replicas`, or the
+    branches.json of a WSD trunk, `train.cooldowns`, whose branches have all completed).
 
     The corpus is read and hashed (`corpus_fingerprint`) to compare with the record's
     `corpus_cache`, a fine-tune's with its parent's tokenizer; `fingerprints` keeps each
@@ -239,7 +239,7 @@ def completed(job_config: DictConfig, run_dir: Path,
     """
     config = {k: OmegaConf.to_container(job_config[k], resolve=True)
               for k in IDENTITY_GROUPS if k in job_config}
-    summary = completed_same_config(run_dir, config, group=is_replica_group(job_config.train))
+    summary = completed_same_config(run_dir, config, record_name(job_config.train))
     if summary is None:
         return False
     tokenizer_from = None

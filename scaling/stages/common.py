@@ -11,7 +11,7 @@ import glob
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,15 @@ from typing import Any
 import jax
 
 from scaling.batch import LmBatch
-from scaling.config import Config, TrainConfig, is_replica_group, replica_configs, to_dict
+from scaling.branches import Branch, branch_steps, train_branches
+from scaling.config import (
+    Config,
+    TrainConfig,
+    branch_configs,
+    is_replica_group,
+    replica_configs,
+    to_dict,
+)
 from scaling.data import DataError, Dataset, EpochOrder, describe, vocabulary_shortfall
 from scaling.data.shards import cache_root
 from scaling.flops import count_params
@@ -37,8 +45,9 @@ from scaling.optim import (
     make_optimizer,
     make_replica_optimizer,
     peak_lr,
+    warmup_steps,
 )
-from scaling.record import REPLICAS, SUMMARY, failure_recorded
+from scaling.record import failure_recorded, record_name
 from scaling.replicas import train_replicas
 from scaling.train import Replica, Stage, train, use_compile_cache
 
@@ -52,6 +61,8 @@ class Prepared:
     replicas: list[Replica]  # the model, or the train.replicas models trained at once
     steps: int
     config: dict  # the run's (or group's) config as recorded: paths canonical
+    # a WSD trunk's cooldown branches (train.cooldowns); its one replica is then the trunk
+    branches: list[Branch] = field(default_factory=list)
 
 
 def model_config(cfg: Config, vocab_size: int) -> GPTConfig:
@@ -133,13 +144,22 @@ def _warn_about(cfg: Config, stage: Stage, steps: int) -> None:
                     ", ".join(gpus[:4]))
 
 
-def _replica(cfg: Config, stage: Stage, steps: int, peak: float, lr_in_state: bool) -> Replica:
-    """The model of the standalone config `cfg`, at peak LR `peak`; `lr_in_state` for groups."""
+def _warmup(cfg: Config, stage: Stage, steps: int) -> int:
+    """Warmup steps of a run of `steps` steps (`scaling.optim.warmup_steps`), N for the
+    `porian` rule counted with the unembedding (vocab·d_model), as Porian et al. count it."""
+    n_params = stage.record["n_params_nonembed"] + stage.record["vocab_size"] * cfg.model.d_model
+    return warmup_steps(cfg.train, steps, stage.tokens_per_step, n_params)
+
+
+def _replica(cfg: Config, stage: Stage, steps: int, peak: float, warmup: int,
+             lr_in_state: bool) -> Replica:
+    """The model of the standalone config `cfg`, at peak LR `peak` after `warmup` steps;
+    `lr_in_state` for groups."""
     s = cfg.stage
-    schedule = lr_schedule(cfg.train, steps, peak, s.schedule)
+    schedule = lr_schedule(cfg.train, steps, peak, warmup)
     frozen = (partial(frozen_mask, embeddings=s.freeze.embeddings, blocks=s.freeze.blocks)
               if s.freeze.embeddings or s.freeze.blocks else None)
-    tx = (make_replica_optimizer(cfg.train, steps, peak, s.schedule, frozen) if lr_in_state
+    tx = (make_replica_optimizer(cfg.train, steps, peak, warmup, frozen) if lr_in_state
           else make_optimizer(cfg.train, schedule, frozen))
     stage = replace(stage, record={**stage.record, "peak_lr": peak})
     return Replica(stage, tx, schedule, to_dict(cfg), cfg.train.seed)
@@ -161,12 +181,18 @@ def prepare_models(cfg: Config, build: Callable[[Config], Stage]) -> Prepared:
         cfg.train.parallel,
     )
     _warn_about(cfg, stage, steps)
+    if cfg.train.cooldowns:
+        return _prepare_branches(cfg, stage, build, peak)
+    warmup = _warmup(cfg, stage, steps)
+    log.info("schedule %s, warmup %d steps (train.warmup=%s)", cfg.train.schedule, warmup,
+             cfg.train.warmup)
     if not is_replica_group(cfg.train):
-        return Prepared([_replica(cfg, stage, steps, peak, lr_in_state=False)], steps,
+        return Prepared([_replica(cfg, stage, steps, peak, warmup, lr_in_state=False)], steps,
                         to_dict(cfg))
     configs = replica_configs(cfg, peak)
     replicas = [
-        _replica(c, build(c), steps, peak_lr(c.train, n_nonembed), lr_in_state=len(configs) > 1)
+        _replica(c, build(c), steps, peak_lr(c.train, n_nonembed), warmup,
+                 lr_in_state=len(configs) > 1)
         for c in configs
     ]
     log.info("%d replicas in one step: seeds %s, peak lrs %s", len(replicas),
@@ -174,13 +200,37 @@ def prepare_models(cfg: Config, build: Callable[[Config], Stage]) -> Prepared:
     return Prepared(replicas, steps, to_dict(cfg))
 
 
+def _prepare_branches(cfg: Config, stage: Stage, build: Callable[[Config], Stage],
+                      peak: float) -> Prepared:
+    """A WSD trunk (`train.cooldowns`): the constant-LR model trained to the last branch point,
+    and each cooldown branch as the standalone `wsd` run it is (`branch_configs`). The warmup
+    is the longest branch's, in tokens, for all of them: their schedules agree up to each
+    branch point, where the branch takes the trunk's state."""
+    t, tokens_per_step = cfg.train, stage.tokens_per_step
+    trunk_steps, spans = branch_steps(t.cooldowns, tokens_per_step, t.cooldown_fraction)
+    warmup = _warmup(cfg, stage, spans[-1][1])
+    constant = replace(cfg, train=replace(t, schedule="constant"))  # wsd before any cooldown
+    trunk = replace(_replica(constant, stage, trunk_steps, peak, warmup, lr_in_state=False),
+                    config=to_dict(cfg))
+    branches = [Branch(_replica(c, build(c), end, peak, warmup, lr_in_state=False), start, end)
+                for c, (start, end) in zip(branch_configs(cfg, warmup * tokens_per_step), spans,
+                                           strict=True)]
+    log.info("WSD trunk of %d steps (warmup %d), cooldown branches at steps %s", trunk_steps,
+             warmup, ", ".join(f"{start}->{end}" for start, end in spans))
+    return Prepared([trunk], trunk_steps, to_dict(cfg), branches)
+
+
 def run(cfg: Config, run_dir: Path, prepare: Callable[[Config], Prepared]) -> list[dict]:
-    """Prepare and train `cfg` in `run_dir`: one model (its summary, in a list) or a group of
-    replicas, each recorded beside `run_dir`. A failure to prepare (the data, the parent run,
-    the model) is recorded as the run's (or the group's, in its `replicas.json`)."""
+    """Prepare and train `cfg` in `run_dir`: one model (its summary, in a list), a group of
+    replicas or a WSD trunk's cooldown branches, each recorded beside `run_dir`. A failure to
+    prepare (the data, the parent run, the model) is recorded as the run's (or the group's, in
+    its `replicas.json`, or the trunk's, in its `branches.json`)."""
     group = is_replica_group(cfg.train)
-    with failure_recorded(run_dir, to_dict(cfg), record=REPLICAS if group else SUMMARY):
+    with failure_recorded(run_dir, to_dict(cfg), record=record_name(cfg.train)):
         prepared = prepare(cfg)
+    if prepared.branches:
+        return train_branches(prepared.replicas[0], prepared.steps, prepared.branches,
+                              cfg.train, prepared.config, run_dir)
     if group:
         return train_replicas(prepared.replicas, cfg.train, prepared.config, run_dir,
                               prepared.steps)

@@ -1,7 +1,7 @@
 """Fine-tuning: next-token training on a new corpus from a parent run's parameters.
 
 The corpus is tokenized with the parent's tokenizer (no new BPE), the optimizer is the run's
-own (a fresh warmup + cosine, or `stage.schedule=constant`; `stage.freeze` keeps parts as the
+own (a fresh warmup + cosine, or `train.schedule=constant|wsd`; `stage.freeze` keeps parts as the
 parent left them), and every evaluation also scores the parent's validation split
 (`source_val_loss`), so forgetting shows beside the target loss (nanoGPT's `init_from`).
 """

@@ -5,8 +5,8 @@ levanter's `LmExample.loss_mask` and nanodo's `weights_BxL`. Pretraining's weigh
 SFT's are 1 on response tokens only. Being a pytree, it passes through jit, vmap (replicas),
 scan (gradient accumulation) and device placement leaf by leaf, so none of them knows which
 stage it serves. `ComparisonBatch` (a reward model's chosen/rejected windows) is another
-pytree of the same kind, and `PreferenceBatch` (DPO's, with the reference policy's log-probs);
-rollouts will be one too.
+pytree of the same kind, `PreferenceBatch` (DPO's, with the reference policy's log-probs) and
+`RolloutBatch` (PPO's rollouts) too.
 """
 
 from __future__ import annotations
@@ -76,6 +76,28 @@ class PreferenceBatch:
     ref_chosen: Any  # [B] float32: log π_ref(chosen | prompt), summed over response tokens
     ref_rejected: Any  # [B] float32
     weights: Any  # [B] float32
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class RolloutBatch:
+    """PPO training data (stage=rl): B responses sampled by the policy, each in a window of T
+    tokens (eos, prompt, response, eos padding) read as next-token targets [:, 1:], and what
+    the rollout measured of each response target: the sampling policy's and the reference's
+    log-probs, the values, GAE's advantages (whitened) and returns. Every per-target leaf is 0
+    where `weights` is (the prompt, the padding, a filler row).
+
+    Leaves may carry leading axes ([k, B, ...] fixed validation batches).
+    """
+
+    tokens: Any  # [B, T] int32
+    weights: Any  # [B, T-1] float32: 1 where the target is a response token (its eos too)
+    old_logprobs: Any  # [B, T-1] float32: log π_old(target), π_old the policy that sampled
+    ref_logprobs: Any  # [B, T-1] float32: log π_ref(target), the frozen reference (SFT)
+    old_values: Any  # [B, T-1] float32: V_old before each target is drawn
+    advantages: Any  # [B, T-1] float32: GAE, whitened over the rollout's response targets
+    returns: Any  # [B, T-1] float32: GAE's returns, advantages (before whitening) + values
+    scores: Any  # [B] float32: the proxy reward model's score of each response
+
 
 def stack(batches: list[Any]) -> Any:
     """Batches (any pytree of arrays) stacked along a new leading axis, on the host."""

@@ -14,7 +14,8 @@ Decoding (`init_cache`, `extend`) runs the same modules on a few new tokens at a
 keys and values of the tokens read before kept in a `KVCache`; training never passes a cache.
 
 A reward model is this Transformer plus `reward_head`, a separate parameter subtree read by
-`rewards` from the final LayerNorm's output (the language model's forward pass is untouched).
+`rewards` from the final LayerNorm's output (the language model's forward pass is untouched);
+a PPO policy adds `value_head` the same way (`logits_and_values`).
 DPO (`dpo_loss`) trains the language model itself on the same comparisons, against the log-probs
 of a frozen reference carried in its batches.
 """
@@ -36,6 +37,7 @@ VOCAB_MULTIPLE = 64
 LN_EPS = 1e-5
 INIT_STD = 0.02
 REWARD_HEAD = "reward_head"  # the parameter subtree a reward model adds
+VALUE_HEAD = "value_head"  # the one a PPO policy adds (stage=rl), shaped like REWARD_HEAD
 
 # What a rematerialised block keeps from its forward pass (`model.remat`).
 REMAT_POLICIES = {
@@ -457,6 +459,19 @@ def rewards(cfg: GPTConfig, params: dict, ids_BxT: jax.Array, last_B: jax.Array)
     x_BxTxD = GPT(cfg).apply({"params": backbone}, ids_BxT, unembed=False)
     x_BxD = jnp.take_along_axis(x_BxTxD, last_B[:, None, None], axis=1)[:, 0]
     return jnp.dot(x_BxD.astype(jnp.float32), params[REWARD_HEAD]["kernel"])[:, 0]
+
+
+def logits_and_values(cfg: GPTConfig, params: dict,
+                      ids_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A policy's logits [B, T, vocab_padded] and its value head's estimate [B, T] (float32)
+    at every position, from one forward pass: `params[VALUE_HEAD]` on the final LayerNorm's
+    output, as `rewards` reads its head (PPO's policy and value share the Transformer)."""
+    backbone = {name: p for name, p in params.items() if name not in (VALUE_HEAD, REWARD_HEAD)}
+    x_BxTxD = GPT(cfg).apply({"params": backbone}, ids_BxT, unembed=False)
+    embedding_VxD = backbone["wte"]["embedding"].astype(cfg.dtype)
+    logits_BxTxV = jnp.dot(x_BxTxD.astype(cfg.dtype), embedding_VxD.T)  # wte.attend's product
+    values_BxT = jnp.dot(x_BxTxD.astype(jnp.float32), params[VALUE_HEAD]["kernel"])[..., 0]
+    return logits_BxTxV, values_BxT
 
 
 def reward_margins(cfg: GPTConfig, params: dict, batch: ComparisonBatch) -> jax.Array:

@@ -504,3 +504,29 @@ def _bon(argv: list[str] | None) -> None:
               f"{top['gold_reward']:.4f} (n={top['n']}, KL {top['kl']:.2f} nats), proxy "
               f"{rows['proxy_reward'].iloc[0]:.3f} -> {top['proxy_reward']:.3f}")
     print(f"-> {out / 'bon.parquet'}")
+
+
+def export(argv: list[str] | None = None) -> None:
+    """`scaling-export RUN_DIR OUT_DIR [--step N]`: write a run's model (its latest checkpoint,
+    or --step) and tokenizer as a Hugging Face GPT-2 checkpoint that `GPT2LMHeadModel` and
+    `AutoTokenizer.from_pretrained(OUT_DIR)` load offline (docs/interop.md)."""
+    try:
+        _export(argv)
+    except Exception as error:
+        sys.exit(exit_status(error, "scaling-export"))
+
+
+def _export(argv: list[str] | None) -> None:
+    parser = ArgumentParser(prog="scaling-export", description=export.__doc__)
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR",
+                        help="the checkpoint's directory (created; files in it replaced)")
+    parser.add_argument("--step", default="latest",
+                        help="the checkpoint: latest (default), best, or a step number")
+    args = parser.parse_args(argv)
+
+    from scaling.hf import export_run
+
+    done = export_run(args.run_dir, args.out_dir, args.step)
+    print(f"{done.run_dir} step {done.step} -> {done.out_dir}: GPT2LMHeadModel, "
+          f"{done.n_params:,} parameters, in {done.seconds:.1f} s")

@@ -65,7 +65,10 @@ def canonical_path(path: str) -> str:
     """A corpus path or glob as one string however it is spelt: absolute, with `~`, `.`, `..`
     and symlinks resolved against the current directory (the one `scaling-train` was started
     in; Hydra keeps it, `hydra.job.chdir=false`, and the local launcher's runs inherit it). An
-    absolute path without symlinks is unchanged, so the ids of runs recorded with one are too."""
+    absolute path without symlinks is unchanged, so the ids of runs recorded with one are too.
+    A Hugging Face checkpoint's `hf:DIR` (stage.init_from) keeps its prefix."""
+    if path.startswith("hf:"):
+        return "hf:" + canonical_path(path.removeprefix("hf:"))
     return os.path.realpath(os.path.expanduser(path))
 
 
@@ -153,6 +156,10 @@ def _job_config(root: DictConfig) -> dict:
 def planned_vocab(data: Any, stage: Any | None = None) -> int:
     """The vocabulary a run will have, before it runs: its parent's (`stage.init_from`, whose
     tokenizer it inherits), else 256 bytes or the BPE's data.vocab_size."""
+    if stage is not None and str(stage.init_from).startswith("hf:"):
+        config = Path(stage.init_from.removeprefix("hf:")) / "config.json"
+        if config.is_file():
+            return int(json.loads(config.read_text("utf-8"))["vocab_size"])
     if stage is not None and stage.init_from is not None:
         from scaling.record import read_summary
 

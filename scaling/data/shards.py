@@ -38,7 +38,13 @@ from scaling.config import DataConfig
 from scaling.console import listing
 from scaling.data.errors import DataError
 from scaling.data.sources import Corpus, Document, read_corpus, read_transfer, split_documents
-from scaling.data.tokenizer import BPETokenizer, BytesTokenizer, Tokenizer, train_bpe
+from scaling.data.tokenizer import (
+    BPETokenizer,
+    BytesTokenizer,
+    Tokenizer,
+    token_dtype,
+    train_bpe,
+)
 
 # Bump when the layout or the meaning of the shards changes, so old caches are not reused.
 FORMAT_VERSION = 1
@@ -228,6 +234,35 @@ def _tokenizer(
         "eos_id": tokenizer.eos_id,
         "tokenizers_version": tokenizers.__version__,
     }
+
+
+def tokenizer_dataset(tokenizer: Tokenizer, tokenizer_json: Path,
+                      cache_dir: str | None) -> Dataset:
+    """A cache of no documents that carries a tokenizer made elsewhere (a Hugging Face
+    checkpoint's, read from `tokenizer_json`), for load_dataset's `tokenizer_from`:
+    `<cache root>/tokenizer-<kind>-<hash of the file>/`, built once."""
+    kind = "bytes" if isinstance(tokenizer, BytesTokenizer) else "bpe"
+    digest = hashlib.sha256(tokenizer_json.read_bytes()).hexdigest()[:16]
+    path = cache_root(cache_dir) / f"tokenizer-{kind}{tokenizer.vocab_size}-{digest}"
+
+    def write(out: Path) -> None:
+        if kind == "bpe":
+            shutil.copyfile(tokenizer_json, out / "tokenizer.json")
+        empty = np.zeros(0, token_dtype(tokenizer.vocab_size))
+        np.save(out / "train.npy", empty)
+        np.save(out / "val.npy", empty)
+        meta = {"format": FORMAT_VERSION,
+                "source": {"kind": "tokenizer", "paths": [str(tokenizer_json)], "files": []},
+                "tokenizer": {"kind": kind, "requested_vocab_size": tokenizer.vocab_size,
+                              "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+                              "tokenizers_version": tokenizers.__version__},
+                "split": {"val_fraction": 0.0, "rule": "none"},
+                "documents": {"train": 0, "val": 0}, "tokens": {"train": 0, "val": 0}}
+        (out / "meta.json").write_text(json.dumps(meta, indent=1), "utf-8")
+
+    if not (path / "meta.json").exists():
+        _build_locked(path, f"the tokenizer of {tokenizer_json}", write)
+    return _open(path)
 
 
 def _load_transfer(cfg: DataConfig, dataset: Dataset) -> np.ndarray:

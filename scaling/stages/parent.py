@@ -4,6 +4,12 @@ The parent is a run directory: its `summary.json` says its shape, tokenizer and 
 checkpoints (or its group's, for a replica) hold the parameters. Nothing is trained here: a
 parent that does not fit the child (another shape, another tokenizer, no checkpoint) is a
 one-line `ConfigError` naming both values, before any data is read or any step is taken.
+
+`stage.init_from=hf:DIR` names a Hugging Face GPT-2 checkpoint instead (one written by
+`scaling-export`, or any GPT-2 on disk; `scaling.hf` reads it): an `HFParent`, for
+stage=finetune and stage=sft. Its shape comes from its config.json and its tokenizer from its
+tokenizer.json; the run's model.* and data.tokenizer/data.vocab_size must say the same, and
+where they do not, one line lists every override that would.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.checkpoint import Checkpointer
-from scaling.config import Config, ConfigError, DataConfig
+from scaling.config import Config, ConfigError, DataConfig, to_dict
 from scaling.data import Dataset
-from scaling.data.shards import open_dataset
+from scaling.data.shards import open_dataset, tokenizer_dataset
+from scaling.hf import HF_PREFIX, read_checkpoint
 from scaling.record import read_summary
 
 # The model keys a child must share with its parent: the parameters' shapes depend on them.
 SHAPE_KEYS = ("n_layer", "d_model", "n_head", "n_ctx", "d_ff")
+HF_STAGES = ("finetune", "sft")  # the stages that may start from a Hugging Face checkpoint
 
 
 @dataclass(frozen=True)
@@ -63,12 +71,38 @@ class Parent:
                             self.summary["corpus_cache"])
 
 
+@dataclass(frozen=True)
+class HFParent(Parent):
+    """A Hugging Face GPT-2 checkpoint as a parent (`stage.init_from=hf:DIR`): parameters and
+    tokenizer, no run record, no corpus of its own."""
+
+    tokens: Dataset | None = None  # no documents: the tokenizer, as a cache to inherit from
+
+    @property
+    def run_id(self) -> str:
+        return f"{HF_PREFIX}{self.run_dir}"
+
+    def record(self) -> dict[str, Any]:
+        return {"parent_run": self.run_id, "parent_step": None, "parent_tokens": None,
+                "parent_n_params_nonembed": None,
+                "parent_vocab_padding": self.summary["vocab_padding"]}
+
+    def tokenizer_dataset(self) -> Dataset:
+        return self.tokens
+
+    def dataset(self) -> Dataset | None:
+        return None
+
+
 def load_parent(cfg: Config) -> Parent:
-    """The parent run `stage.init_from` names, checked against `cfg`, with its parameters.
+    """The parent run `stage.init_from` names, checked against `cfg`, with its parameters;
+    `hf:DIR` a Hugging Face checkpoint (`load_hf_parent`).
 
     Raises ConfigError (one line) for a missing directory, one without a run record or
     checkpoint, or a parent of another model shape or tokenizer than `cfg`'s.
     """
+    if cfg.stage.init_from.startswith(HF_PREFIX):
+        return load_hf_parent(cfg)
     run_dir = Path(cfg.stage.init_from)
     where = f"stage.init_from={cfg.stage.init_from}"
     summary = _run_record(run_dir, where)
@@ -94,6 +128,47 @@ def load_run(run_dir: Path, step: str = "latest", *, where: str | None = None,
     if replica is not None:  # a group's checkpoint holds every replica: [K, ...]
         params = {k: _take(v, replica) for k, v in params.items()}
     return Parent(run_dir, summary, step, params)
+
+
+def load_hf_parent(cfg: Config) -> HFParent:
+    """The Hugging Face GPT-2 checkpoint `stage.init_from=hf:DIR` names, with its tokenizer
+    cached as a dataset of no documents, checked against `cfg`.
+
+    Raises ConfigError (one line) for another stage than finetune or sft, a stage.init_step
+    (a checkpoint holds one set of weights), or a model shape or tokenizer other than `cfg`'s
+    (listing the overrides that match it); CheckpointFormatError for what `read_checkpoint`
+    refuses.
+    """
+    where = f"stage.init_from={cfg.stage.init_from}"
+    if cfg.stage.kind not in HF_STAGES:
+        raise ConfigError(f"{where}: stage={cfg.stage.kind} cannot start from a Hugging Face "
+                          f"checkpoint, only stage={' or stage='.join(HF_STAGES)}")
+    if cfg.stage.init_step != "latest":
+        raise ConfigError(f"stage.init_step={cfg.stage.init_step} with {where}: a Hugging Face "
+                          "checkpoint holds one set of weights (leave stage.init_step=latest)")
+    checkpoint = read_checkpoint(Path(cfg.stage.init_from.removeprefix(HF_PREFIX)))
+    tokenizer = checkpoint.tokenizer
+    data = {"tokenizer": checkpoint.tokenizer_kind, "vocab_size": tokenizer.vocab_size}
+    theirs = {**{f"model.{k}": v for k, v in checkpoint.shape.items()},
+              **{f"data.{k}": v for k, v in data.items()}}
+    ours = {**{f"model.{k}": getattr(cfg.model, k) for k in SHAPE_KEYS},
+            "data.tokenizer": cfg.data.tokenizer,
+            "data.vocab_size": cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 256}
+    ours["model.d_ff"] = ours["model.d_ff"] or 4 * cfg.model.d_model
+    if theirs["data.tokenizer"] == "bytes":
+        del theirs["data.vocab_size"], ours["data.vocab_size"]
+    differ = [k for k in theirs if theirs[k] != ours[k]]
+    if differ:
+        raise ConfigError(
+            f"{where} is a GPT-2 of {' '.join(f'{k}={v}' for k, v in theirs.items())}; this "
+            f"run has {' '.join(f'{k}={ours[k]}' for k in differ)}: add those overrides to "
+            "start from its weights")
+    tokens = tokenizer_dataset(tokenizer, checkpoint.directory / "tokenizer.json",
+                               cfg.data.cache_dir)
+    summary = {"config": {"model": checkpoint.shape, "data": data},
+               "vocab_size": tokenizer.vocab_size, "vocab_padding": checkpoint.padding,
+               "tokenizer_source": {"cache": tokens.cache_path.name, "data": to_dict(cfg.data)}}
+    return HFParent(checkpoint.directory.absolute(), summary, 0, checkpoint.params, tokens)
 
 
 def _run_record(run_dir: Path, where: str) -> dict[str, Any]:

@@ -18,6 +18,10 @@ STATUSES = (
     "ok",
 )
 NO_ESTIMATE = STATUSES[:3]  # statuses whose parameters are no estimate of the law
+# Bootstrap draws an L(N, D) fit keeps in its JSON (the first ones: draws are exchangeable),
+# at 7 significant digits: enough for scaling-predict's intervals, a few kB per fit.
+KEPT_SAMPLES = 200
+PREDICTS_FROM = ("N", "D")  # the variables of the fits whose draws are kept
 
 
 def worst_status(*statuses: str) -> str:
@@ -123,8 +127,17 @@ class Fit:
                 "diagnostics": self.diagnostics,
                 "tables": {k: v.to_dict(orient="records") for k, v in self.tables.items()},
                 "residuals": self.residuals,
+                **self._kept_samples(),
             }
         )
+
+    def _kept_samples(self) -> dict[str, Any]:
+        """{"samples": {param: [draws]}} for an L(N, D) fit with bootstrap draws, else {}:
+        what `analysis.predict` reads for its intervals."""
+        if self.samples is None or len(self.samples) < 2 or tuple(self.variables) != PREDICTS_FROM:
+            return {}
+        kept = self.samples.iloc[:KEPT_SAMPLES]
+        return {"samples": {k: [float(f"{v:.7g}") for v in kept[k]] for k in kept.columns}}
 
 
 def jsonable(obj: Any) -> Any:

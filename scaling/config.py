@@ -135,7 +135,7 @@ class StageConfig:
     moved_keys = MappingProxyType(  # keys of older configs, and where they went
         {"schedule": "train.schedule (cosine | wsd | constant, for every stage)"})
 
-    kind: str = "pretrain"  # pretrain | finetune | sft | reward | dpo
+    kind: str = "pretrain"  # pretrain | finetune | sft | reward | dpo | rl
     # a run directory to start from: its parameters (stage.init_step) and its tokenizer; null
     # for a random initialisation (pretrain)
     init_from: str | None = None
@@ -145,6 +145,18 @@ class StageConfig:
     # stage=dpo: held-out SFT prompts of the parent sampled at each evaluation for gold_reward
     # (sft_body) and a sampled kl_to_ref; 0: none
     gold_samples: int = 0
+    # stage=rl (PPO; TRL's names): the proxy reward model, a stage=reward run directory
+    reward_from: str | None = None
+    kl_coef: float = 0.05  # the per-token KL penalty's coefficient, β of r - β·KL (0: none)
+    clip_range: float = 0.2  # PPO's ε, for the policy's ratio and the value's change
+    vf_coef: float = 0.1  # the value loss's weight in the loss
+    gamma: float = 1.0  # GAE's discount per token
+    lam: float = 0.95  # GAE's λ
+    ppo_epochs: int = 4  # passes over each rollout
+    minibatches: int = 1  # optimizer steps per pass: rollout_prompts / minibatches rows each
+    rollout_prompts: int = 64  # train prompts sampled (one response each) per rollout
+    max_new_tokens: int = 64  # a response's length limit, its eos included
+    gold: str = "sft_body"  # the gold reward recorded at each evaluation (scaling.rlhf.gold)
 
 
 # What each stage reads: its data sources, and whether it starts from a parent run.
@@ -152,8 +164,9 @@ STAGE_SOURCES = {"pretrain": ("stdlib", "python", "prose", "code", "files"),
                  "finetune": ("stdlib", "python", "prose", "code", "files"),
                  "sft": ("sft_stdlib", "jsonl"),
                  "reward": ("comparisons",),
-                 "dpo": ("comparisons",)}
-STAGES_FROM_PARENT = ("finetune", "sft", "reward", "dpo")
+                 "dpo": ("comparisons",),
+                 "rl": ("sft_stdlib", "jsonl")}
+STAGES_FROM_PARENT = ("finetune", "sft", "reward", "dpo", "rl")
 PATH_SOURCES = ("files", "jsonl", "comparisons")  # the sources that read data.paths
 
 
@@ -446,12 +459,45 @@ def _validate_stage(cfg: Config) -> None:
     _check(s.beta > 0, "stage.beta", s.beta, "a positive number (DPO's β)")
     _check(s.gold_samples >= 0, "stage.gold_samples", s.gold_samples,
            "a non-negative number of prompts")
+    _check(s.kind == "rl" or s.reward_from is None, "stage.reward_from", s.reward_from,
+           f"null for stage={s.kind}, which reads no reward model")
+    if s.kind == "rl":
+        _validate_rl(cfg)
     _check(s.freeze.blocks >= 0, "stage.freeze.blocks", s.freeze.blocks,
            "a non-negative number of blocks")
     _check(s.freeze.blocks <= cfg.model.n_layer, "stage.freeze.blocks", s.freeze.blocks,
            f"at most model.n_layer={cfg.model.n_layer}")
     _check(s.freeze.blocks == 0 or not cfg.model.scan_layers, "stage.freeze.blocks",
            s.freeze.blocks, "0 with model.scan_layers=true (its blocks are one stacked array)")
+
+
+def _validate_rl(cfg: Config) -> None:
+    """PPO's settings (stage=rl), each against its range and the model and budget."""
+    s, t, n_ctx = cfg.stage, cfg.train, cfg.model.n_ctx
+    _check(s.reward_from is not None, "stage.reward_from", s.reward_from,
+           "the stage=reward run directory whose reward model stage=rl optimises")
+    _check(s.kl_coef >= 0, "stage.kl_coef", s.kl_coef, "a non-negative number (0: no penalty)")
+    _check(s.clip_range > 0, "stage.clip_range", s.clip_range, "a positive number (PPO's ε)")
+    _check(s.vf_coef >= 0, "stage.vf_coef", s.vf_coef, "a non-negative number")
+    for name in ("gamma", "lam"):
+        _check(0 <= getattr(s, name) <= 1, f"stage.{name}", getattr(s, name), "a value in [0, 1]")
+    for name in ("ppo_epochs", "minibatches", "rollout_prompts"):
+        _check(getattr(s, name) > 0, f"stage.{name}", getattr(s, name), "a positive integer")
+    _check(s.rollout_prompts % s.minibatches == 0, "stage.rollout_prompts", s.rollout_prompts,
+           f"a multiple of stage.minibatches={s.minibatches}")
+    rows = s.rollout_prompts // s.minibatches
+    _check(rows % t.grad_accum == 0, "train.grad_accum", t.grad_accum,
+           f"a divisor of the {rows} rollouts of a step (stage.rollout_prompts / "
+           "stage.minibatches)")
+    _check(0 < s.max_new_tokens <= n_ctx - 2, "stage.max_new_tokens", s.max_new_tokens,
+           f"a positive integer at most model.n_ctx - 2 = {n_ctx - 2} (room for an eos and a "
+           "prompt)")
+    _check(t.replicas == 1 and not t.replica_lr_scales, "train.replicas", t.replicas,
+           "1 with stage=rl: each replica would need rollouts of its own")
+    iteration = s.ppo_epochs * s.rollout_prompts * n_ctx
+    _check(t.tokens >= iteration, "train.tokens", t.tokens,
+           f"at least one PPO iteration with stage=rl, stage.ppo_epochs * stage.rollout_prompts "
+           f"* model.n_ctx = {iteration} tokens")
 
 
 def is_replica_group(cfg: TrainConfig) -> bool:

@@ -45,6 +45,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
         step = state["step"] + 1
         newly_bad = (state["bad_step"] == 0) & ~jnp.isfinite(loss)
         new_state = {
+            **state,  # entries the step does not update (a batch source's) pass through
             "step": step,
             "params": optax.apply_updates(state["params"], updates),
             "opt_state": opt_state,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -92,7 +92,8 @@ class Stage:
 
     name: str
     loss_fn: LossFn  # (params, batch) -> weighted mean loss
-    train_batch: Callable[[int], Batch]  # step -> batch, a pure function of the step
+    # step -> batch, a pure function of the step; None where `source` makes the batches
+    train_batch: Callable[[int], Batch] | None
     eval_data: Batch  # [k, B, ...]: k fixed validation batches
     init_params: Callable[[], Params]
     tokens_per_step: int  # tokens the model reads per step (inputs, weighted or not)
@@ -105,6 +106,27 @@ class Stage:
     # summary key -> content hash of data the stage reads (pretraining: `corpus_cache`); a
     # record or checkpoint with other values was trained on other data
     data_fingerprints: dict[str, str] = field(default_factory=dict)
+    # batches that depend on the training itself (PPO's rollouts, drawn from the current
+    # parameters), instead of train_batch
+    source: BatchSource | None = None
+
+
+class BatchSource(Protocol):
+    """Batches made from the loop as it stands (PPO's rollouts, drawn by the current policy).
+
+    What it keeps between steps lives in the train state (`init` adds its entries, the step
+    passes them through), so a checkpoint holds it and a resumed run reads the same batches
+    without replaying the steps before. One model only (no replicas).
+    """
+
+    rows: int  # sequences per batch
+
+    def init(self) -> dict[str, Any]:
+        """The entries it adds to the train state, before the first batch (host arrays)."""
+
+    def __call__(self, loop: LoopState, step: int) -> Batch:
+        """The batch of step `step` (0-based), made from `loop.state` after `step` steps; may
+        write its own entries of `loop.state`."""
 
 
 @dataclass(frozen=True)
@@ -163,14 +185,17 @@ def models_batch(replicas: Sequence[Replica], step: int) -> Batch:
 def setup_models(replicas: Sequence[Replica], cfg: TrainConfig):
     """`scaling.step.setup` for these models: (placement, placed state, jitted step)."""
     stage = replicas[0].stage
-    states = [init_state(r.stage.init_params(), r.tx) for r in replicas]  # each its own peak LR
-    return setup(states, replicas[0].tx, stage.loss_fn, cfg.parallel,
-                 batch_rows(stage.train_batch(0)) // cfg.grad_accum, cfg.grad_accum)
+    states = [init_state(r.stage.init_params(), r.tx)  # each its own peak LR
+              | (r.stage.source.init() if r.stage.source else {}) for r in replicas]
+    rows = stage.source.rows if stage.source else batch_rows(stage.train_batch(0))
+    return setup(states, replicas[0].tx, stage.loss_fn, cfg.parallel, rows // cfg.grad_accum,
+                 cfg.grad_accum)
 
 
 def training_steps(loop: LoopState, step_fn: Callable) -> Iterator[LoopState]:
     """Take the remaining steps one at a time, yielding the loop after each (levanter's
-    `training_steps`); the batch of step s is `batch_at(s - 1)`, a pure function of s."""
+    `training_steps`); the batch of step s is `batch_at(s - 1)`, a pure function of s (or, for
+    a stage with a `source`, of the state the checkpoints keep)."""
     for step in range(loop.step + 1, loop.total_steps + 1):
         batch = loop.placement.batch(loop.batch_at(step - 1))
         loop.state, loop.metrics = step_fn(loop.state, batch)
@@ -265,8 +290,10 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
     summaries = [start_summary(r, i, k, total_steps, len(placement.devices), group_name)
                  for i, r in enumerate(replicas)]
     training = [i for i in range(k) if recorded[i] is None]  # the models recorded here
+    source = stage.source
     loop = LoopState(state=state, step=0, total_steps=total_steps, k=k, placement=placement,
-                     batch_at=lambda step: models_batch(replicas, step), clock=Clock(),
+                     batch_at=lambda step: (models_batch(replicas, step) if source is None
+                                            else source(loop, step)), clock=Clock(),
                      rows=[[] for _ in replicas], diverged=[0] * k,
                      artifacts=[{} for _ in replicas])
     wall_before = _resume(loop, checkpointer, config_dict, stage.data_fingerprints, run_dir,

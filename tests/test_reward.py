@@ -138,13 +138,14 @@ def train_sft_policy(tmp_path_factory, corpus_dir: Path, cache_dir: Path) -> Pat
 
 
 def refused(stage: str, init_from: Path, tmp_path: Path, cache_dir: Path,
-            arguments: list[str]) -> tuple[subprocess.CompletedProcess, dict | None]:
-    """`scaling-train stage=STAGE` of a tiny model on data=comparisons with `arguments`: the
-    process and the run's record."""
+            arguments: list[str],
+            data: str = "comparisons") -> tuple[subprocess.CompletedProcess, dict | None]:
+    """`scaling-train stage=STAGE` of a tiny model on `data` with `arguments`: the process
+    and the run's record."""
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [BIN / "scaling-train", f"stage={stage}", f"stage.init_from={init_from}",
-         "data=comparisons", "data.tokenizer=bytes", f"data.cache_dir={cache_dir}",
+         f"data={data}", "data.tokenizer=bytes", f"data.cache_dir={cache_dir}",
          "model.n_layer=2", "model.d_model=32", "model.n_head=2", f"model.n_ctx={N_CTX}",
          "train.batch_size=8", f"hydra.run.dir={run_dir}", *arguments],
         capture_output=True, text=True, cwd=tmp_path)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scaling.config import Config
-from scaling.stages import dpo, finetune, pretrain, reward, sft
+from scaling.stages import dpo, finetune, pretrain, reward, rl, sft
 from scaling.stages.common import Prepared, run
 
 STAGES: dict[str, Callable[[Config], Prepared]] = {
@@ -16,6 +16,7 @@ STAGES: dict[str, Callable[[Config], Prepared]] = {
     "sft": sft.prepare,
     "reward": reward.prepare,
     "dpo": dpo.prepare,
+    "rl": rl.prepare,
 }
 
 

@@ -41,9 +41,13 @@ LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transf
                 "stage.kind": "pretrain", "stage.init_from": None, "stage.init_step": "latest",
                 "stage.schedule": "cosine", "stage.freeze.embeddings": False,
                 "stage.freeze.blocks": 0, "stage.beta": 0.1,
-                "stage.gold_samples": 0}
+                "stage.gold_samples": 0, "stage.reward_from": None, "stage.kl_coef": 0.05,
+                "stage.clip_range": 0.2, "stage.vf_coef": 0.1, "stage.gamma": 1.0,
+                "stage.lam": 0.95, "stage.ppo_epochs": 4, "stage.minibatches": 1,
+                "stage.rollout_prompts": 64, "stage.max_new_tokens": 64,
+                "stage.gold": "sft_body"}
 # Keys holding paths or globs, compared by what they name rather than how they are spelt.
-PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from")
+PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from", "stage.reward_from")
 IDENTITY_GROUPS = ("model", "data", "train", "stage")
 LOCK_FILE = ".lock"
 LATER_FIELDS |= {"train.cooldown_fraction": 0.2, "train.cooldown_shape": "linear",

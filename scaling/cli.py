@@ -474,6 +474,12 @@ def _bon(argv: list[str] | None) -> None:
         raise UsageError(f"--batch-size {args.batch_size}: expected at least 1")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: not a directory (OUT_DIR comes last)")
+    names = [path.resolve().name for path in rm_dirs]  # a reward model's rows are its name's
+    twice = sorted({str(path) for path, name in zip(rm_dirs, names, strict=True)
+                    if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"reward models {', '.join(twice)} share a directory name: each "
+                         "names its rows in the tables, give each once")
 
     from scaling.rlhf import gold_reward
     from scaling.rlhf.bon import best_of_n_run, check_reward_model, write_bon

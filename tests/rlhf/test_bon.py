@@ -138,10 +138,11 @@ def test_reward_models_that_cannot_score_the_policys_samples_are_refused():
     (["--n-max", "8", "--pool", "4"], "--pool 4: expected at least --n-max 8"),
     (["--prompts", "test"], "--prompts test: expected train, val"),
     (["--gold", "nope"], "--gold nope: expected one of sft_body"),
+    (["--seed", "0"], "share a directory name"),  # the same reward model twice
 ])
 def test_bad_options_are_refused_in_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit:
-        bon([str(tmp_path), str(tmp_path), str(tmp_path / "out"), *args])
+        bon([str(tmp_path), str(tmp_path), str(tmp_path), str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.strip().count("\n") == 0 and message in err
     assert not (tmp_path / "out").exists()
@@ -163,7 +164,7 @@ def policy_and_rm(tmp_path_factory, corpus_dir, cache_dir) -> tuple[Path, Path]:
 def test_scaling_bon_writes_the_table_of_each_reward_model(tmp_path, capsys, policy_and_rm):
     policy, rm = policy_and_rm
     out = tmp_path / "bon"
-    bon([str(policy), str(rm), str(rm), str(out), "--n-max", "4", "--pool", "6",
+    bon([str(policy), str(rm), str(out), "--n-max", "4", "--pool", "6",
          "--prompts", "val:3", "--max-new-tokens", "16"])
     assert "3 val prompts" in capsys.readouterr().out
     table = pd.read_parquet(out / "bon.parquet")
@@ -175,16 +176,15 @@ def test_scaling_bon_writes_the_table_of_each_reward_model(tmp_path, capsys, pol
     size = json.loads((rm / "summary.json").read_text())["n_params_nonembed"]
     proxy = pool[f"proxy:{rm.name}"].to_numpy().reshape(3, 6)
     gold = pool["gold"].to_numpy().reshape(3, 6)
-    assert len(table) == 6  # the reward model twice, 3 values of n each
-    for _, rows in table.groupby(table.index // 3):
-        assert rows["n"].tolist() == [1, 2, 4] and (rows["rm_n_params_nonembed"] == size).all()
-        assert (rows["n_prompts"] == 3).all() and rows["rm_run"].eq(rm.name).all()
-        np.testing.assert_allclose(rows["kl"], kl_bon(np.array([1, 2, 4])))
-        np.testing.assert_allclose(rows["d"], np.sqrt(rows["kl"]))
-        expected = np.mean([best_of_n(proxy[p], gold[p], [1, 2, 4]) for p in range(3)], axis=0)
-        np.testing.assert_allclose(rows["gold_reward"], expected, rtol=1e-6)
-        assert rows["gold_reward"].iloc[0] == pytest.approx(gold.mean())
-        assert np.all(np.diff(rows["proxy_reward"]) > 0)
-    assert len(per_prompt) == 2 * 3 * 3
-    assert per_prompt.groupby(["rm_run", "n"])["gold_reward"].mean().to_numpy() == \
-        pytest.approx(table.groupby(["rm_run", "n"])["gold_reward"].mean().to_numpy())
+    rows = table
+    assert rows["n"].tolist() == [1, 2, 4] and (rows["rm_n_params_nonembed"] == size).all()
+    assert (rows["n_prompts"] == 3).all() and rows["rm_run"].eq(rm.name).all()
+    np.testing.assert_allclose(rows["kl"], kl_bon(np.array([1, 2, 4])))
+    np.testing.assert_allclose(rows["d"], np.sqrt(rows["kl"]))
+    expected = np.mean([best_of_n(proxy[p], gold[p], [1, 2, 4]) for p in range(3)], axis=0)
+    np.testing.assert_allclose(rows["gold_reward"], expected, rtol=1e-6)
+    assert rows["gold_reward"].iloc[0] == pytest.approx(gold.mean())
+    assert np.all(np.diff(rows["proxy_reward"]) > 0)
+    assert len(per_prompt) == 3 * 3
+    assert per_prompt.groupby("n")["gold_reward"].mean().to_numpy() == \
+        pytest.approx(table["gold_reward"].to_numpy())

@@ -11,7 +11,9 @@ the studies' sections, the runs and the pooled diagnostics follow.
   published, verdict}}`, one entry per question the study answers (`ci` is `[lo, hi]`, the
   95 % bootstrap interval, or null without a bootstrap; `selection` says which rows the fit
   used; `verdict` is consistent | differs | no interval | not determined | skipped).
-- `study`: runs by status, total FLOPs and wall time (of every run), `fitted` (the stage,
+- `study`: runs by status, total FLOPs spent and wall time (of every run), `cost` where WSD
+  cooldown branches share trunks (`{spent, as_independent_runs, share, branches, trunks}`:
+  `analysis.table.study_cost`), `fitted` (the stage,
   corpus and completed runs the fits use), `left_out` (`[{stage, corpus_cache, runs,
   report}]`: completed runs of other corpora or stages, and the command that reports on
   them, or null), the ranges of N, D, C, tokens per parameter and epochs of the fitted
@@ -64,7 +66,7 @@ from analysis.overview import write_overview
 from analysis.report import write_fits
 from analysis.result import jsonable
 from analysis.section import Section
-from analysis.table import PRETRAIN, Scope, pretraining_scope
+from analysis.table import PRETRAIN, Scope, pretraining_scope, study_cost
 from analysis.transfer.section import transfer_section
 
 SCHEMA = 1
@@ -220,10 +222,11 @@ def _study(
     caveats of the fitted runs; for the summary and fits.json."""
     runs = scope.runs
     done = runs[runs["status"] == "completed"] if "status" in runs else runs
+    cost = study_cost(results)
     study: dict[str, Any] = {
         "runs": len(results),
         "by_status": results["status"].value_counts().to_dict() if "status" in results else {},
-        "flops": float(results["C"].sum()) if "C" in results else None,
+        "flops": cost.spent if "C" in results else None,
         "wall_s": float(results["wall_s"].sum()) if "wall_s" in results else None,
         "fitted": {"stage": PRETRAIN, "corpus_cache": scope.corpus, "runs": len(done)},
         "left_out": [
@@ -240,6 +243,9 @@ def _study(
             for stage, n in scope.stages.items()
         ],
     }
+    if cost.branches:  # WSD cooldown branches share their trunks' FLOPs
+        study["cost"] = {"spent": cost.spent, "as_independent_runs": cost.independent,
+                         "share": cost.share, "branches": cost.branches, "trunks": cost.trunks}
     ranges = {}
     for name in ("N", "D", "C"):
         if name in done and len(done):
@@ -312,6 +318,11 @@ def _summary(study: dict[str, Any], headline: dict[str, dict], sections: list[Se
     cost = [f"{study['runs']} runs ({counts})"]
     if study["flops"]:
         cost.append(f"{study['flops']:.3g} training FLOPs")
+    if study.get("cost"):
+        c = study["cost"]
+        cost.append(f"{c['branches']} of the runs are WSD cooldown branches of {c['trunks']} "
+                    f"trunks: the {c['as_independent_runs']:.3g} FLOPs the same runs cost as "
+                    f"independent runs, at {c['share']:.0%} of it")
     if study["wall_s"]:
         cost.append(f"{study['wall_s'] / 3600:.2g} h of run wall time")
     if study.get("count"):

@@ -184,3 +184,39 @@ def pretraining_scope(results: pd.DataFrame, corpus: str | None = None) -> Scope
         return Scope(pretrain, None, False, corpora, stages)
     chosen = corpus if corpus is not None else next(iter(corpora))
     return Scope(pretrain[label == chosen], chosen, corpus is not None, corpora, stages)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a study's runs cost in training FLOPs, and what the same runs would have cost
+    trained independently: they differ where WSD cooldown branches share a trunk."""
+
+    spent: float  # every run's own `flops`, plus each WSD trunk's `trunk_flops` once
+    independent: float  # every run's `C`: a branch's whole path, as if trained alone
+    branches: int  # runs that are cooldown branches (`branch_of` set)
+    trunks: int  # the distinct trunks they branch from
+
+    @property
+    def share(self) -> float:
+        """spent / independent (1 for a study without branches)."""
+        return self.spent / self.independent if self.independent else float("nan")
+
+
+def study_cost(results: pd.DataFrame) -> Cost:
+    """The training FLOPs a results table's runs spent and would have spent as independent
+    runs (`Cost`). A cooldown branch's record (`scaling.branches`) holds `flops` (its cooldown
+    only), `path_flops` (its trunk prefix and cooldown: the table's `C`) and `trunk_flops` (its
+    trunk's whole cost, shared by the trunk's branches, `branch_of`); any other run's `flops`
+    is both. Rows without FLOPs (failed before training) count 0."""
+    if "flops" not in results and "C" not in results:
+        return Cost(0.0, 0.0, 0, 0)
+    own = pd.to_numeric(results["flops" if "flops" in results else "C"], errors="coerce")
+    whole = pd.to_numeric(results["C"], errors="coerce") if "C" in results else own
+    spent, independent = float(own.fillna(0).sum()), float(whole.fillna(0).sum())
+    if "branch_of" not in results or "trunk_flops" not in results:
+        return Cost(spent, independent, 0, 0)
+    branches = results[results["branch_of"].notna()]
+    trunks = branches.drop_duplicates("branch_of")
+    spent += float(pd.to_numeric(trunks["trunk_flops"], errors="coerce").fillna(0).sum())
+    return Cost(spent, independent, len(branches), len(trunks))
+

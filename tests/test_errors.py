@@ -53,6 +53,17 @@ def assert_one_line(script: str, status: int, stderr: str, *names: str) -> None:
         (["stage=sft", "stage.init_from=runs/p", "data=sft_stdlib", "data.paths=[p.jsonl]"],
          ["data.paths", "add data=jsonl"]),
         (["data.transfer_paths=[prose/*.md]"], ["data.transfer_paths", "data.transfer=files"]),
+        # schedules (issue 16): the field, and what it takes
+        (["train.schedule=nosuch"], ["train.schedule", "cosine, wsd, constant"]),
+        (["train.warmup=nosuch"], ["train.warmup", "kaplan, porian"]),
+        (["train.cooldown_fraction=1.5"], ["train.cooldown_fraction", "between 0 and 1"]),
+        (["train.cooldowns=[1e5]"], ["train.cooldowns", "train.schedule=wsd"]),
+        (["train.schedule=wsd", "train.tokens=1e6", "train.cooldowns=[3e5,2e5]"],
+         ["train.cooldowns", "increasing"]),
+        (["train.schedule=wsd", "train.cooldowns=[1e5,3e5]"],
+         ["train.cooldowns", "train.tokens=200000"]),
+        (["stage.schedule=constant"], ["stage.schedule", "moved to train.schedule"]),
+        (["train.warmup_fraction=0.1"], ["train.warmup_fraction", "moved to train.warmup"]),
     ],
 )
 def test_train_names_the_bad_field_in_one_line(tmp_path, args, names):

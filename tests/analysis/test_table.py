@@ -11,6 +11,7 @@ from analysis.table import (
     pretraining_scope,
     require_points,
     select,
+    study_cost,
 )
 
 
@@ -147,3 +148,19 @@ def test_scope_of_a_table_without_stage_or_corpus_is_every_row():
     runs = _runs(["a", "a"]).drop(columns=["stage", "corpus_cache"])
     scope = pretraining_scope(runs)
     assert scope.corpus is None and len(scope.runs) == 2 and not scope.left_out
+
+
+def test_study_cost_counts_each_trunk_once_and_each_branch_as_its_cooldown():
+    # two trunks (of 8 and 16 FLOPs), each with two branches; one independent run of 5
+    runs = pd.DataFrame({
+        "flops": [2.0, 4.0, 3.0, 6.0, 5.0],
+        "C": [6.0, 12.0, 9.0, 22.0, 5.0],  # a branch's path_flops: trunk prefix + cooldown
+        "branch_of": ["t1", "t1", "t2", "t2", None],
+        "trunk_flops": [8.0, 8.0, 16.0, 16.0, np.nan],
+    })
+    cost = study_cost(runs)
+    assert (cost.spent, cost.independent) == (2 + 4 + 3 + 6 + 5 + 8 + 16, 54.0)
+    assert (cost.branches, cost.trunks) == (4, 2) and cost.share == pytest.approx(44 / 54)
+    plain = study_cost(runs.drop(columns=["branch_of", "trunk_flops"]).iloc[4:])
+    assert (plain.spent, plain.independent, plain.branches) == (5.0, 5.0, 0)
+

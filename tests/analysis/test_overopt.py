@@ -21,6 +21,7 @@ from analysis.overopt.fit import (
     versus_gao,
 )
 from analysis.overopt.section import overopt_section
+from analysis.page import write_page
 from analysis.table import FitInputError
 from scaling.rlhf.bon import kl_bon
 
@@ -179,3 +180,14 @@ def test_the_section_writes_figures_and_the_fits_json_contract(tmp_path):
     assert "as Gao" in section.html
     assert overopt_section(results[results["stage"] != "rl"], curves, None, tmp_path,
                            n_bootstrap=0, seed=0) is None
+
+
+def test_the_report_page_holds_the_section_and_fits_json_keys(tmp_path):
+    results, curves = _rl_tables()
+    results = results.assign(N=np.nan, D=np.nan, C=np.nan, loss=np.nan, wall_s=1.0)
+    index = write_page(results, curves, tmp_path, title="RLHF", bon=_bon_per_prompt())
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    assert list(fits["bon"]) == ["100000", "1000000", "10000000"]
+    assert list(fits["rl"]) == ["100000", "1000000"]
+    assert fits["overoptimization"]["trends"]["bon alpha"]["slope"] > 0
+    assert "Reward-model overoptimization" in index.read_text()

@@ -429,9 +429,11 @@ def bon(argv: list[str] | None = None) -> None:
 
 
 def _bon(argv: list[str] | None) -> None:
-    parser = ArgumentParser(prog="scaling-bon", description=bon.__doc__)
+    parser = ArgumentParser(
+        prog="scaling-bon", description=bon.__doc__,
+        usage="scaling-bon POLICY_RUN_DIR RM_RUN_DIR [RM_RUN_DIR ...] OUT_DIR [options]")
     parser.add_argument("policy", type=Path, metavar="POLICY_RUN_DIR")
-    parser.add_argument("runs", type=Path, nargs="+", metavar="RM_RUN_DIR ... OUT_DIR",
+    parser.add_argument("runs", type=Path, nargs="+", metavar="RM_RUN_DIR",
                         help="reward-model run directories (stage=reward), then the output "
                              "directory (created if absent)")
     parser.add_argument("--n-max", type=int, default=256, metavar="N",

@@ -36,7 +36,7 @@ NAMES = {"bon": "best-of-n", "rl": "RL (PPO)"}
 GAO = {
     ("bon", "alpha"): "grows with RM size",
     ("bon", "beta"): "shrinks with RM size",
-    ("rl", "alpha"): "no clear trend",
+    ("rl", "alpha"): "none stated (only α_bon, β_bon, β_RL move smoothly)",
     ("rl", "beta"): "shrinks with RM size",
 }
 

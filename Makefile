@@ -37,6 +37,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # Re-resolve the lock: the newest versions pyproject.toml allows, installed into a scratch venv.
+# torch: the dev extra's torch==2.13.0 resolves here to the CPU wheel on pip's find-links, and
+# the lock pins it as 2.13.0+cpu, a local version no index serves as a CUDA build.
 lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock

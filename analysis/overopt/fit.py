@@ -66,7 +66,8 @@ def peak(form: str, alpha: float, beta: float) -> float:
     overoptimization within the form: R never turns down)."""
     if not beta > 0:
         return float("inf")
-    return alpha / (2 * beta) if form == "bon" else float(np.exp(alpha / beta - 1))
+    with np.errstate(over="ignore"):  # a β near 0: a peak beyond any d, inf
+        return alpha / (2 * beta) if form == "bon" else float(np.exp(alpha / beta - 1))
 
 
 def fit_form(d: np.ndarray, R: np.ndarray, form: str) -> Fit:

@@ -159,7 +159,7 @@ def _html(fits: dict[str, dict[float, Fit]], skipped: dict[str, str],
     e = html.escape
     rows = []
     for size in sorted({s for by_size in fits.values() for s in by_size}):
-        row: dict[str, Any] = {"RM N": f"{size:.4g}"}
+        row: dict[str, Any] = {"RM N": f"{size:,.0f}"}
         for form, by_size in fits.items():
             fit = by_size.get(size)
             for param in PARAMS:

@@ -17,12 +17,22 @@ import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from scaling.cli import export
 from scaling.config import Config, ConfigError, DataConfig, ModelConfig, StageConfig, TrainConfig
-from scaling.hf import PADDING, WEIGHTS, CheckpointFormatError, read_checkpoint
-from scaling.model import GPT, GPTConfig, model_shape, token_losses
+from scaling.hf import PADDING, WEIGHTS, CheckpointFormatError, gpt2_tensors, read_checkpoint
+from scaling.model import (
+    GPT,
+    REWARD_HEAD,
+    VALUE_HEAD,
+    GPTConfig,
+    init_params,
+    init_reward_head,
+    model_shape,
+    token_losses,
+)
 from scaling.stages.parent import load_run
 from tests.runs import pretrain
 
@@ -221,3 +231,23 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_the_overrides(
     (bad / "config.json").write_text(json.dumps({**config_json, "activation_function": "gelu"}))
     with pytest.raises(CheckpointFormatError, match="activation_function"):
         pretrain(_finetune(corpus_dir, cache_dir, f"hf:{bad}"), tmp_path / "run2")
+
+
+def test_a_reward_model_is_refused_and_a_value_head_left_out():
+    cfg = GPTConfig(vocab_size=256, n_layer=1, d_model=32, n_head=2, n_ctx=16, d_ff=128)
+    params = init_params(cfg, 0)
+    with pytest.raises(CheckpointFormatError, match="reward head"):
+        gpt2_tensors(cfg, {**params, REWARD_HEAD: init_reward_head(cfg)})
+    tensors, _ = gpt2_tensors(cfg, {**params, VALUE_HEAD: init_reward_head(cfg)})
+    assert tensors.keys() == gpt2_tensors(cfg, params)[0].keys()
+
+
+def test_gpt2model_names_read_as_gpt2lmheadmodel_names(exported, tmp_path):
+    """The hub's original gpt2 files name tensors as GPT2Model does (h.0..., wte.weight)."""
+    plain = tmp_path / "gpt2model"
+    shutil.copytree(exported["bpe"], plain)
+    tensors = load_file(plain / WEIGHTS)
+    save_file({k.removeprefix("transformer."): v for k, v in tensors.items()},
+              plain / WEIGHTS, metadata={"format": "pt"})
+    ours, theirs = read_checkpoint(exported["bpe"]).params, read_checkpoint(plain).params
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ours, theirs)

@@ -29,7 +29,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from scaling.batch import batch_rows, stack
 from scaling.checkpoint import Checkpointer
-from scaling.config import TrainConfig
+from scaling.config import ConfigError, TrainConfig
 from scaling.hooks import (
     Checkpointing,
     Clock,
@@ -176,7 +176,12 @@ def eval_steps(total_steps: int, count: int) -> list[int]:
 
 
 def models_batch(replicas: Sequence[Replica], step: int) -> Batch:
-    """Batch `step` of each model: its own [B, ...] for one, stacked [K, B, ...] for K."""
+    """Batch `step` of each model: its own [B, ...] for one, stacked [K, B, ...] for K.
+    Raises ConfigError for a stage whose batches come from its `source` (stage=rl's rollouts,
+    drawn during training: no batch is a function of the step alone)."""
+    if replicas[0].stage.train_batch is None:
+        raise ConfigError(f"stage={replicas[0].stage.name} draws its batches during training "
+                          "(a batch source): they cannot be made ahead of it")
     if len(replicas) == 1:
         return replicas[0].stage.train_batch(step)
     return stack([replica.stage.train_batch(step) for replica in replicas])

@@ -118,6 +118,9 @@ class TrainConfig:
     replica_lr_scales: list[float] = field(default_factory=list)  # []: all at the peak LR; else K
     compile_cache: bool = True  # persistent XLA compilation cache, shared by runs of the same shape
     compile_cache_dir: str | None = None  # None: <data cache root>/jax
+    # live logs beside each run's record: tensorboard (event files in <run dir>/tb, a sweep
+    # directory is a --logdir); []: none
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -392,6 +395,8 @@ def validate(cfg: Config) -> Config:
            "(train.batch_size / train.grad_accum * model.n_ctx)")
     _check(t.parallel in ("none", "dp", "fsdp"), "train.parallel", t.parallel,
            "one of none, dp, fsdp")
+    _check(all(name in ("tensorboard",) for name in t.loggers), "train.loggers", t.loggers,
+           "a list of tensorboard, or [] for none")
     _check(t.replicas > 0, "train.replicas", t.replicas, "a positive integer")
     _check(
         len(t.replica_lr_scales) in (0, t.replicas) and all(s > 0 for s in t.replica_lr_scales),

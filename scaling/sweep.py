@@ -33,6 +33,7 @@ from scaling.config import DataConfig
 BOOKKEEPING_FIELDS = frozenset({
     "train.log_every_steps", "train.checkpoint_every_steps", "train.checkpoint_every_seconds",
     "train.keep_checkpoints", "data.cache_dir", "train.compile_cache", "train.compile_cache_dir",
+    "train.loggers",
 })
 # Keys added after runs were first recorded, with their defaults: at its default such a key
 # stays out of the identity, so that the runs recorded before it keep their ids and resume.

@@ -284,6 +284,18 @@ def train_models(
         raise
 
 
+def _loggers(cfg: TrainConfig, record_dirs: Sequence[Path], training: Sequence[int],
+             loop: LoopState, config_dict: dict, flops_per_token: int) -> list[Hook]:
+    """The live logs train.loggers asks for, of the models recorded here."""
+    if "tensorboard" not in cfg.loggers or not training:
+        return []
+    from scaling.sweep import flatten
+    from scaling.tensorboard import TensorBoardLog
+
+    return [TensorBoardLog(record_dirs, training, loop, flatten(config_dict), flops_per_token,
+                           loop.placement.devices)]
+
+
 def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run_dir: Path,
            record_dirs: Sequence[Path], recorded: Sequence[dict | None], total_steps: int,
            group_name: str | None, checkpointer: Checkpointer, keep_steps: Sequence[int] = (),
@@ -332,6 +344,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
                    stage.flops_per_token, progress, eval_meter),
         checkpointing,
         *stage.hooks,
+        *_loggers(cfg, record_dirs, training, loop, config_dict, stage.flops_per_token),
         interruption,
     ])
     if loop.interrupted is not None:

@@ -97,7 +97,7 @@ class Responses:
     windows: np.ndarray  # [B, n_ctx] int32
     weights: np.ndarray  # [B, n_ctx - 1] float32: 1 on the response's targets (its eos too)
     new_tokens: list[list[int]]  # each response's tokens, its eos included where it ended
-    measured: dict[str, np.ndarray]  # `Models.measure`'s arrays
+    measured: dict[str, np.ndarray]  # `_measure`'s arrays
 
 
 @dataclass(frozen=True)

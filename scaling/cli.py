@@ -189,8 +189,9 @@ def _train_task(cfg: DictConfig) -> None:
 
 TRAIN_ABOUT = """scaling-train [KEY=VALUE ...]: train one model and record it in hydra.run.dir
 (summary.json, metrics.parquet, checkpoints/); with -m, a sweep of them. The stage
-(stage=pretrain|finetune|sft|reward|dpo) picks data, loss and initialisation. The same command
-again resumes an unfinished run and skips a completed one; Ctrl-C saves a checkpoint first."""
+(stage=pretrain|finetune|sft|reward|dpo|rl) picks data, loss and initialisation. The same
+command again resumes an unfinished run and skips a completed one; Ctrl-C saves a checkpoint
+first."""
 
 
 def train() -> None:

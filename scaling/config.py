@@ -54,7 +54,7 @@ class DataConfig:
     # stdlib (this interpreter's standard library source) | python (stdlib + installed
     # packages) | prose (the docstrings and comments of half of python's files, and the
     # documentation topics) | code (the other half, without docstrings and comments) | files;
-    # prompt -> response pairs for stage=sft: sft_stdlib (the standard library's documented
+    # prompt -> response pairs for stage=sft and rl: sft_stdlib (the standard library's documented
     # functions: signature + docstring -> body) | jsonl; for stage=reward: comparisons (JSONL
     # files of prompt, chosen, rejected, as scaling-compare writes them)
     source: str = "stdlib"

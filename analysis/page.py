@@ -320,9 +320,10 @@ def _summary(study: dict[str, Any], headline: dict[str, dict], sections: list[Se
         cost.append(f"{study['flops']:.3g} training FLOPs")
     if study.get("cost"):
         c = study["cost"]
-        cost.append(f"{c['branches']} of the runs are WSD cooldown branches of {c['trunks']} "
-                    f"trunks: the {c['as_independent_runs']:.3g} FLOPs the same runs cost as "
-                    f"independent runs, at {c['share']:.0%} of it")
+        cost.append(f"{c['branches']} runs are WSD cooldown branches of {c['trunks']} trunks: "
+                    f"trained independently, the same runs would cost "
+                    f"{c['as_independent_runs']:.3g} FLOPs, and this study spent {c['share']:.0%} "
+                    "of that")
     if study["wall_s"]:
         cost.append(f"{study['wall_s'] / 3600:.2g} h of run wall time")
     if study.get("count"):

@@ -422,7 +422,10 @@ def bon(argv: list[str] | None = None) -> None:
     reward model; for n = 1, 2, 4, ..., --n-max, the expected gold and proxy score of the
     proxy's favourite of n, over all n-subsets of the pool, and KL = ln n - (n-1)/n. Writes
     OUT_DIR/bon.parquet (a row per reward model and n), bon_prompts.parquet (per prompt),
-    pool.parquet (every sample's scores) and bon.json (settings and cost)."""
+    pool.parquet (every sample's scores) and bon.json (settings and cost). With --study
+    STUDY_DIR, the policy and reward models are the study's (every completed stage=reward run
+    under it with data=policy_comparisons, and the policy they sampled), OUT_DIR is
+    STUDY_DIR/bon, and tables already there for the same runs and settings are kept."""
     try:
         _bon(argv)
     except Exception as error:
@@ -432,11 +435,16 @@ def bon(argv: list[str] | None = None) -> None:
 def _bon(argv: list[str] | None) -> None:
     parser = ArgumentParser(
         prog="scaling-bon", description=bon.__doc__,
-        usage="scaling-bon POLICY_RUN_DIR RM_RUN_DIR [RM_RUN_DIR ...] OUT_DIR [options]")
-    parser.add_argument("policy", type=Path, metavar="POLICY_RUN_DIR")
-    parser.add_argument("runs", type=Path, nargs="+", metavar="RM_RUN_DIR",
+        usage="scaling-bon POLICY_RUN_DIR RM_RUN_DIR [RM_RUN_DIR ...] OUT_DIR [options]\n"
+              "       scaling-bon --study STUDY_DIR [options]")
+    parser.add_argument("policy", type=Path, nargs="?", metavar="POLICY_RUN_DIR")
+    parser.add_argument("runs", type=Path, nargs="*", metavar="RM_RUN_DIR",
                         help="reward-model run directories (stage=reward), then the output "
                              "directory (created if absent)")
+    parser.add_argument("--study", type=Path, metavar="STUDY_DIR",
+                        help="instead of the runs: the study's policy and every completed "
+                             "reward model under STUDY_DIR that sampled it; writes "
+                             "STUDY_DIR/bon, unless it is up to date")
     parser.add_argument("--n-max", type=int, default=256, metavar="N",
                         help="the largest n (default 256); n runs over 1, 2, 4, ... and N")
     parser.add_argument("--pool", type=int, metavar="M",
@@ -455,9 +463,15 @@ def _bon(argv: list[str] | None) -> None:
     parser.add_argument("--step", default="latest",
                         help="the policy's checkpoint: latest (default), best, or a step")
     args = parser.parse_args(argv)
-    if len(args.runs) < 2:
-        raise UsageError("expected POLICY_RUN_DIR, at least one RM_RUN_DIR and OUT_DIR")
-    *rm_dirs, out = args.runs
+    if args.study is not None:
+        if args.policy is not None:
+            raise UsageError("--study finds the policy and reward models: name no run with it")
+        if not args.study.is_dir():
+            raise UsageError(f"--study {args.study}: not a directory")
+    elif args.policy is None or len(args.runs) < 2:
+        raise UsageError("expected POLICY_RUN_DIR, at least one RM_RUN_DIR and OUT_DIR, or "
+                         "--study STUDY_DIR")
+    *rm_dirs, out = args.runs or [args.study / "bon"]
 
     from scaling.rlhf.bon import n_grid
     from scaling.rlhf.collect import PromptChoice
@@ -485,10 +499,24 @@ def _bon(argv: list[str] | None) -> None:
                          "names its rows in the tables, give each once")
 
     from scaling.rlhf import gold_reward
-    from scaling.rlhf.bon import best_of_n_run, check_reward_model, write_bon
+    from scaling.rlhf.bon import (
+        best_of_n_run,
+        check_reward_model,
+        study_runs,
+        up_to_date,
+        write_bon,
+    )
     from scaling.rlhf.collect import draw, policy_prompts
     from scaling.stages.parent import load_run
 
+    options = {k: v for k, v in vars(args).items() if k not in ("policy", "runs", "study")}
+    if args.study is not None:
+        args.policy, rm_dirs = study_runs(args.study)
+        print(f"study {args.study}: policy {args.policy}, {len(rm_dirs)} reward models: "
+              f"{', '.join(p.name for p in rm_dirs)}")
+        if up_to_date(out, args.policy, rm_dirs, options):
+            print(f"{out / 'bon.parquet'} is up to date (the same runs and settings): kept")
+            return
     policy = load_run(args.policy, args.step, step_key="--step")
     rms = [load_run(path) for path in rm_dirs]
     for rm in rms:  # before sampling; the windows' length is checked once they are drawn

@@ -48,11 +48,20 @@ LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transf
                 "stage.rollout_prompts": 64, "stage.max_new_tokens": 64,
                 "stage.gold": "sft_body"}
 # Keys holding paths or globs, compared by what they name rather than how they are spelt.
-PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from", "stage.reward_from")
+PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from", "stage.reward_from",
+               "data.policy")
 IDENTITY_GROUPS = ("model", "data", "train", "stage")
 LOCK_FILE = ".lock"
 LATER_FIELDS |= {"train.cooldown_fraction": 0.2, "train.cooldown_shape": "linear",
                  "train.cooldowns": []}
+LATER_FIELDS |= {"data.path": None, "data.text_column": "text"}
+PATH_FIELDS += ("data.path",)
+LATER_FIELDS |= {"model.causal": True, "stage.mask_rate": 0.15,
+                 "stage.allow_objective_change": False}
+LATER_FIELDS |= {"data.policy": None, "data.comparison_samples": 4,
+                 "data.comparison_prompts": "train", "data.comparison_gold": "sft_body",
+                 "data.comparison_max_new_tokens": 0, "data.comparison_label_temperature": 0.0,
+                 "data.comparison_seed": 0}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -81,7 +90,9 @@ def canonical_data(data: DataConfig) -> DataConfig:
     """`data` with its paths canonical (`canonical_path`), so that the corpus read, and the
     names its documents get, do not depend on how the paths were spelt."""
     return replace(data, paths=[canonical_path(p) for p in data.paths],
-                   transfer_paths=[canonical_path(p) for p in data.transfer_paths])
+                   path=None if data.path is None else canonical_path(data.path),
+                   transfer_paths=[canonical_path(p) for p in data.transfer_paths],
+                   policy=None if data.policy is None else canonical_path(data.policy))
 
 
 def identity(config: dict) -> dict[str, Any]:
@@ -129,7 +140,8 @@ def corpus_fingerprint(data: DataConfig, tokenizer_from: str | None = None) -> s
     from scaling.data.sources import read_corpus
 
     data = canonical_data(data)
-    corpus = read_corpus(data.source, data.paths, cache_root(data.cache_dir))
+    corpus = read_corpus(data.source, data.paths, cache_root(data.cache_dir), data.path,
+                         data.text_column)
     return _cache_name(data, corpus, tokenizer_from)
 
 
@@ -143,7 +155,7 @@ def _si(x: float) -> str:
 def run_id(config: dict) -> str:
     """A readable name plus a short hash of the run's identity: `L2-d64-T64-D200k-s0-1a2b3c4d`
     (`...-s0-x8-...` for a group of 8 replicas, `...-s0-trunk-...` for a WSD trunk: their
-    models are runs of their own)."""
+    models are runs of their own; `...-s0-mlm0.15-...` for a masked LM at its mask rate)."""
     m, t = config["model"], config["train"]
     digest = hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()
     readable = f"L{m['n_layer']}-d{m['d_model']}-T{m['n_ctx']}-D{_si(t['tokens'])}-s{t['seed']}"
@@ -151,6 +163,9 @@ def run_id(config: dict) -> str:
         readable += f"-x{t['replicas']}"
     if t.get("cooldowns"):  # a WSD trunk: its branches are runs of their own
         readable += "-trunk"
+    stage = config.get("stage") or {}
+    if stage.get("kind") == "mlm":  # beside causal runs of the same shape in a study
+        readable += f"-mlm{stage.get('mask_rate', 0.15):g}"
     return f"{readable}-{digest[:8]}"
 
 
@@ -169,16 +184,25 @@ def planned_vocab(data: Any, stage: Any | None = None) -> int:
         from scaling.record import read_summary
 
         parent = read_summary(Path(stage.init_from))
-        if parent is not None and "vocab_size" in parent:
-            return int(parent["vocab_size"])
+        if parent is not None and "vocab_size" in parent:  # a masked LM's: its tokenizer's
+            return int(parent.get("tokenizer_vocab_size", parent["vocab_size"]))
     return 256 if data.tokenizer == "bytes" else int(data.vocab_size)
+
+
+def planned_model_vocab(data: Any, stage: Any | None = None) -> int:
+    """The vocabulary of the model a run will build: its tokenizer's (`planned_vocab`), and a
+    masked LM's [MASK] token after it (`scaling.masking.mask_token_id`)."""
+    from scaling.config import MASKED_STAGES
+
+    vocab = planned_vocab(data, stage)
+    return vocab + 1 if stage is not None and stage.get("kind") in MASKED_STAGES else vocab
 
 
 def _shape(root: DictConfig):
     """The model of a (resolved) run config, for counting its FLOPs before it runs."""
     from scaling.model import model_shape
 
-    return model_shape(root.model, planned_vocab(root.data, root.get("stage")))
+    return model_shape(root.model, planned_model_vocab(root.data, root.get("stage")))
 
 
 def isoflop_tokens(*, _root_: DictConfig) -> int:

@@ -128,6 +128,52 @@ def check_reward_model(policy: Parent, rm: Parent, longest_window: int | None = 
     return cfg
 
 
+def study_runs(study_dir: Path) -> tuple[Path, list[Path]]:
+    """The policy and the reward models of a study (`scaling-bon --study`): every completed
+    stage=reward run directly under `study_dir` whose comparisons are a policy's samples
+    (data=policy_comparisons), smallest first, and that one policy (data.policy).
+
+    Raises UsageError (one line) where no such reward model has completed, or where they
+    compare the samples of more than one policy (name them on the command line instead)."""
+    from scaling.record import read_summary
+
+    found = []
+    for run_dir in sorted(p for p in Path(study_dir).iterdir() if p.is_dir()):
+        summary = read_summary(run_dir) if (run_dir / "summary.json").is_file() else None
+        if (summary is None or summary.get("status") != "completed"
+                or summary["config"]["stage"]["kind"] != "reward"
+                or summary["config"]["data"].get("source") != "policy_comparisons"):
+            continue
+        found.append((summary.get("n_params_nonembed", 0), run_dir,
+                      Path(summary["config"]["data"]["policy"]).resolve()))
+    if not found:
+        raise UsageError(f"--study {study_dir}: no completed reward model (stage=reward, "
+                         "data=policy_comparisons) directly under it")
+    policies = sorted({str(policy) for *_, policy in found})
+    if len(policies) > 1:
+        raise UsageError(f"--study {study_dir}: its reward models compare the samples of "
+                         f"{len(policies)} policies ({', '.join(policies)}): name the policy "
+                         "and its reward models on the command line instead")
+    return Path(policies[0]), [run_dir for _, run_dir, _ in sorted(found)]
+
+
+def up_to_date(out_dir: Path, policy: Path, rm_dirs: Sequence[Path],
+               options: dict[str, Any]) -> bool:
+    """Whether `out_dir` holds best-of-n tables of this policy against exactly these reward
+    models with these `options` (bon.json's): a study's re-run has nothing to do."""
+    try:
+        record = json.loads((out_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    if not all((out_dir / name).is_file() for name in (TABLE, PROMPTS_TABLE)):
+        return False
+    same_runs = (Path(record.get("policy_run", "")).resolve() == policy.resolve()
+                 and sorted(str(Path(p).resolve()) for p in record.get("rm_runs", []))
+                 == sorted(str(p.resolve()) for p in rm_dirs))
+    recorded = record.get("options", {})
+    return same_runs and all(str(recorded.get(k)) == str(v) for k, v in options.items())
+
+
 def windows(token_ids: list[tuple[list[int], list[list[int]]]],
             eos_id: int) -> tuple[list[list[int]], np.ndarray]:
     """Every sample as a reward model reads it, prompt by prompt: eos, prompt, the new tokens

@@ -50,11 +50,11 @@ from scaling.model import (
 )
 from scaling.rlhf.collect import PromptChoice, policy_prompts
 from scaling.rlhf.gold import GoldReward, sft_body
+from scaling.rlhf.policy_data import read_comparison_data
 from scaling.rlhf.windows import (
     ComparisonSplit,
     ComparisonWindows,
     encode_comparisons,
-    read_comparison_files,
     split_comparisons,
 )
 from scaling.sample import generate, pad_prompts
@@ -232,7 +232,8 @@ def prepare(cfg: Config) -> Prepared:
     cfg = replace(cfg, data=canonical_data(cfg.data))
     parent = load_parent(cfg)
     tokenizer = parent.tokenizer_dataset().tokenizer
-    split = split_comparisons(read_comparison_files(cfg.data.paths), cfg.data.val_fraction)
+    source = read_comparison_data(cfg.data)  # files, or a policy's collection (cached)
+    split = split_comparisons(source.comparisons, cfg.data.val_fraction)
     model_cfg = model_config(cfg, parent.summary["vocab_size"])
     reference = {k: v for k, v in parent.init_params().items() if k != REWARD_HEAD}
     windows = [encode_comparisons(tokenizer, part, model_cfg.n_ctx)
@@ -242,5 +243,9 @@ def prepare(cfg: Config) -> Prepared:
     dropped = sum(w.dropped for w in windows)
     n = cfg.stage.gold_samples
     gold = GoldSamples(model_cfg, parent, reference, n, seed=cfg.train.seed) if n else None
-    return prepare_models(cfg, lambda c: dpo_stage(c, parent, model_cfg, split, train, val,
-                                                   dropped, gold))
+    def build(c: Config) -> Stage:
+        stage = dpo_stage(c, parent, model_cfg, split, train, val, dropped, gold)
+        return replace(stage, record={**stage.record, **source.record},
+                       data_fingerprints={**stage.data_fingerprints, **source.fingerprints})
+
+    return prepare_models(cfg, build)

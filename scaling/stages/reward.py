@@ -1,5 +1,6 @@
 """Reward modelling: a parent's Transformer with a scalar head learns which of two responses
-the gold reward preferred, from comparisons (`scaling-compare`, `data=comparisons`).
+the gold reward preferred, from comparisons (`scaling-compare`, `data=comparisons`; or
+`data=policy_comparisons`, which the run collects from a policy once: `scaling.rlhf.policy_data`).
 
 The model is the parent run's (pretrained or SFT) with `reward_head`, a zero-initialised
 d_model -> 1 projection, read at the last real token of each window (eos, prompt, response,
@@ -30,11 +31,11 @@ from scaling.model import (
     pairwise_accuracy,
     pairwise_loss,
 )
+from scaling.rlhf.policy_data import ComparisonSource, read_comparison_data
 from scaling.rlhf.windows import (
     ComparisonSplit,
     ComparisonWindows,
     encode_comparisons,
-    read_comparison_files,
     split_comparisons,
 )
 from scaling.stages.common import (
@@ -50,8 +51,11 @@ from scaling.train import Stage
 
 
 def reward_stage(cfg: Config, parent: Parent, model_cfg: GPTConfig, split: ComparisonSplit,
-                 train: ComparisonWindows, val: ComparisonWindows) -> Stage:
-    """Bradley–Terry training on encoded train comparisons, evaluated on the held-out ones."""
+                 train: ComparisonWindows, val: ComparisonWindows,
+                 source: ComparisonSource | None = None) -> Stage:
+    """Bradley–Terry training on encoded train comparisons, evaluated on the held-out ones;
+    `source` says where they came from (a policy's collection: its record and fingerprint)."""
+    source = source or ComparisonSource([])
     t = cfg.train
     order, tokens_per_step, steps = comparison_schedule(len(train), t, model_cfg.n_ctx)
     accuracy = partial(pairwise_accuracy, model_cfg)
@@ -82,6 +86,7 @@ def reward_stage(cfg: Config, parent: Parent, model_cfg: GPTConfig, split: Compa
         "comparisons_seen": steps * t.batch_size,
         "epochs": order.epochs(steps),
         "tokenizer_source": parent.summary.get("tokenizer_source"),
+        **source.record,
     }
     return Stage(
         name="reward",
@@ -98,7 +103,8 @@ def reward_stage(cfg: Config, parent: Parent, model_cfg: GPTConfig, split: Compa
                       metric="accuracy"),
         ),
         # the comparisons as the parent's tokenizer encodes them
-        data_fingerprints={"comparisons_cache": f"comparisons-{digest.hexdigest()[:16]}"},
+        data_fingerprints={"comparisons_cache": f"comparisons-{digest.hexdigest()[:16]}",
+                           **source.fingerprints},
     )
 
 
@@ -108,8 +114,10 @@ def prepare(cfg: Config) -> Prepared:
     cfg = replace(cfg, data=canonical_data(cfg.data))
     parent = load_parent(cfg)
     tokenizer = parent.tokenizer_dataset().tokenizer
-    split = split_comparisons(read_comparison_files(cfg.data.paths), cfg.data.val_fraction)
+    source = read_comparison_data(cfg.data)
+    split = split_comparisons(source.comparisons, cfg.data.val_fraction)
     model_cfg = model_config(cfg, parent.summary["vocab_size"])
     train = encode_comparisons(tokenizer, split.train, model_cfg.n_ctx)
     val = encode_comparisons(tokenizer, split.val, model_cfg.n_ctx)
-    return prepare_models(cfg, lambda c: reward_stage(c, parent, model_cfg, split, train, val))
+    return prepare_models(cfg, lambda c: reward_stage(c, parent, model_cfg, split, train, val,
+                                                      source))

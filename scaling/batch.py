@@ -5,8 +5,8 @@ levanter's `LmExample.loss_mask` and nanodo's `weights_BxL`. Pretraining's weigh
 SFT's are 1 on response tokens only. Being a pytree, it passes through jit, vmap (replicas),
 scan (gradient accumulation) and device placement leaf by leaf, so none of them knows which
 stage it serves. `ComparisonBatch` (a reward model's chosen/rejected windows) is another
-pytree of the same kind, `PreferenceBatch` (DPO's, with the reference policy's log-probs) and
-`RolloutBatch` (PPO's rollouts) too.
+pytree of the same kind, `MaskedBatch` (a masked LM's corrupted windows), `PreferenceBatch`
+(DPO's, with the reference policy's log-probs) and `RolloutBatch` (PPO's rollouts) too.
 """
 
 from __future__ import annotations
@@ -36,6 +36,21 @@ class LmBatch:
         tokens_BxT1 = np.asarray(tokens_BxT1)
         weights = np.ones((*tokens_BxT1.shape[:-1], tokens_BxT1.shape[-1] - 1), np.float32)
         return cls(tokens_BxT1, weights)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class MaskedBatch:
+    """Masked-LM training data (stage=mlm, BERT's objective): corrupted windows, the original
+    tokens, and a weight per position: 1 where the corruption chose the position (its loss
+    counts), 0 elsewhere (`scaling.masking.bert_corruption` makes them).
+
+    Leaves may carry leading axes (k evaluation batches, K replicas): [..., B, T].
+    """
+
+    inputs: Any  # [B, T] int32: the window with chosen positions replaced ([MASK], random, kept)
+    targets: Any  # [B, T] int32: the window as the corpus has it
+    weights: Any  # [B, T] float32: 1 at the chosen positions
 
 
 @jax.tree_util.register_dataclass

@@ -9,6 +9,9 @@ Counting conventions (../shared/reference/SCALING_FACTS.md):
 - Model FLOPs per token = 6 × (weight-matmul parameters, unembedding included, embedding
   lookup excluded) + 6·L·n_ctx·d_attn for causal attention (each query-key pair once, forward
   and backward), as MaxText and Megatron count. Biases and LayerNorms are not counted.
+  Bidirectional attention (a masked LM, `causal=False`) reads every pair both ways, with no
+  causal halving: 12·L·n_ctx·d_attn. A masked LM's unembedding is counted at every position,
+  as `masked_token_loss` computes it (the loss reads the chosen ones).
   Without the unembedding and the attention term it is 6·(block weight matrices), Kaplan's
   C ≈ 6N per token; every record carries the four variants (`flop_fields`).
 - MFU = achieved model FLOP/s ÷ the device's dense bf16 peak.
@@ -96,9 +99,11 @@ def block_matmul_params(cfg: GPTConfig) -> int:
 
 
 def attention_flops_per_token(cfg: GPTConfig) -> int:
-    """Causal attention's training FLOPs per token: QKᵀ and AV at 2·n_ctx·d each, halved for
-    causality, ×3 for forward and backward, in every layer: 6·L·n_ctx·d."""
-    return 6 * cfg.n_layer * cfg.n_ctx * cfg.d_model
+    """Attention's training FLOPs per token: QKᵀ and AV at 2·n_ctx·d each, ×3 for forward and
+    backward, in every layer: 12·L·n_ctx·d for bidirectional attention, halved for a causal
+    model (each query-key pair once): 6·L·n_ctx·d."""
+    full = 12 * cfg.n_layer * cfg.n_ctx * cfg.d_model
+    return full // 2 if cfg.causal else full
 
 
 def flops_per_token(cfg: GPTConfig, unembed: bool = True, attention: bool = True) -> int:
@@ -145,7 +150,7 @@ def record_counts(model: Mapping[str, Any], vocab_size: int,
         raise KeyError(f"the model config lacks {', '.join(missing)}")
     # fields that do not change a count, for configs recorded before they existed
     fields = {"d_ff": None, "dtype": "float32", "attention": "xla", "remat": "none",
-              "scan_layers": False, "loss_chunk": 0, "n_head": 1} | dict(model)
+              "scan_layers": False, "loss_chunk": 0, "n_head": 1, "causal": True} | dict(model)
     return count_fields(model_shape(SimpleNamespace(**fields), int(vocab_size)), recorded)
 
 

@@ -18,6 +18,10 @@ A reward model is this Transformer plus `reward_head`, a separate parameter subt
 a PPO policy adds `value_head` the same way (`logits_and_values`).
 DPO (`dpo_loss`) trains the language model itself on the same comparisons, against the log-probs
 of a frozen reference carried in its batches.
+
+With `causal=False` (stage=mlm) every position attends to every other, both kernels without
+their causal mask, and `masked_token_loss` trains BERT's objective: the original tokens at the
+corrupted positions, read from both sides (Devlin et al. 2019). Decoding needs a causal model.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from scaling.batch import ComparisonBatch, LmBatch, PreferenceBatch
+from scaling.batch import ComparisonBatch, LmBatch, MaskedBatch, PreferenceBatch
 
 VOCAB_MULTIPLE = 64
 LN_EPS = 1e-5
@@ -66,6 +70,7 @@ class GPTConfig:
     remat: str = "none"
     scan_layers: bool = False
     loss_chunk: int = 0  # tokens per chunk of the fused unembedding + loss; 0: all logits at once
+    causal: bool = True  # False: bidirectional attention (a masked LM, stage=mlm)
 
     @property
     def vocab_padded(self) -> int:
@@ -76,13 +81,14 @@ def model_shape(model: Any, vocab_size: int) -> GPTConfig:
     """The one place a model's shape is built from a run's `model` config (a ModelConfig or any
     object with its fields, a Hydra node included) and the tokenizer's vocabulary: by the run,
     and by the sweep resolvers that plan FLOPs before it. `dtype` and `attention` stay as
-    configured (`auto` too); the run resolves them for its machine."""
+    configured (`auto` too); the run resolves them for its machine. A config without `causal`
+    (one recorded before it existed) is a causal model."""
     d_ff = model.d_ff if model.d_ff is not None else 4 * model.d_model
     return GPTConfig(
         vocab_size=vocab_size, n_layer=model.n_layer, d_model=model.d_model,
         n_head=model.n_head, n_ctx=model.n_ctx, d_ff=d_ff, dtype=model.dtype,
         attention=model.attention, remat=model.remat, scan_layers=model.scan_layers,
-        loss_chunk=model.loss_chunk,
+        loss_chunk=model.loss_chunk, causal=getattr(model, "causal", True),
     )
 
 
@@ -162,9 +168,10 @@ def _attend_cached(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax.Ar
 
 
 class Attention(nn.Module):
-    """Causal multi-head self-attention; with `kv` (a layer's cached keys and values, [B, H,
-    S, K] each) it writes the new tokens' keys and values at `slots.start` and attends over the
-    cache instead, returning the updated `kv` (None without one)."""
+    """Multi-head self-attention, causal unless `cfg.causal` is False; with `kv` (a layer's
+    cached keys and values, [B, H, S, K] each) it writes the new tokens' keys and values at
+    `slots.start` and attends over the cache instead, returning the updated `kv` (None
+    without one)."""
 
     cfg: GPTConfig
 
@@ -181,7 +188,8 @@ class Attention(nn.Module):
         )
         if kv is None:
             y_BxTxHxK = jax.nn.dot_product_attention(
-                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention
+                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=cfg.causal,
+                implementation=cfg.attention
             )
         else:
             k_BxHxSxK, v_BxHxSxK = (
@@ -327,6 +335,9 @@ def extend(cfg: GPTConfig, params: dict, cache: KVCache, ids_BxT: jax.Array,
     free slots (writes past its end are clamped by XLA onto the last slots); a token's position
     must stay below n_ctx (later ones reuse the last position's embedding).
     """
+    if not cfg.causal:
+        raise ValueError("decoding reads tokens one after another: a bidirectional (masked LM) "
+                         "model cannot generate")
     valid_BxT = jnp.ones(ids_BxT.shape, bool) if valid_BxT is None else valid_BxT.astype(bool)
     cfg, params = unscanned(cfg, params)
     return GPT(cfg).apply({"params": params}, ids_BxT, cache=cache, valid_BxT=valid_BxT)
@@ -432,16 +443,30 @@ def chunked_cross_entropy(x_BxTxD: jax.Array, embedding_VxD: jax.Array, targets_
     return loss(x_BxTxD, embedding_VxD, targets_BxT, weights_BxT)
 
 
+def _token_loss(cfg: GPTConfig, params: dict, inputs_BxT: jax.Array, targets_BxT: jax.Array,
+                weights_BxT: jax.Array) -> jax.Array:
+    """Weighted mean loss of `targets_BxT` from the model's logits at each input position
+    (sum(w·loss)/sum(w)); fused and chunked if cfg.loss_chunk."""
+    if not cfg.loss_chunk:
+        logits_BxTxV = GPT(cfg).apply({"params": params}, inputs_BxT)
+        return cross_entropy(logits_BxTxV, targets_BxT, weights_BxT)
+    x_BxTxD = GPT(cfg).apply({"params": params}, inputs_BxT, unembed=False)
+    return chunked_cross_entropy(x_BxTxD, params["wte"]["embedding"], targets_BxT, weights_BxT,
+                                 cfg.loss_chunk, cfg.dtype)
+
+
 def next_token_loss(cfg: GPTConfig, params: dict, batch: LmBatch) -> jax.Array:
     """Weighted mean loss of predicting tokens[:, 1:] from tokens[:, :-1] (sum(w·loss)/sum(w));
     fused and chunked if cfg.loss_chunk."""
-    inputs_BxT, targets_BxT = batch.tokens[:, :-1], batch.tokens[:, 1:]
-    if not cfg.loss_chunk:
-        logits_BxTxV = GPT(cfg).apply({"params": params}, inputs_BxT)
-        return cross_entropy(logits_BxTxV, targets_BxT, batch.weights)
-    x_BxTxD = GPT(cfg).apply({"params": params}, inputs_BxT, unembed=False)
-    return chunked_cross_entropy(x_BxTxD, params["wte"]["embedding"], targets_BxT, batch.weights,
-                                 cfg.loss_chunk, cfg.dtype)
+    return _token_loss(cfg, params, batch.tokens[:, :-1], batch.tokens[:, 1:], batch.weights)
+
+
+def masked_token_loss(cfg: GPTConfig, params: dict, batch: MaskedBatch) -> jax.Array:
+    """BERT's masked-LM loss: the weighted mean loss of the original tokens at the positions
+    the corruption chose (weight 1; 0 elsewhere), from the corrupted inputs read by a
+    bidirectional model (cfg.causal False; Devlin et al. 2019). The logits are computed at
+    every position, as `flops_per_token` counts them."""
+    return _token_loss(cfg, params, batch.inputs, batch.targets, batch.weights)
 
 
 def init_reward_head(cfg: GPTConfig) -> dict:

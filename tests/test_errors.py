@@ -64,6 +64,9 @@ def assert_one_line(script: str, status: int, stderr: str, *names: str) -> None:
          ["train.cooldowns", "train.tokens=200000"]),
         (["stage.schedule=constant"], ["stage.schedule", "moved to train.schedule"]),
         (["train.warmup_fraction=0.1"], ["train.warmup_fraction", "moved to train.warmup"]),
+        # masked LM (issue 19): the rate, and room for [MASK]
+        (["stage=mlm", "stage.mask_rate=1.5"], ["stage.mask_rate=1.5", "between 0 and 1"]),
+        (["stage=mlm", "data.vocab_size=65535"], ["data.vocab_size=65535", "[MASK]"]),
     ],
 )
 def test_train_names_the_bad_field_in_one_line(tmp_path, args, names):

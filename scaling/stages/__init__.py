@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scaling.config import Config
-from scaling.stages import dpo, finetune, pretrain, reward, rl, sft
+from scaling.stages import dpo, finetune, mlm, pretrain, reward, rl, sft
 from scaling.stages.common import Prepared, run
 
 STAGES: dict[str, Callable[[Config], Prepared]] = {
@@ -17,6 +17,7 @@ STAGES: dict[str, Callable[[Config], Prepared]] = {
     "reward": reward.prepare,
     "dpo": dpo.prepare,
     "rl": rl.prepare,
+    "mlm": mlm.prepare,
 }
 
 

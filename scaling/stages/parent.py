@@ -186,7 +186,12 @@ def _take(tree: Any, i: int) -> Any:
 
 
 def _check_fits(cfg: Config, parent: dict[str, Any], where: str) -> None:
-    """A child must have its parent's shape and tokenizer: name both values where not."""
+    """A child must have its parent's shape and tokenizer, and a causal child a causal parent:
+    name both values where not."""
+    if cfg.model.causal and not parent["model"].get("causal", True):
+        raise ConfigError(
+            f"{where} is a masked LM (model.causal=false): stage={cfg.stage.kind} trains a "
+            "causal model, and only stage=mlm starts from a bidirectional one")
     for key in SHAPE_KEYS:
         if getattr(cfg.model, key) != parent["model"][key]:
             raise ConfigError(

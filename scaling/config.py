@@ -9,6 +9,7 @@ is touched.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import io
 import math
@@ -58,9 +59,14 @@ class DataConfig:
     # documentation topics) | code (the other half, without docstrings and comments) | files;
     # prompt -> response pairs for stage=sft and rl: sft_stdlib (the standard library's documented
     # functions: signature + docstring -> body) | jsonl; for stage=reward: comparisons (JSONL
-    # files of prompt, chosen, rejected, as scaling-compare writes them)
+    # files of prompt, chosen, rejected, as scaling-compare writes them) | policy_comparisons
+    # (the run samples them from data.policy and gold-labels them, once: cached)
     source: str = "stdlib"
     paths: list[str] = field(default_factory=list)  # globs, for source=files, jsonl, comparisons
+    # source=hf: a dataset on disk (scaling.data.user): a directory of `datasets`' save_to_disk,
+    # a Parquet, Arrow or JSON Lines file, a directory of them, or a glob
+    path: str | None = None
+    text_column: str = "text"  # source=hf: the column (JSON Lines: the field) holding the text
     # A second corpus, only evaluated on (transfer_loss): none | prose (the Python
     # documentation's prose, pydoc_data) | files
     transfer: str = "none"
@@ -69,6 +75,17 @@ class DataConfig:
     vocab_size: int = 4096  # BPE vocabulary size (the bytes tokenizer is always 256)
     val_fraction: float = 0.05  # share of documents (pairs: files; comparisons: prompts) held out
     cache_dir: str | None = None  # None: $SCALING_CACHE, else ~/.cache/scaling
+    # data=policy_comparisons (stage=reward, dpo): the SFT run whose samples are compared, as
+    # scaling-compare draws and labels them; collected once per (policy checkpoint, settings)
+    # into the data cache and shared by every run that asks (scaling.rlhf.policy_data)
+    policy: str | None = None
+    comparison_samples: int = 4  # samples per prompt; every pair of unequal gold is labelled
+    # the policy's prompts: train | val | N | train:N | val:N (N spread evenly over those that fit)
+    comparison_prompts: str = "train"
+    comparison_gold: str = "sft_body"  # the gold reward that scores and labels (scaling.rlhf.gold)
+    comparison_max_new_tokens: int = 0  # a sample's length limit, its eos included; 0: n_ctx // 2
+    comparison_label_temperature: float = 0.0  # 0: the higher gold wins; T: σ(Δgold / T)
+    comparison_seed: int = 0  # the same seed, the same samples and labels
 
 
 @dataclass
@@ -121,7 +138,8 @@ class TrainConfig:
     compile_cache: bool = True  # persistent XLA compilation cache, shared by runs of the same shape
     compile_cache_dir: str | None = None  # None: <data cache root>/jax
     # live logs beside each run's record: tensorboard (event files in <run dir>/tb, a sweep
-    # directory is a --logdir); []: none
+    # directory is a --logdir) | wandb (optional: pip install wandb; offline unless WANDB_MODE
+    # says otherwise, files in <run dir>/wandb); []: none
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
@@ -170,11 +188,11 @@ class StageConfig:
 
 
 # What each stage reads: its data sources, and whether it starts from a parent run.
-STAGE_SOURCES = {"pretrain": ("stdlib", "python", "prose", "code", "files"),
-                 "finetune": ("stdlib", "python", "prose", "code", "files"),
+STAGE_SOURCES = {"pretrain": ("stdlib", "python", "prose", "code", "files", "hf"),
+                 "finetune": ("stdlib", "python", "prose", "code", "files", "hf"),
                  "sft": ("sft_stdlib", "jsonl"),
-                 "reward": ("comparisons",),
-                 "dpo": ("comparisons",),
+                 "reward": ("comparisons", "policy_comparisons"),
+                 "dpo": ("comparisons", "policy_comparisons"),
                  "rl": ("sft_stdlib", "jsonl"),
                  "mlm": ("stdlib", "python", "prose", "code", "files")}
 STAGES_FROM_PARENT = ("finetune", "sft", "reward", "dpo", "rl")
@@ -183,6 +201,7 @@ MASKED_STAGES = ("mlm",)  # bidirectional models (model.causal=false), every oth
 # A run's largest vocabulary, data.vocab_size's cap: a masked LM's [MASK] token must fit too.
 MAX_VOCAB = 65535
 PATH_SOURCES = ("files", "jsonl", "comparisons")  # the sources that read data.paths
+LOGGERS = ("tensorboard", "wandb")  # train.loggers' choices
 
 
 @dataclass
@@ -361,6 +380,11 @@ def validate(cfg: Config) -> Config:
                           if s in STAGE_SOURCES.get(cfg.stage.kind, ()))
     _check(d.source in PATH_SOURCES or not d.paths, "data.paths", d.paths,
            f"empty with data={d.source}, which reads no paths: add {readers} to train on them")
+    _check(d.source != "hf" or bool(d.path), "data.path", d.path,
+           "the dataset data=hf reads: a save_to_disk directory, or Parquet or JSONL files")
+    _check(d.source == "hf" or d.path is None, "data.path", d.path,
+           f"null with data={d.source}, which reads no dataset (data=hf does)")
+    _check(bool(d.text_column), "data.text_column", d.text_column, "a column name")
     _check(d.transfer in ("none", "prose", "files"), "data.transfer", d.transfer,
            "one of none, prose, files")
     _check(d.transfer != "files" or len(d.transfer_paths) > 0, "data.transfer_paths",
@@ -368,6 +392,7 @@ def validate(cfg: Config) -> Config:
     _check(d.transfer == "files" or not d.transfer_paths, "data.transfer_paths",
            d.transfer_paths, f"empty with data.transfer={d.transfer}, which reads no paths: add "
            "data.transfer=files to score these files")
+    _validate_policy_data(d)
     _check(d.tokenizer in ("bpe", "bytes"), "data.tokenizer", d.tokenizer, "one of bpe, bytes")
     _check(257 <= d.vocab_size <= MAX_VOCAB, "data.vocab_size", d.vocab_size,
            f"an integer in [257, {MAX_VOCAB}] for the BPE tokenizer")
@@ -407,8 +432,11 @@ def validate(cfg: Config) -> Config:
            "(train.batch_size / train.grad_accum * model.n_ctx)")
     _check(t.parallel in ("none", "dp", "fsdp"), "train.parallel", t.parallel,
            "one of none, dp, fsdp")
-    _check(all(name in ("tensorboard",) for name in t.loggers), "train.loggers", t.loggers,
-           "a list of tensorboard, or [] for none")
+    _check(all(name in LOGGERS for name in t.loggers), "train.loggers", t.loggers,
+           f"a list of {', '.join(LOGGERS)}, or [] for none")
+    if "wandb" in t.loggers and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("train.loggers=[wandb] needs the optional package wandb, which is not "
+                          "installed: pip install wandb (WANDB_MODE=offline needs no account)")
     _check(t.replicas > 0, "train.replicas", t.replicas, "a positive integer")
     _check(
         len(t.replica_lr_scales) in (0, t.replicas) and all(s > 0 for s in t.replica_lr_scales),
@@ -427,6 +455,30 @@ def validate(cfg: Config) -> Config:
     _check(t.checkpoint_every_seconds > 0, "train.checkpoint_every_seconds",
            t.checkpoint_every_seconds, "a positive number of seconds")
     return cfg
+
+
+def _validate_policy_data(d: DataConfig) -> None:
+    """data.policy and the comparison_* keys of data=policy_comparisons: one line naming the
+    first bad field."""
+    if d.source != "policy_comparisons":
+        _check(d.policy is None, "data.policy", d.policy,
+               f"null with data={d.source}, which samples no policy (data=policy_comparisons does)")
+        return
+    from scaling.rlhf.gold import GOLD_REWARDS
+
+    _check(d.policy is not None, "data.policy", d.policy,
+           "the SFT run directory whose samples data=policy_comparisons compares")
+    _check(d.comparison_samples >= 2, "data.comparison_samples", d.comparison_samples,
+           "at least 2 samples per prompt (a comparison is a pair of them)")
+    _check(re.fullmatch(r"(train|val)(:[1-9]\d*)?|[1-9]\d*", d.comparison_prompts) is not None,
+           "data.comparison_prompts", d.comparison_prompts,
+           "train, val, a number N of train prompts, or train:N / val:N (N >= 1)")
+    _check(d.comparison_gold in GOLD_REWARDS, "data.comparison_gold", d.comparison_gold,
+           f"one of {', '.join(sorted(GOLD_REWARDS))}")
+    _check(d.comparison_max_new_tokens >= 0, "data.comparison_max_new_tokens",
+           d.comparison_max_new_tokens, "a positive number of tokens, or 0 for n_ctx // 2")
+    _check(d.comparison_label_temperature >= 0, "data.comparison_label_temperature",
+           d.comparison_label_temperature, "0 (the higher gold wins) or a positive temperature")
 
 
 def _validate_schedule(cfg: Config) -> None:

@@ -48,13 +48,20 @@ LATER_FIELDS = {"train.replicas": 1, "train.replica_lr_scales": [], "data.transf
                 "stage.rollout_prompts": 64, "stage.max_new_tokens": 64,
                 "stage.gold": "sft_body"}
 # Keys holding paths or globs, compared by what they name rather than how they are spelt.
-PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from", "stage.reward_from")
+PATH_FIELDS = ("data.paths", "data.transfer_paths", "stage.init_from", "stage.reward_from",
+               "data.policy")
 IDENTITY_GROUPS = ("model", "data", "train", "stage")
 LOCK_FILE = ".lock"
 LATER_FIELDS |= {"train.cooldown_fraction": 0.2, "train.cooldown_shape": "linear",
                  "train.cooldowns": []}
+LATER_FIELDS |= {"data.path": None, "data.text_column": "text"}
+PATH_FIELDS += ("data.path",)
 LATER_FIELDS |= {"model.causal": True, "stage.mask_rate": 0.15,
                  "stage.allow_objective_change": False}
+LATER_FIELDS |= {"data.policy": None, "data.comparison_samples": 4,
+                 "data.comparison_prompts": "train", "data.comparison_gold": "sft_body",
+                 "data.comparison_max_new_tokens": 0, "data.comparison_label_temperature": 0.0,
+                 "data.comparison_seed": 0}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -83,7 +90,9 @@ def canonical_data(data: DataConfig) -> DataConfig:
     """`data` with its paths canonical (`canonical_path`), so that the corpus read, and the
     names its documents get, do not depend on how the paths were spelt."""
     return replace(data, paths=[canonical_path(p) for p in data.paths],
-                   transfer_paths=[canonical_path(p) for p in data.transfer_paths])
+                   path=None if data.path is None else canonical_path(data.path),
+                   transfer_paths=[canonical_path(p) for p in data.transfer_paths],
+                   policy=None if data.policy is None else canonical_path(data.policy))
 
 
 def identity(config: dict) -> dict[str, Any]:
@@ -131,7 +140,8 @@ def corpus_fingerprint(data: DataConfig, tokenizer_from: str | None = None) -> s
     from scaling.data.sources import read_corpus
 
     data = canonical_data(data)
-    corpus = read_corpus(data.source, data.paths, cache_root(data.cache_dir))
+    corpus = read_corpus(data.source, data.paths, cache_root(data.cache_dir), data.path,
+                         data.text_column)
     return _cache_name(data, corpus, tokenizer_from)
 
 

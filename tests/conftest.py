@@ -41,3 +41,21 @@ def tiny_config(corpus_dir, cache_dir):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def rlhf_parent(tmp_path_factory, corpus_dir, cache_dir) -> Path:
+    """A tiny model pretrained once per session for the RLHF tests (`train_parent`): read it,
+    never write into it."""
+    from tests.test_reward import train_parent
+
+    return train_parent(tmp_path_factory.mktemp("parent"), corpus_dir, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def sft_policy(tmp_path_factory, rlhf_parent, cache_dir) -> Path:
+    """`rlhf_parent` fine-tuned (SFT) once per session: the policy every RLHF test samples,
+    scores or starts from (`train_sft_policy`); read it, never write into it."""
+    from tests.test_reward import train_sft_policy
+
+    return train_sft_policy(rlhf_parent, tmp_path_factory.mktemp("sft"), cache_dir)

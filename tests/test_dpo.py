@@ -29,7 +29,7 @@ from scaling.rlhf.windows import ComparisonWindows
 from scaling.stages.dpo import reference_logprobs
 from scaling.stages.parent import load_run
 from tests.runs import pretrain
-from tests.test_reward import _easy, _empty_field, refused, run_config, train_sft_policy
+from tests.test_reward import _easy, _empty_field, refused, run_config
 
 CFG = GPTConfig(vocab_size=64, n_layer=2, d_model=16, n_head=2, n_ctx=12, d_ff=32)
 N_CTX = 128
@@ -131,9 +131,9 @@ def test_swapping_chosen_and_rejected_flips_the_margin():
 # --- training on the shared loop --------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sft(tmp_path_factory, corpus_dir, cache_dir) -> Path:
+def sft(sft_policy) -> Path:
     """The policy DPO starts from (and its reference)."""
-    return train_sft_policy(tmp_path_factory, corpus_dir, cache_dir)
+    return sft_policy
 
 
 def test_dpo_learns_easy_comparisons_and_moves_away_from_the_reference(tmp_path, cache_dir,

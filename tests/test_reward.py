@@ -121,15 +121,13 @@ def train_parent(run_dir: Path, corpus_dir: Path, cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def parent(tmp_path_factory, corpus_dir, cache_dir) -> Path:
-    return train_parent(tmp_path_factory.mktemp("parent"), corpus_dir, cache_dir)
+def parent(rlhf_parent) -> Path:
+    return rlhf_parent
 
 
-def train_sft_policy(tmp_path_factory, corpus_dir: Path, cache_dir: Path) -> Path:
-    """A tiny parent fine-tuned (SFT) on data=sft_stdlib for a few steps: a policy to sample
-    from, or to start DPO from."""
-    parent = train_parent(tmp_path_factory.mktemp("parent"), corpus_dir, cache_dir)
-    run_dir = tmp_path_factory.mktemp("sft")
+def train_sft_policy(parent: Path, run_dir: Path, cache_dir: Path) -> Path:
+    """`parent` fine-tuned (SFT) on data=sft_stdlib for a few steps in `run_dir`: a policy to
+    sample from, or to start DPO or PPO from (the session's is the `sft_policy` fixture)."""
     config = run_config(cache_dir, 10_240, data=DataConfig(
         source="sft_stdlib", tokenizer="bytes", cache_dir=str(cache_dir)),
         stage=StageConfig(kind="sft", init_from=str(parent)))

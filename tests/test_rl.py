@@ -18,7 +18,7 @@ from scaling.rlhf.collect import PromptChoice, collect, policy_prompts
 from scaling.stages.parent import load_run
 from scaling.stages.rl import load_reward_model, minibatch_rows, prompt_rows
 from tests.runs import crash_at_step, pretrain
-from tests.test_reward import refused, reward_config, run_config, train_sft_policy
+from tests.test_reward import refused, reward_config, run_config
 
 # 8 prompts a rollout, 2 epochs of 2 minibatches: 4 steps of 4 responses per iteration
 PPO = dict(rollout_prompts=16, minibatches=2, ppo_epochs=2, max_new_tokens=24)
@@ -28,9 +28,9 @@ COLUMNS = ["proxy_reward", "gold_reward", "kl_to_ref", "entropy", "clip_fraction
 
 
 @pytest.fixture(scope="module")
-def sft(tmp_path_factory, corpus_dir, cache_dir) -> Path:
+def sft(sft_policy) -> Path:
     """The policy PPO starts from, and its reference."""
-    return train_sft_policy(tmp_path_factory, corpus_dir, cache_dir)
+    return sft_policy
 
 
 def spaciousness(prompt: str, response: str, reference: str) -> GoldScore:

@@ -26,7 +26,7 @@ from scaling.rlhf.bon import (
 )
 from scaling.stages.parent import Parent
 from tests.runs import pretrain
-from tests.test_reward import _easy, reward_config, train_sft_policy
+from tests.test_reward import _easy, reward_config
 
 
 def _brute_force(proxy: np.ndarray, value: np.ndarray, n: int) -> float:
@@ -149,10 +149,10 @@ def test_bad_options_are_refused_in_one_line(tmp_path, capsys, args, message):
 
 
 @pytest.fixture(scope="module")
-def policy_and_rm(tmp_path_factory, corpus_dir, cache_dir) -> tuple[Path, Path]:
+def policy_and_rm(tmp_path_factory, cache_dir, sft_policy) -> tuple[Path, Path]:
     """A tiny SFT policy, and a reward model of a few steps from it. (Prompts without room
     for the response: refused by `collect.draw`, tests/rlhf/test_collect.py.)"""
-    policy = train_sft_policy(tmp_path_factory, corpus_dir, cache_dir)
+    policy = sft_policy
     data = tmp_path_factory.mktemp("easy")
     rm = tmp_path_factory.mktemp("rm")
     summary = pretrain(reward_config(cache_dir, policy, [str(_easy(data / "easy.jsonl"))],

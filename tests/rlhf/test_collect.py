@@ -15,15 +15,15 @@ from scaling.rlhf import read_comparisons, sft_body
 from scaling.rlhf.collect import PromptChoice, collect, policy_prompts, read_samples
 from scaling.stages.parent import load_run
 from tests.runs import pretrain
-from tests.test_reward import N_CTX, reward_config, train_sft_policy
+from tests.test_reward import N_CTX, reward_config
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory, corpus_dir, cache_dir) -> Path:
+def policy(sft_policy) -> Path:
     """A tiny SFT policy to sample."""
-    return train_sft_policy(tmp_path_factory, corpus_dir, cache_dir)
+    return sft_policy
 
 
 def test_scaling_compare_then_a_reward_model_on_the_policys_own_samples(

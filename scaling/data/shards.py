@@ -78,7 +78,8 @@ def load_dataset(cfg: DataConfig, tokenizer_from: Dataset | None = None) -> Data
     vocab_size and eos_id are the parent's. Raises DataError for an unreadable corpus, or one
     too small to split.
     """
-    corpus = read_corpus(cfg.source, cfg.paths, cache_root(cfg.cache_dir))
+    corpus = read_corpus(cfg.source, cfg.paths, cache_root(cfg.cache_dir), cfg.path,
+                         cfg.text_column)
     inherited = tokenizer_from.cache_path.name if tokenizer_from is not None else None
     path = cache_root(cfg.cache_dir) / _cache_name(cfg, corpus, inherited)
     if not (path / "meta.json").exists():

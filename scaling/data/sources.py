@@ -69,9 +69,10 @@ class Corpus:
     skipped: list[str] = field(default_factory=list)
 
 
-def read_corpus(source: str, paths: list[str], cache: Path | None = None) -> Corpus:
-    """Read `source` (stdlib | python | prose | code | files); raise DataError if nothing
-    non-empty is found.
+def read_corpus(source: str, paths: list[str], cache: Path | None = None,
+                path: str | None = None, text_column: str = "text") -> Corpus:
+    """Read `source` (stdlib | python | prose | code | files | hf); raise DataError if nothing
+    non-empty is found. hf reads `text_column` of the dataset at `path` (scaling.data.user).
 
     prose and code derive their text from the Python sources, a minute's work: with `cache` (a
     directory) it is kept there for the next call, keyed by the sources and the code that
@@ -88,9 +89,14 @@ def read_corpus(source: str, paths: list[str], cache: Path | None = None) -> Cor
     elif source == "files":
         corpus = _files_corpus(paths)
         where = f"data.paths={paths}"
+    elif source == "hf":
+        from scaling.data.user import read_user_corpus  # it reads files as this module names them
+
+        corpus = read_user_corpus(str(path), text_column)
+        where = f"data.path={path} (data.text_column={text_column})"
     else:
-        raise DataError(
-            f"data.source={source!r} is unknown: expected stdlib, python, prose, code or files.")
+        raise DataError(f"data.source={source!r} is unknown: expected stdlib, python, prose, "
+                        "code, files or hf.")
     if not corpus.documents:
         raise DataError(f"the corpus is empty: {len(corpus.files)} files in {where}, no text.")
     return corpus

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := constraints.txt
 
-.PHONY: install demo transfer-demo test lint lock clean
+.PHONY: install demo transfer-demo rlhf-demo test lint lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version.split()[0]'
@@ -27,6 +27,16 @@ transfer-demo: $(STAMP)
 	$(BIN)/scaling-train --config-dir sweeps --config-name transfer_cpu hydra/launcher=local \
 		hydra.launcher.n_jobs=2
 	$(BIN)/scaling-report runs/transfer --bootstrap 200
+
+# Gao et al. 2022's reward-model overoptimization in miniature (sweeps/overoptimization_cpu.yaml):
+# pretrain 4 sizes, SFT one policy, a proxy reward model of each size on gold-labelled
+# comparisons of the policy's samples, PPO against each; then best-of-n against each and the
+# report, which fits R_bon(d) and R_RL(d) per reward-model size (docs/rlhf.md).
+rlhf-demo: $(STAMP)
+	$(BIN)/scaling-train --config-dir sweeps --config-name overoptimization_cpu \
+		hydra/launcher=local hydra.launcher.n_jobs=2
+	$(BIN)/scaling-bon --study runs/rlhf --n-max 256 --prompts val:32 --max-new-tokens 64
+	$(BIN)/scaling-report runs/rlhf --bootstrap 200
 
 # The report's browser test needs Debian's chromium; installed here when missing (CI runs as root).
 test: $(STAMP)

@@ -69,8 +69,10 @@ def test_shape_preset_holds_n_near_its_target():
         assert abs(12 * depth * m.d_model**2 / 3e5 - 1) < 0.25
 
 
-# `make transfer-demo` writes runs/transfer (the issue's contract); its GPU twin another.
-SWEEP_DIRS = {"transfer_cpu": "runs/transfer", "transfer": "runs/transfer_gpu"}
+# `make transfer-demo` and `make rlhf-demo` write runs/transfer and runs/rlhf (the issues'
+# contracts); their GPU twins another.
+SWEEP_DIRS = {"transfer_cpu": "runs/transfer", "transfer": "runs/transfer_gpu",
+              "overoptimization_cpu": "runs/rlhf", "overoptimization": "runs/rlhf_gpu"}
 
 
 def test_every_preset_composes_with_a_cpu_twin():

@@ -181,7 +181,7 @@ def test_a_study_fine_tunes_each_size_after_its_parent_and_skips_those_of_a_fail
                             capture_output=True, text=True, timeout=300)
     log = second.stdout + second.stderr
     assert second.returncode != 0
-    assert log.count("FAILED (skipped: the run it starts from") == 2, log
+    assert log.count("FAILED (skipped: the run its stage.init_from names") == 2, log
     # the skipped fine-tunes never started: only the parents have directories
     assert sorted(p.name.split("-")[3] for p in (tmp_path / "F").iterdir() if p.is_dir()) == [
         "D10k", "D10k"]

@@ -37,7 +37,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scaling.data.errors import DataError
 from scaling.record import completed_same_config, read_summary, record_name, tokenizer_cache
-from scaling.sweep import IDENTITY_GROUPS, canonical_path, corpus_fingerprint, planned_flops
+from scaling.sweep import (
+    IDENTITY_GROUPS,
+    canonical_path,
+    corpus_fingerprint,
+    flatten,
+    planned_flops,
+)
 
 log = logging.getLogger(__name__)
 LOG = "launcher.log"  # each run's output, in its directory
@@ -161,15 +167,17 @@ class LocalLauncher(Launcher):
 
         while queue or running:
             while free_slots:
-                # The first queued run whose parent (stage.init_from) has finished, if any
+                # The first queued run whose linked runs (stage.init_from, ...) have finished
                 ready = next((k for k, (i, _) in enumerate(queue)
-                              if parents.get(i) is None or parents[i] in results), None)
+                              if all(j in results for _, j in parents.get(i, []))), None)
                 if ready is None:
                     break
                 index, (overrides, job_config, run_dir) = queue.pop(ready)
-                parent = parents.get(index)
-                if parent is not None and results[parent].status != JobStatus.COMPLETED:
-                    finish(index, 1, f"skipped: the run it starts from, {jobs[parent][2].name}, "
+                failed_links = [(key, j) for key, j in parents.get(index, [])
+                                if results[j].status != JobStatus.COMPLETED]
+                if failed_links:
+                    key, parent = failed_links[0]
+                    finish(index, 1, f"skipped: the run its {key} names, {jobs[parent][2].name}, "
                                      "failed", 0.0)
                     continue
                 slot = free_slots.pop(0)
@@ -197,15 +205,21 @@ class LocalLauncher(Launcher):
         return [results[i] for i in range(len(jobs))]
 
 
-def parent_jobs(jobs: list[tuple[list[str], DictConfig, Path]]) -> dict[int, int]:
-    """{job index: index of the job it starts from}, for each job whose `stage.init_from` is
-    another job's run directory (compared as canonical paths): that job must finish first."""
+def parent_jobs(jobs: list[tuple[list[str], DictConfig, Path]]) -> dict[int, list[tuple[str, int]]]:
+    """{job index: [(key, index of the job it links to), ...]}: every config value of a job
+    (`stage.init_from`, `stage.reward_from`, `data.policy`, an entry of `data.paths`, ...) that
+    is another job's run directory, compared as canonical paths. Those jobs must finish first."""
     by_dir = {canonical_path(str(run_dir)): i for i, (_, _, run_dir) in enumerate(jobs)}
-    parents = {}
+    parents: dict[int, list[tuple[str, int]]] = {}
     for i, (_, job_config, _) in enumerate(jobs):
-        init_from = job_config.stage.get("init_from")
-        if init_from and canonical_path(str(init_from)) in by_dir:
-            parents[i] = by_dir[canonical_path(str(init_from))]
+        config = {k: OmegaConf.to_container(job_config[k], resolve=True)
+                  for k in IDENTITY_GROUPS if k in job_config}
+        for key, value in flatten(config).items():
+            for path in value if isinstance(value, list) else [value]:
+                if isinstance(path, str) and path and "\n" not in path:
+                    j = by_dir.get(canonical_path(path))
+                    if j is not None and j != i:
+                        parents.setdefault(i, []).append((key, j))
     return parents
 
 

@@ -17,14 +17,18 @@ run's config instead.
 Every job's config is composed before any is launched, so a bad grid value stops the study at
 once with one line naming the grid and the key (`hydra.sweeper.grids.nd: train.tokens: ...`).
 
-A grid may start its runs from another grid's: `stage.init_from: grid:pretrain` names, for each
-run, the run of grid `pretrain` that agrees with it on every key `pretrain` sweeps (a
-transfer study's fine-tune of `model=n100k` starts from the pretraining run of `model=n100k`).
-The value becomes that run's directory, and the launcher starts a run only once the run it
-starts from has completed (`hydra/launcher=local` orders them; a run whose parent failed is
-skipped with that reason).
+A grid may link its runs to another grid's, on any key whose value is a run directory:
+`stage.init_from: grid:pretrain` names, for each run, the run of grid `pretrain` that agrees
+with it on every key `pretrain` sweeps (a transfer study's fine-tune of `model=n100k` starts
+from the pretraining run of `model=n100k`); `data.policy: grid:policy` the one run of a grid
+that sweeps nothing. `grid:NAME/*` fans out: one run of this grid per run of grid NAME
+(`stage.reward_from: grid:rm/*`, PPO against every reward model, whatever its size). The
+value becomes that run's directory (`link_parents`), and the launcher starts a run only once
+every run it links to has completed (`hydra/launcher=local` orders them; a run whose linked
+run failed is skipped with that reason).
 """
 
+import itertools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -93,8 +97,8 @@ def expand_grids(grids: dict[str, dict[str, str] | None], arguments: Sequence[st
     return jobs
 
 
-PARENT_KEY = "stage.init_from"
 GRID_PREFIX = "grid:"
+FAN_OUT = "/*"
 
 
 def _values(overrides: Sequence[str]) -> dict[str, str]:
@@ -102,44 +106,103 @@ def _values(overrides: Sequence[str]) -> dict[str, str]:
     return dict(o.split("=", 1) for o in overrides)
 
 
+def _link(value: str) -> tuple[str, bool] | None:
+    """(grid name, fan-out) of a `grid:NAME` or `grid:NAME/*` value; None for another value."""
+    value = _link_text(value)
+    if not value.startswith(GRID_PREFIX):
+        return None
+    name = value.removeprefix(GRID_PREFIX)
+    return name.removesuffix(FAN_OUT), name.endswith(FAN_OUT)
+
+
+def _grid_order(jobs: list[tuple[str, list[str]]]) -> list[str]:
+    """The study's grids, each after every grid its values link to (declaration order where
+    free). Raises UsageError for a link to no other grid, or grids that link in a cycle."""
+    names = list(dict.fromkeys(grid for grid, _ in jobs))
+    needs: dict[str, set[str]] = {grid: set() for grid in names}
+    for grid, overrides in jobs:
+        for key, value in _values(overrides).items():
+            link = _link(value)
+            if link is None:
+                continue
+            if link[0] not in needs or link[0] == grid:
+                raise UsageError(f"hydra.sweeper.grids.{grid}: {key}={_link_text(value)} names "
+                                 f"no other grid of the study (grids: "
+                                 f"{', '.join(g for g in names if g != grid)})")
+            needs[grid].add(link[0])
+    order: list[str] = []
+    while len(order) < len(names):
+        free = [g for g in names if g not in order and needs[g] <= set(order)]
+        if not free:
+            raise UsageError("hydra.sweeper.grids: grids "
+                             f"{', '.join(g for g in names if g not in order)} link to each "
+                             "other in a cycle: no run of them can start first")
+        order.append(free[0])
+    return order
+
+
+def _link_text(value: str) -> str:
+    """An override's value as written: Hydra escapes `:` in the values it writes."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
 def link_parents(jobs: list[tuple[str, list[str]]],
                  run_dir: Callable[[list[str]], str]) -> list[tuple[str, list[str]]]:
-    """`jobs` with every `stage.init_from=grid:NAME` replaced by the directory (`run_dir` of
-    its overrides) of the one run of grid NAME that agrees with the job on the keys NAME sweeps.
+    """`jobs` with every link to another grid replaced by run directories (`run_dir` of the
+    linked run's overrides, its own links replaced first), on whatever key it sits:
 
-    Raises UsageError (one line) for an unknown grid, a job that does not set a key its parent
-    grid sweeps, or no or several matching runs.
+    - `KEY=grid:NAME`: the one run of grid NAME that agrees with the job on the keys NAME
+      sweeps (`stage.init_from: grid:pretrain`, `data.policy: grid:policy`);
+    - `KEY=grid:NAME/*`: every run of grid NAME, one job each (a fan-out: `stage.reward_from:
+      grid:rm/*` runs PPO against each reward model, whatever keys the two grids sweep).
+
+    A job with several fan-outs becomes their product. Jobs come back in their order, each
+    fanned-out job's runs in the order of the grid it fans out over.
+
+    Raises UsageError (one line) for a link to no other grid, grids that link in a cycle, a
+    job that does not set a key its linked grid sweeps, or no or several matching runs.
     """
-    by_grid: dict[str, list[dict[str, str]]] = {}
+    raw: dict[str, list[dict[str, str]]] = {}
     for grid, overrides in jobs:
-        by_grid.setdefault(grid, []).append(_values(overrides))
-    linked = []
-    for grid, overrides in jobs:
-        values = _values(overrides)
-        wanted = re.sub(r"\\(.)", r"\1", values.get(PARENT_KEY, ""))  # Hydra escapes `:`
-        if not wanted.startswith(GRID_PREFIX):
-            linked.append((grid, overrides))
-            continue
-        name = wanted.removeprefix(GRID_PREFIX)
-        where = f"hydra.sweeper.grids.{grid}: {PARENT_KEY}={wanted}"
-        if name not in by_grid or name == grid:
-            raise UsageError(f"{where} names no other grid of the study (grids: "
-                             f"{', '.join(g for g in by_grid if g != grid)})")
-        parents = by_grid[name]
-        swept = sorted({k for p in parents for k in p if len({q.get(k) for q in parents}) > 1})
-        unset = [k for k in swept if k not in values]
-        if unset:
-            raise UsageError(f"{where}: grid {name} sweeps {', '.join(unset)}, which this grid "
-                             "does not set: each run must name the value of its parent's")
-        matches = [p for p in parents if all(p.get(k) == values[k] for k in swept)]
-        if len(matches) != 1:
-            chosen = " ".join(f"{k}={values[k]}" for k in swept) or "these values"
-            raise UsageError(f"{where}: {len(matches)} runs of grid {name} have {chosen}: "
-                             "expected exactly one to start from")
-        parent = [f"{k}={v}" for k, v in matches[0].items()]
-        linked.append((grid, [o if not o.startswith(f"{PARENT_KEY}=") else
-                              f"{PARENT_KEY}={run_dir(parent)}" for o in overrides]))
-    return linked
+        raw.setdefault(grid, []).append(_values(overrides))
+    # per grid: (its raw values, as declared; the overrides of a run, links replaced)
+    linked: dict[str, list[tuple[dict[str, str], list[str]]]] = {}
+    for grid in _grid_order(jobs):
+        linked[grid] = []
+        for overrides in (o for g, o in jobs if g == grid):
+            values = _values(overrides)
+            choices = [[o] for o in overrides]
+            for i, (key, value) in enumerate(values.items()):
+                link = _link(value)
+                if link is None:
+                    continue
+                where = f"hydra.sweeper.grids.{grid}: {key}={_link_text(value)}"
+                parents = _linked_runs(link, values, raw[link[0]], linked[link[0]], where)
+                choices[i] = [f"{key}={run_dir(parent)}" for parent in parents]
+            linked[grid] += [(values, list(run)) for run in itertools.product(*choices)]
+    return [(grid, run) for grid in dict.fromkeys(g for g, _ in jobs) for _, run in linked[grid]]
+
+
+def _linked_runs(link: tuple[str, bool], values: dict[str, str],
+                 declared: list[dict[str, str]],
+                 runs: list[tuple[dict[str, str], list[str]]], where: str) -> list[list[str]]:
+    """The overrides of the runs of grid `link[0]` a job with `values` links to: all of them
+    for a fan-out, else the one agreeing with the job on every key that grid sweeps (as
+    `declared`: a key the grid fans out over or links the same way everywhere is not swept)."""
+    name, fan_out = link
+    if fan_out:
+        return [run for _, run in runs]
+    swept = sorted({k for d in declared for k in d if len({e.get(k) for e in declared}) > 1})
+    unset = [k for k in swept if k not in values]
+    if unset:
+        raise UsageError(f"{where}: grid {name} sweeps {', '.join(unset)}, which this grid "
+                         "does not set: each run must name the value of its parent's")
+    matches = [run for d, run in runs if all(d.get(k) == values[k] for k in swept)]
+    if len(matches) != 1:
+        chosen = " ".join(f"{k}={values[k]}" for k in swept) or "these values"
+        raise UsageError(f"{where}: {len(matches)} runs of grid {name} have {chosen}: "
+                         "expected exactly one to link to")
+    return matches
 
 
 class StudySweeper(Sweeper):
@@ -151,6 +214,7 @@ class StudySweeper(Sweeper):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Launcher | None = None
+        self._parent_dirs: dict[tuple[str, ...], str] = {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -163,10 +227,13 @@ class StudySweeper(Sweeper):
         return str(Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir))
 
     def _parent_dir(self, overrides: list[str]) -> str:
-        try:
-            return self._run_dir(overrides)
-        except (HydraException, OmegaConfBaseException) as error:
-            raise UsageError(f"hydra.sweeper.grids: {describe(error)}") from error
+        key = tuple(overrides)
+        if key not in self._parent_dirs:  # a grid's run is linked to by many: composed once
+            try:
+                self._parent_dirs[key] = self._run_dir(overrides)
+            except (HydraException, OmegaConfBaseException) as error:
+                raise UsageError(f"hydra.sweeper.grids: {describe(error)}") from error
+        return self._parent_dirs[key]
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         assert self.config is not None and self.hydra_context is not None

@@ -287,13 +287,21 @@ def train_models(
 def _loggers(cfg: TrainConfig, record_dirs: Sequence[Path], training: Sequence[int],
              loop: LoopState, config_dict: dict, flops_per_token: int) -> list[Hook]:
     """The live logs train.loggers asks for, of the models recorded here."""
-    if "tensorboard" not in cfg.loggers or not training:
+    if not training:
         return []
     from scaling.sweep import flatten
-    from scaling.tensorboard import TensorBoardLog
 
-    return [TensorBoardLog(record_dirs, training, loop, flatten(config_dict), flops_per_token,
-                           loop.placement.devices)]
+    hooks: list[Hook] = []
+    if "tensorboard" in cfg.loggers:
+        from scaling.tensorboard import TensorBoardLog
+
+        hooks.append(TensorBoardLog(record_dirs, training, loop, flatten(config_dict),
+                                    flops_per_token, loop.placement.devices))
+    if "wandb" in cfg.loggers:
+        from scaling.wandb_log import WandbLog
+
+        hooks.append(WandbLog(record_dirs, training, loop, flatten(config_dict)))
+    return hooks
 
 
 def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run_dir: Path,
@@ -315,7 +323,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
                      artifacts=[{} for _ in replicas])
     wall_before = _resume(loop, checkpointer, config_dict, stage.data_fingerprints, run_dir,
                           start_from)
-    if loop.step:
+    if loop.step and (start_from is None or loop.step != start_from.step):  # its own checkpoint
         for summary in summaries:
             summary["resumed_from_step"] = loop.step
     for i in training:

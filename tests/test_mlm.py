@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from scaling.config import ConfigError, StageConfig, validate
 from scaling.flops import attention_flops_per_token, flops_per_token
@@ -173,3 +174,24 @@ def test_the_new_keys_at_their_defaults_keep_every_run_id():
     mlm = {**config, "model": {**config["model"], "causal": False},
            "stage": {"kind": "mlm", "mask_rate": 0.3}}
     assert run_id(mlm).startswith("L2-d64-T64-D200k-s0-mlm0.3-")
+
+
+def test_the_comparison_study_composes_both_objectives_on_one_grid():
+    from tests.test_sweep import study_runs
+
+    runs = study_runs("mlm_vs_clm_cpu")
+    assert {grid: len(configs) for grid, configs in runs.items()} == {
+        "causal": 9, "masked": 9, "mask_rates": 4}
+
+    def cells(grid):
+        return {(c.model.d_model, c.model.n_layer, c.train.tokens) for c in runs[grid]}
+
+    assert cells("causal") == cells("masked")
+    assert all(c.stage.kind == "pretrain" and c.model.causal for c in runs["causal"])
+    assert all(c.stage.kind == "mlm" and not c.model.causal and c.stage.mask_rate == 0.15
+               for c in runs["masked"])
+    assert {c.stage.mask_rate for c in runs["mask_rates"]} == {0.3, 0.4}
+    assert cells("mask_rates") <= cells("masked")
+    for configs in runs.values():
+        for c in configs:
+            validate(OmegaConf.to_object(c))

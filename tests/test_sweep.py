@@ -80,7 +80,9 @@ def test_every_preset_composes_with_a_cpu_twin():
     for name in presets:
         cfg = compose_preset(name, "train.budget=1e16", with_hydra=True)
         assert cfg.hydra.sweeper.get("params") or cfg.hydra.sweeper.get("grids"), name
-        assert cfg.hydra.sweep.dir == SWEEP_DIRS.get(name, f"runs/{name}")
+        # its own directory, or one per arm below it (wsd_cpu/cosine, mlm_vs_clm_cpu/mlm-0.15)
+        home = SWEEP_DIRS.get(name, f"runs/{name}")
+        assert cfg.hydra.sweep.dir == home or cfg.hydra.sweep.dir.startswith(f"{home}/"), name
     # The demo is CPU-sized, and it is the CPU twin of the GPU Kaplan study.
     studies = {p for p in presets if not p.endswith("_cpu")} - {"demo", "kaplan_gpu"}
     assert {f"{p}_cpu" for p in studies} <= presets
@@ -144,8 +146,14 @@ def test_a_parent_grid_that_names_no_single_run_is_one_line(grids, message):
 
 def test_demo_study_covers_sizes_budgets_shapes_and_batch_sizes():
     runs = study_runs("demo")
-    assert {g: len(r) for g, r in runs.items()} == {"nd": 12, "shape": 4, "isoflop": 8, "batch": 3}
+    assert {g: len(r) for g, r in runs.items()} == {"nd": 12, "shape": 4, "isoflop_1e12": 4,
+                                                    "isoflop_4e12": 4, "batch": 3}
     assert {cfg.data.transfer for grid in runs.values() for cfg in grid} == {"prose"}
+    # bytes: the Transformer, not the vocabulary, is what N counts at these sizes
+    assert {cfg.data.tokenizer for grid in runs.values() for cfg in grid} == {"bytes"}
+    for grid in ("isoflop_1e12", "isoflop_4e12"):  # each run spends its budget
+        assert len({cfg.train.budget for cfg in runs[grid]}) == 1
+        assert all(abs(planned_flops(cfg) / cfg.train.budget - 1) < 0.02 for cfg in runs[grid])
     shape = runs["shape"]
     assert sorted(cfg.model.n_layer for cfg in shape) == [1, 2, 3, 6]
     assert all(abs(n_nonembed(cfg) / 3.3e5 - 1) < 0.15 for cfg in shape)

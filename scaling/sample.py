@@ -113,6 +113,9 @@ def check_options(policy: Policy, n: int, max_new_tokens: int | None) -> None:
 def _check(cfg: GPTConfig, ids_BxP: np.ndarray, mask_BxP: np.ndarray, max_new_tokens: int,
            policy: Policy, n: int, eos_id: int | None, rng: jax.Array | None) -> None:
     """Refuse what `generate` cannot do, in one line naming the value."""
+    if not cfg.causal:
+        raise UsageError("model.causal=false: a masked LM (stage=mlm) reads both sides of every "
+                         "position and cannot generate; sample a causal run")
     if ids_BxP.ndim != 2 or mask_BxP.shape != ids_BxP.shape:
         raise UsageError(f"prompts of shape {ids_BxP.shape} and mask of shape {mask_BxP.shape}: "
                          "expected both [batch, prompt length]")

@@ -47,6 +47,13 @@ def test_a_bidirectional_model_refuses_to_decode():
     cfg = tiny(False)
     with pytest.raises(ValueError, match="cannot generate"):
         extend(cfg, init_params(cfg, 0), init_cache(cfg, 1, 4), jnp.zeros((1, 2), jnp.int32))
+    # scaling-sample and every sampler say so in one line before any work (exit 2)
+    from scaling.console import UsageError
+    from scaling.sample import generate
+
+    with pytest.raises(UsageError, match=r"model\.causal=false: a masked LM"):
+        generate(cfg, init_params(cfg, 0), np.zeros((1, 2), np.int32), max_new_tokens=2,
+                 temperature=0.0)
 
 
 def test_corruption_statistics_over_a_large_batch():

@@ -36,7 +36,6 @@ from typing import Any
 
 from scaling.checkpoint import Checkpointer
 from scaling.config import TrainConfig
-from scaling.optim import cooldown_start
 from scaling.record import (
     check_same_run,
     completed_record,
@@ -62,16 +61,6 @@ class Branch:
     replica: Replica
     start: int  # the trunk step whose checkpoint it starts from
     steps: int  # its last step: Dk // tokens per step
-
-
-def branch_steps(cooldowns: Sequence[int], tokens_per_step: int,
-                 fraction: float) -> tuple[int, list[tuple[int, int]]]:
-    """(the trunk's steps, [(start, end) of each branch]) for branches ending at `cooldowns`
-    tokens, each cooling down over its last round(fraction * end) steps
-    (`scaling.optim.cooldown_start`); the trunk runs to the last branch's start."""
-    spans = [(cooldown_start(fraction, end), end)
-             for end in (tokens // tokens_per_step for tokens in cooldowns)]
-    return spans[-1][0], spans
 
 
 def branch_dirs(branches: Sequence[Branch], trunk_dir: Path) -> list[Path]:

@@ -344,6 +344,22 @@ def parse_warmup(text: str) -> Warmup:
     return Warmup("fraction", value) if value < 1 else Warmup("tokens", value)
 
 
+def cooldown_start(fraction: float, total_steps: int) -> int:
+    """The step after which a `wsd` run of `total_steps` decays: its last
+    round(fraction * total_steps) steps (train.cooldown_fraction) are its cooldown."""
+    return total_steps - round(fraction * total_steps)
+
+
+def branch_steps(cooldowns: list[int], tokens_per_step: int,
+                 fraction: float) -> tuple[int, list[tuple[int, int]]]:
+    """(the trunk's steps, [(start, end) of each branch]) for WSD cooldown branches ending at
+    `cooldowns` tokens (`scaling.branches`), each cooling down from `cooldown_start`; the trunk
+    runs to the last branch's start."""
+    spans = [(cooldown_start(fraction, end), end)
+             for end in (tokens // tokens_per_step for tokens in cooldowns)]
+    return spans[-1][0], spans
+
+
 def kaplan_lr(n_nonembed: int) -> float:
     """Kaplan et al. 2020 eq. D.1: the peak learning rate that worked best at size N."""
     return 0.003239 - 0.0001395 * math.log(n_nonembed)
@@ -501,7 +517,8 @@ def _validate_schedule(cfg: Config) -> None:
     tokens_per_step = t.batch_size * cfg.model.n_ctx
     for tokens in t.cooldowns:
         steps = tokens // tokens_per_step
-        _check(0 < round(t.cooldown_fraction * steps) < steps, "train.cooldowns", t.cooldowns,
+        _check(0 < cooldown_start(t.cooldown_fraction, steps) < steps, "train.cooldowns",
+               t.cooldowns,
                f"token counts whose cooldown (train.cooldown_fraction={t.cooldown_fraction} of "
                f"their steps of {tokens_per_step} tokens) is at least one step and starts after "
                f"step 0; {tokens} is {steps} steps")

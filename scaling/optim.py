@@ -18,7 +18,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from scaling.config import KAPLAN_WARMUP_TOKENS, TrainConfig, kaplan_lr, parse_warmup
+from scaling.config import (
+    KAPLAN_WARMUP_TOKENS,
+    TrainConfig,
+    cooldown_start,
+    kaplan_lr,
+    parse_warmup,
+)
 
 log = logging.getLogger("scaling")
 
@@ -41,12 +47,6 @@ def warmup_steps(cfg: TrainConfig, total_steps: int, tokens_per_step: int, n_par
     if warmup.kind == "fraction":
         return round(warmup.value * total_steps)
     return round(tokens[warmup.kind] / tokens_per_step)
-
-
-def cooldown_start(fraction: float, total_steps: int) -> int:
-    """The step after which a `wsd` run of `total_steps` decays: its last
-    round(fraction * total_steps) steps (train.cooldown_fraction) are its cooldown."""
-    return total_steps - round(fraction * total_steps)
 
 
 def wsd_schedule(peak: float, warmup: int, start: int, total_steps: int, floor: float,

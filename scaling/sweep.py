@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaling.config import DataConfig
+from scaling.config import DataConfig, branch_steps
 
 # Keys that may change without changing a run's results (they do not enter its identity).
 BOOKKEEPING_FIELDS = frozenset({
@@ -226,8 +226,6 @@ def planned_flops(root: DictConfig) -> int:
     models = int(t.get("replicas", 1))
     steps = int(t.tokens) // tokens_per_step
     if t.get("cooldowns"):  # a WSD trunk and its branches' cooldowns
-        from scaling.branches import branch_steps
-
         trunk, branches = branch_steps([int(d) for d in t.cooldowns], tokens_per_step,
                                        float(t.cooldown_fraction))
         steps = trunk + sum(end - start for start, end in branches)

@@ -10,8 +10,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.scaling_launcher.local_launcher import completed
 from scaling import step as step_module
-from scaling.branches import branch_steps
-from scaling.config import to_dict
+from scaling.config import branch_steps, to_dict
 from scaling.record import read_branches, read_summary
 from scaling.results import collect
 from scaling.sweep import run_id
@@ -63,6 +62,7 @@ def test_branches_are_their_standalone_runs_recorded_beside_the_trunk(trunk_conf
         assert s["flops"] == (end - start) * per_step  # what the branch cost: its cooldown
         assert s["path_flops"] == end * per_step  # what its model saw
         assert s["trunk_flops"] == 51 * per_step
+        assert s["resumed_from_step"] is None  # it started from the trunk, nothing resumed
     # the trunk kept every branch point whatever keep_checkpoints=1 pruned
     assert {13, 26, 51} <= {int(p.name) for p in (trunk_dir / "checkpoints").iterdir()}
     trunk = read_branches(trunk_dir)

@@ -12,11 +12,12 @@ from scaling.config import (
     ConfigError,
     TrainConfig,
     branch_configs,
+    cooldown_start,
     parse_warmup,
     to_dict,
     validate,
 )
-from scaling.optim import cooldown_start, lr_schedule, warmup_steps
+from scaling.optim import lr_schedule, warmup_steps
 from scaling.sweep import identity, run_id
 
 

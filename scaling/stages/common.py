@@ -19,11 +19,12 @@ from typing import Any
 import jax
 
 from scaling.batch import LmBatch
-from scaling.branches import Branch, branch_steps, train_branches
+from scaling.branches import Branch, train_branches
 from scaling.config import (
     Config,
     TrainConfig,
     branch_configs,
+    branch_steps,
     is_replica_group,
     replica_configs,
     to_dict,

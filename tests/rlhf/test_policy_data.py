@@ -139,3 +139,19 @@ def test_a_policy_that_is_no_run_is_refused_in_one_line(tmp_path, cache_dir, pol
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "data.policy=" in result.stderr and "not a directory" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--study", "{tmp}", "{tmp}"], "--study finds the policy and reward models: name no run"),
+    (["--study", "{tmp}/nowhere"], "nowhere: not a directory"),
+    (["--study", "{tmp}"], "no completed reward model (stage=reward, data=policy_comparisons)"),
+    ([], "expected POLICY_RUN_DIR, at least one RM_RUN_DIR and OUT_DIR, or --study"),
+])
+def test_scaling_bon_study_refuses_in_one_line(tmp_path, capsys, args, message):
+    from scaling.cli import bon
+
+    with pytest.raises(SystemExit) as exit:
+        bon([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.strip().count("\n") == 0 and message in err
+    assert not (tmp_path / "bon").exists()

@@ -39,5 +39,12 @@ def test_the_opening_is_three_lines_before_the_two_commands(name):
     assert "make demo" in first and "make test" in first
 
 
+def test_every_table_row_of_the_readme_is_in_the_japanese_one():
+    """Tables are matched by their first cell: a preset, stage, group or counting rule."""
+    first_cells = re.findall(r"^\| (`[^`]+`)", read("README.md"), flags=re.MULTILINE)
+    japanese = set(re.findall(r"^\| (`[^`]+`)", read("README.ja.md"), flags=re.MULTILINE))
+    assert [cell for cell in first_cells if cell not in japanese] == []
+
+
 def test_each_links_to_the_other():
     assert "(README.ja.md)" in read("README.md") and "(README.md)" in read("README.ja.md")

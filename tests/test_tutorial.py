@@ -50,7 +50,7 @@ def test_every_bash_block_of_the_tutorial_runs(workdir: Path):
                                 capture_output=True, text=True, timeout=600, check=False)
         assert result.returncode == 0, f"{block}\n{result.stderr[-3000:]}"
     assert (workdir / "runs/parquet-check/summary.json").is_file()
-    assert len(list((workdir / "runs/mine").glob("L1-*/summary.json"))) == 6
+    assert len(list((workdir / "runs/mine").glob("L1-*/summary.json"))) == 9
     assert (workdir / "runs/mine/report/fits.json").is_file()
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in (workdir / "hf/mine").iterdir()}

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis.kaplan.batch import finding_batch, noise_scale_points, noise_scale_trend
@@ -125,14 +126,17 @@ def write_kaplan_report(
     `results` has one row per run (run_id, status, N, n_params, D, C, loss, best_val_loss,
     model.n_layer, ...), `curves` one row per evaluation (run_id, step, tokens, flops,
     val_loss, lr), `positions` the validation loss per context position (run_id, position,
-    loss). Only completed runs count. Returns the HTML section (image paths relative to
+    loss). Only completed runs count, and Kaplan's laws and findings only those that saw their
+    data at most once (Kaplan's runs never repeat data; `single_pass`): runs of more epochs
+    (an IsoFLOP budget's smallest sizes, on a small corpus) enter only the IsoFLOP profiles,
+    and a caveat says how many were left out. Returns the HTML section (image paths relative to
     `out_dir`), fits.json's keys "L(N)", "L(D)", "L(C)", "L(N,D)", "N_opt(C)", "L(N,S)",
     "kaplan_findings" and, with `positions`, "icl", the headline exponents against Kaplan's,
     the study's caveats and the status of every fit, as a `Section`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = completed_runs(results)
+    runs, repeated = single_pass(completed_runs(results))
     main = main_series(runs)
     boot = {"n_bootstrap": n_bootstrap, "seed": seed}
     try:
@@ -145,9 +149,10 @@ def write_kaplan_report(
     lc = guarded("L(C)", "envelope", lambda: law_c(_need(cur, no_curves), **boot))
     lnd = guarded("L(N,D)", "kaplan-nd", lambda: law_nd(main, **boot))
     lns = guarded("L(N,S)", "kaplan-ns", lambda: law_ns(_need(cur, no_curves), **boot))
-    iso = guarded("IsoFLOP", "isoflop", lambda: law_isoflop(main, **boot))
+    budgets = main_series(pd.concat([runs, repeated]))  # IsoFLOP profiles keep every size
+    iso = guarded("IsoFLOP", "isoflop", lambda: law_isoflop(budgets, **boot))
     n_opt = compute_optimal_exponent(lnd, lc, iso, **boot)
-    n_opt["conventions"] = exponent_by_convention(main, curves, **boot)
+    n_opt["conventions"] = exponent_by_convention(main, curves, **boot, isoflop_runs=budgets)
     icl = per_position_icl(positions, runs) if positions is not None else None
     transfer = finding_transfer(runs)
 
@@ -193,9 +198,24 @@ def write_kaplan_report(
         html=_html(runs, len(main), laws, n_opt, findings, figures, icl, evidence, count, iso),
         fits=out_dict,
         headline=headline(laws, n_opt, iso),
-        caveats=(CAVEAT,),
+        caveats=(CAVEAT, *([_repeated_caveat(repeated)] if len(repeated) else [])),
         statuses=statuses,
     )
+
+
+def single_pass(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs of at most `MIN_EVIDENCE["max_epochs"]` epochs, those of more); runs without
+    a recorded epoch count are kept."""
+    epochs = pd.to_numeric(runs.get("epochs", pd.Series(np.nan, runs.index)), errors="coerce")
+    more = epochs > MIN_EVIDENCE["max_epochs"]
+    return runs[~more], runs[more]
+
+
+def _repeated_caveat(repeated: pd.DataFrame) -> str:
+    return (f"{len(repeated)} completed run(s) saw their training data more than once (up to "
+            f"{pd.to_numeric(repeated['epochs']).max():.2g} epochs): they are left out of "
+            "Kaplan's laws and findings, which assume no repetition, and enter only the IsoFLOP "
+            "profiles (Chinchilla's Approach 2), where each budget's smallest sizes need them.")
 
 
 CAVEAT = (

@@ -309,7 +309,8 @@ def route_interval(n_opt: dict[str, Any], lc: LawFit, route: str | None,
 
 
 def exponent_by_convention(
-    main: pd.DataFrame, curves: pd.DataFrame | None, n_bootstrap: int = 0, seed: int = 0
+    main: pd.DataFrame, curves: pd.DataFrame | None, n_bootstrap: int = 0, seed: int = 0,
+    isoflop_runs: pd.DataFrame | None = None,
 ) -> dict[str, dict[str, Any]]:
     """N_opt ∝ C^a under each counting convention of `analysis.counting`, from the same runs.
 
@@ -319,7 +320,8 @@ def exponent_by_convention(
     `compute_optimal_exponent`'s rule on L(N, D) and the envelope of the curves refitted
     with `n_bootstrap` resamples. Returns per convention: its N, who published numbers
     counted that way, a with its interval (`a_ci`), the route it came from, its status and
-    every route's a (`routes`); a convention whose counts the table lacks is skipped with
+    every route's a (`routes`), the IsoFLOP route on `isoflop_runs` (default `main`) recounted
+    the same way; a convention whose counts the table lacks is skipped with
     the column named. The others also hold `relabelled`: the elasticity e of their N
     against the kaplan count over these runs and the kaplan a recounted by it
     (`counting.relabelled_exponent`), what counting alone changes before any refit.
@@ -333,8 +335,9 @@ def exponent_by_convention(
             out[name] = entry | {"a": None, "a_ci": None, "method": None, "routes": {},
                                  "status": f"skipped: {error}"}
             continue
+        budgets = recount(main if isoflop_runs is None else isoflop_runs, name)
         out[name] = entry | _exponent(runs, _recounted_curves(curves, runs, name),
-                                      n_bootstrap, seed)
+                                      n_bootstrap, seed, budgets)
         base = out.get(KAPLAN_COUNT, {}).get("a")
         if name != KAPLAN_COUNT and base is not None:
             e = elasticity(main, name, KAPLAN_COUNT)
@@ -344,12 +347,14 @@ def exponent_by_convention(
 
 
 def _exponent(
-    runs: pd.DataFrame, curves: pd.DataFrame | None, n_bootstrap: int, seed: int
+    runs: pd.DataFrame, curves: pd.DataFrame | None, n_bootstrap: int, seed: int,
+    budgets: pd.DataFrame,
 ) -> dict[str, Any]:
-    """a of N_opt ∝ C^a on these runs and curves, its interval and route, every route's a."""
+    """a of N_opt ∝ C^a on these runs and curves (IsoFLOP: on `budgets`), its interval and
+    route, every route's a."""
     lnd = guarded("L(N,D)", "kaplan-nd", lambda: law_nd(runs, n_bootstrap, seed))
     lc = guarded("L(C)", "envelope", lambda: law_c(curve_table(curves, runs), n_bootstrap, seed))
-    iso = guarded("IsoFLOP", "isoflop", lambda: law_isoflop(runs, n_bootstrap, seed))
+    iso = guarded("IsoFLOP", "isoflop", lambda: law_isoflop(budgets, n_bootstrap, seed))
     n_opt = compute_optimal_exponent(lnd, lc, iso, n_bootstrap, seed)
     routes = {}
     for route, key in ROUTES.items():

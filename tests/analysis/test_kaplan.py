@@ -502,3 +502,16 @@ def test_the_section_shows_three_approaches(tmp_path):
                      "3: parametric"):
         assert approach in section.html
     assert section.fits["N_opt(C)"]["from_isoflop"]["budgets"] == 3
+
+
+def test_runs_that_repeat_their_data_enter_only_the_isoflop_profiles(tmp_path):
+    results, curves, _ = _sweep()
+    iso = _isoflop_runs().assign(**_size(1e9), epochs=0.5)
+    iso.loc[0, "epochs"] = 2.7  # the smallest size of the lowest budget sees its data again
+    section = write_kaplan_report(pd.concat([results, iso], ignore_index=True), curves, tmp_path)
+    fits = section.fits
+    assert fits["kaplan_evidence"]["max_epochs"] <= 1
+    assert iso.loc[0, "run_id"] not in fits["L(N,D)"]["run_ids"]
+    assert fits["N_opt(C)"]["from_isoflop"]["budgets"] == 3  # its profile keeps all 7 sizes
+    assert any("1 completed run(s) saw their training data more than once (up to 2.7 epochs)"
+               in caveat for caveat in section.caveats)

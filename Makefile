@@ -3,18 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 LOCK := constraints.txt
 
 .PHONY: install demo transfer-demo rlhf-demo test lint lock clean
 
+# The demos need the package alone; the tests also need the dev extra (pytest, ruff, and torch
+# with transformers for the Hugging Face parity tests: 0.9 GB more), installed by `make test`.
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e .
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev]'
+	@touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/scaling-train --config-dir sweeps --config-name demo hydra/launcher=local \
@@ -39,11 +46,11 @@ rlhf-demo: $(STAMP)
 	$(BIN)/scaling-report runs/rlhf --bootstrap 200
 
 # The report's browser test needs Debian's chromium; installed here when missing (CI runs as root).
-test: $(STAMP)
+test: $(DEV_STAMP)
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 # Re-resolve the lock: the newest versions pyproject.toml allows, installed into a scratch venv.

@@ -37,9 +37,8 @@ from typing import Any
 from scaling.checkpoint import Checkpointer
 from scaling.config import TrainConfig
 from scaling.record import (
-    check_same_run,
+    completed_group,
     completed_record,
-    data_changed,
     read_branches,
     read_summary,
     write_branches,
@@ -95,13 +94,9 @@ def train_branches(trunk: Replica, trunk_steps: int, branches: Sequence[Branch],
     branches = [_with_record(b, trunk_dir, trunk_steps) for b in branches]
     dirs = branch_dirs(branches, trunk_dir)
     fingerprints = trunk.stage.data_fingerprints
-    previous = read_branches(trunk_dir)
-    if previous is not None:
-        check_same_run(previous["config"], config_dict, trunk_dir)
-        changed = data_changed(previous, fingerprints, trunk_dir)
-        if previous["status"] == "completed" and not changed:
-            log.info("%s: every cooldown branch is completed; nothing to do", trunk_dir)
-            return [read_summary(d) for d in dirs]
+    if completed_group(read_branches(trunk_dir), config_dict, fingerprints, trunk_dir):
+        log.info("%s: every cooldown branch is completed; nothing to do", trunk_dir)
+        return [read_summary(d) for d in dirs]
     record = _recorder(trunk_dir, trunk, trunk_steps, branches, dirs, config_dict, fingerprints)
     with ExitStack() as locks:
         busy = [d.name for d in dirs if not locks.enter_context(exclusive_run(d))]

@@ -88,6 +88,19 @@ def data_changed(saved: dict, current: dict[str, str], where: Path) -> bool:
     return True
 
 
+def completed_group(group: dict | None, config: dict[str, Any], fingerprints: dict[str, str],
+                    group_dir: Path) -> bool:
+    """Whether a group's record (`replicas.json`, a WSD trunk's `branches.json`; None: none yet)
+    holds this very group (`config`, the data of `fingerprints`) as completed: nothing to
+    train. Checked whatever its status, since the caller rewrites it as running: raises
+    ResumeError for another run's record, DataChangedError for other data (`data_changed`)."""
+    if group is None:
+        return False
+    check_same_run(group["config"], config, group_dir)
+    changed = data_changed(group, fingerprints, group_dir)
+    return group["status"] == "completed" and not changed
+
+
 def completed_record(run_dir: Path, config: dict[str, Any],
                      fingerprints: dict[str, str]) -> dict[str, Any] | None:
     """The summary of `run_dir` if it records this very run (`config`, trained on the data of

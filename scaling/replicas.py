@@ -16,9 +16,8 @@ from typing import Any
 
 from scaling.config import TrainConfig
 from scaling.record import (
-    check_same_run,
+    completed_group,
     completed_record,
-    data_changed,
     read_replicas,
     read_summary,
     write_replicas,
@@ -52,15 +51,9 @@ def train_replicas(
     group_dir = Path(group_dir)
     dirs = replica_dirs(replicas, group_dir)
     fingerprints = replicas[0].stage.data_fingerprints  # the replicas share their data
-    group = read_replicas(group_dir)
-    if group is not None:
-        # Checked whatever the group's status: its record is rewritten as running, with the
-        # data of now, before the loop reads its checkpoints.
-        check_same_run(group["config"], config_dict, group_dir)
-        changed = data_changed(group, fingerprints, group_dir)
-        if group["status"] == "completed" and not changed:
-            log.info("%s already holds a completed group of replicas; nothing to do", group_dir)
-            return [read_summary(d) for d in dirs]
+    if completed_group(read_replicas(group_dir), config_dict, fingerprints, group_dir):
+        log.info("%s already holds a completed group of replicas; nothing to do", group_dir)
+        return [read_summary(d) for d in dirs]
     with ExitStack() as locks:
         busy = [d.name for d in dirs if not locks.enter_context(exclusive_run(d))]
         if busy:

@@ -156,7 +156,7 @@ def test_demo_study_covers_sizes_budgets_shapes_and_batch_sizes():
         assert all(abs(planned_flops(cfg) / cfg.train.budget - 1) < 0.02 for cfg in runs[grid])
     shape = runs["shape"]
     assert sorted(cfg.model.n_layer for cfg in shape) == [1, 2, 3, 6]
-    assert all(abs(n_nonembed(cfg) / 3.3e5 - 1) < 0.15 for cfg in shape)
+    assert all(abs(n_nonembed(cfg) / 1.1e5 - 1) < 0.15 for cfg in shape)
     assert all(cfg.model.d_model % cfg.model.n_head == 0 for cfg in shape)
     assert {cfg.train.batch_size for cfg in runs["batch"]} == {4, 8, 32}
 

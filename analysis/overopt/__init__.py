@@ -3,12 +3,16 @@ reward of best-of-n and RL against proxy reward models of several sizes, R(d) wi
 d = √KL, and its coefficients against RM size.
 
 `fit` holds the forms, the readers and the fitters with their bootstraps; `section` the
-report's part (figures, HTML, fits.json's "bon", "rl" and "overoptimization")."""
+report's part (figures, HTML, fits.json's "bon", "rl", "overoptimization" and "dpo");
+`plot` the DPO figure (gold against d per β)."""
 
 from analysis.overopt.fit import (
+    DpoCurve,
     bon_law,
     bon_points,
+    dpo_points,
     fit_bon,
+    fit_dpo,
     fit_form,
     fit_rl,
     peak,
@@ -18,5 +22,5 @@ from analysis.overopt.fit import (
     trend,
 )
 
-__all__ = ["bon_law", "bon_points", "fit_bon", "fit_form", "fit_rl", "peak", "read_bon",
-           "rl_law", "rl_points", "trend"]
+__all__ = ["DpoCurve", "bon_law", "bon_points", "dpo_points", "fit_bon", "fit_dpo", "fit_form",
+           "fit_rl", "peak", "read_bon", "rl_law", "rl_points", "trend"]

@@ -22,11 +22,13 @@ same bootstrap draws.
 Inputs: best-of-n tables below a study directory (`read_bon`: every `bon.parquet` that
 `scaling-bon` wrote, with its `bon_prompts.parquet`); RL runs from the results and curves
 tables (`rl_points`: stage `rl`, `rm_n_params_nonembed`, and per evaluation `gold_reward`,
-`proxy_reward`, `kl_to_ref`).
+`proxy_reward`, `kl_to_ref`); DPO runs likewise (`dpo_points`: stage `dpo`, `stage.beta`, and
+per evaluation the `gold_reward` and sampled `kl_to_ref` that `stage.gold_samples` records),
+one curve per β (`fit_dpo`), fitted with the RL form where the points allow.
 """
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ from analysis.uncertainty import LEVEL, percentile_interval
 
 BON_TABLE, BON_PROMPTS = "bon.parquet", "bon_prompts.parquet"
 PARAMS = ("alpha", "beta")
-RL_STAGE = "rl"
+RL_STAGE, DPO_STAGE = "rl", "dpo"
 # Gao et al. 2022's qualitative findings (figures 3, 4): with a larger proxy, α_bon grows,
 # β_bon and β_RL shrink (the proxy is overoptimised later); α_RL shows no clear trend.
 GAO_TREND = {("bon", "alpha"): 1, ("bon", "beta"): -1, ("rl", "alpha"): 0, ("rl", "beta"): -1}
@@ -192,32 +194,88 @@ def rl_points(results: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame | Non
     kl_coef, step, kl, d (√max(KL, 0): a sampled KL estimate can dip below 0), gold, proxy
     (minus the first evaluation's), gold_reward, proxy_reward, kl0 (the first evaluation's
     KL, ≈ 0). None when there is no such run. Raises FitInputError naming a missing column."""
-    if "stage" not in results or not (results["stage"] == RL_STAGE).any():
+    runs = _completed(results, RL_STAGE)
+    if runs is None:
         return None
-    runs = results[(results["stage"] == RL_STAGE) & (results.get("status") == "completed")]
     for column in ("rm_n_params_nonembed",):
         if column not in runs:
             raise FitInputError(f"rl runs need column {column}: not in the results table")
-    missing = [c for c in ("gold_reward", "proxy_reward", "kl_to_ref") if c not in curves]
-    if missing:
-        raise FitInputError(f"rl runs need metrics {', '.join(missing)}: not in the curves")
+    _require_metrics(curves, RL_STAGE, ("gold_reward", "proxy_reward", "kl_to_ref"))
     parts = []
     for run in runs.itertuples():
-        rows = curves[(curves["run_id"] == run.run_id)].dropna(
-            subset=["gold_reward", "kl_to_ref"]).sort_values("step")
+        rows = _evaluations(curves, run.run_id)
         if rows.empty:
             continue
-        first = rows.iloc[0]
         parts.append(pd.DataFrame({
             "run": run.run_id, "rm_run": getattr(run, "reward_run", None),
             "rm_size": run.rm_n_params_nonembed, "kl_coef": getattr(run, "kl_coef", np.nan),
-            "step": rows["step"].to_numpy(), "kl": rows["kl_to_ref"].to_numpy(),
-            "d": np.sqrt(np.clip(rows["kl_to_ref"].to_numpy(float), 0, None)),
-            "gold": (rows["gold_reward"] - first["gold_reward"]).to_numpy(),
-            "proxy": (rows["proxy_reward"] - first["proxy_reward"]).to_numpy(),
-            "gold_reward": rows["gold_reward"].to_numpy(),
-            "proxy_reward": rows["proxy_reward"].to_numpy(), "kl0": first["kl_to_ref"]}))
+            **_gold_columns(rows),
+            "proxy": (rows["proxy_reward"] - rows["proxy_reward"].iloc[0]).to_numpy(),
+            "proxy_reward": rows["proxy_reward"].to_numpy()}))
     return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def dpo_points(results: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame | None:
+    """DPO's overoptimization curves: one row per evaluation with gold of every completed
+    `stage=dpo` run, relative to its first, columns run, beta (`stage.beta`), step, kl, d,
+    gold, gold_reward, kl0 (as `rl_points`), val_accuracy and val_kl_to_ref (NaN where not
+    recorded). KL is the run's `kl_to_ref`: with `stage.gold_samples` > 0 each evaluation
+    samples the policy once per held-out SFT prompt at temperature 1 and records the mean of
+    Σ (log π − log π_ref) over the new tokens, the same Monte-Carlo estimate of
+    KL(π‖π_ref) per response as PPO's (π_ref is the SFT parent in both). The record's
+    `val_kl_to_ref`, a log-ratio on the data's chosen responses, is no sample of π and is not
+    the x axis. None when there is no completed dpo run. Raises FitInputError for dpo runs
+    of which none recorded gold (`stage.gold_samples` = 0) or a missing `stage.beta`."""
+    runs = _completed(results, DPO_STAGE)
+    if runs is None:
+        return None
+    if "stage.beta" not in runs:
+        raise FitInputError("dpo runs need column stage.beta: not in the results table")
+    _require_metrics(curves, DPO_STAGE, ("gold_reward", "kl_to_ref"))
+    parts = []
+    for run_id, beta in zip(runs["run_id"], runs["stage.beta"], strict=True):
+        rows = _evaluations(curves, run_id)
+        if rows.empty:
+            continue
+        extra = {c: rows[c].to_numpy(float) if c in rows else np.nan
+                 for c in ("val_accuracy", "val_kl_to_ref")}
+        parts.append(pd.DataFrame({"run": run_id, "beta": float(beta), **_gold_columns(rows),
+                                   **extra}))
+    if not parts:
+        raise FitInputError(f"{len(runs)} dpo run(s), none with gold_reward at an evaluation: "
+                            "set stage.gold_samples > 0 to draw DPO's curve")
+    return pd.concat(parts, ignore_index=True)
+
+
+def _completed(results: pd.DataFrame, stage: str) -> pd.DataFrame | None:
+    """The completed runs of `stage` in `results`; None when there is none."""
+    if "stage" not in results or "status" not in results:
+        return None
+    runs = results[(results["stage"] == stage) & (results["status"] == "completed")]
+    return runs if len(runs) else None
+
+
+def _require_metrics(curves: pd.DataFrame, stage: str, metrics: tuple[str, ...]) -> None:
+    """Raises FitInputError naming the `metrics` the curves table lacks."""
+    missing = [c for c in metrics if c not in curves]
+    if missing:
+        raise FitInputError(f"{stage} runs need metrics {', '.join(missing)}: not in the curves")
+
+
+def _evaluations(curves: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """The evaluations of one run that measured gold reward and KL, in order of step."""
+    rows = curves[curves["run_id"] == run_id]
+    return rows.dropna(subset=["gold_reward", "kl_to_ref"]).sort_values("step")
+
+
+def _gold_columns(rows: pd.DataFrame) -> dict[str, np.ndarray | float]:
+    """step, kl, d = √max(KL, 0) (a sampled KL estimate can dip below 0), gold (minus the
+    first evaluation's: Gao's R, 0 for the initial policy), gold_reward and kl0 (the first
+    evaluation's KL, ≈ 0) of one run's `_evaluations`."""
+    kl = rows["kl_to_ref"].to_numpy(float)
+    gold = rows["gold_reward"].to_numpy(float)
+    return {"step": rows["step"].to_numpy(), "kl": kl, "d": np.sqrt(np.clip(kl, 0, None)),
+            "gold": gold - gold[0], "gold_reward": gold, "kl0": kl[0]}
 
 
 def fit_rl(points: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0,
@@ -227,23 +285,66 @@ def fit_rl(points: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0,
     intervals from `n_bootstrap` resamples of the evaluation points within each size. Raises
     FitInputError as `fit_form` does for a size whose points cannot be fitted."""
     rng = np.random.default_rng(seed)
+    return {size: _fit_points(group, "rl", rng, n_bootstrap=n_bootstrap, seed=seed, level=level,
+                             unit="evaluation points within the RM size")
+            for size, group in points.groupby("rm_size")}
+
+
+def _fit_points(group: pd.DataFrame, form: str, rng: np.random.Generator, *, n_bootstrap: int,
+               seed: int, level: float, unit: str) -> Fit:
+    """`form` fitted to one curve's points (columns d, gold; rm_run and run, if there, named in
+    the diagnostics), with intervals from `n_bootstrap` resamples of its points drawn from
+    `rng`. Raises FitInputError as `fit_form` does."""
+    fit = _with_runs(fit_form(group["d"], group["gold"], form), group)
+    if n_bootstrap <= 0:
+        return fit
+    d, R = group["d"].to_numpy(float), group["gold"].to_numpy(float)
+    draws = []
+    for _ in range(n_bootstrap):
+        rows = rng.integers(0, len(d), len(d))
+        draws.append(_params_or_nan(d[rows], R[rows], form))
+    return _intervals(fit, draws, unit, seed, level)
+
+
+@dataclass(frozen=True)
+class DpoCurve:
+    """DPO's overoptimization curve at one β: its points (`dpo_points`' rows of every run of
+    this β), the evaluation of highest gold, and R_RL(d) fitted to it where the points allow."""
+
+    beta: float  # DPO's β (stage.beta), not the fit's β_RL
+    points: pd.DataFrame
+    peak: dict[str, float]  # step, kl, d, gold_reward, gold at the evaluation of most gold
+    fit: Fit | None  # R(d) = d·(α − β_RL·ln d), Gao's RL form; None when not fitted
+    status: str  # the fit's status, or "skipped: <why>"
+
+
+def fit_dpo(points: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0,
+            level: float = LEVEL) -> dict[float, DpoCurve]:
+    """DPO's curves per β from `dpo_points`: each β's peak (the evaluation of highest gold;
+    the first on a tie) and Gao's RL form R(d) = d·(α − β_RL·ln d) fitted to its points, with
+    intervals from `n_bootstrap` resamples of the evaluation points within the β (DPO moves
+    the policy by gradient steps on a fixed objective, as PPO does, so the RL form is the one
+    to try). A β whose points cannot be fitted (fewer than 2 distinct d > 0) gets fit None
+    and a status saying why; nothing is raised."""
+    rng = np.random.default_rng(seed)
     out = {}
-    for size, group in points.groupby("rm_size"):
-        fit = _with_runs(fit_form(group["d"], group["gold"], "rl"), group)
-        if n_bootstrap > 0:
-            d, R = group["d"].to_numpy(float), group["gold"].to_numpy(float)
-            draws = []
-            for _ in range(n_bootstrap):
-                rows = rng.integers(0, len(d), len(d))
-                draws.append(_params_or_nan(d[rows], R[rows], "rl"))
-            fit = _intervals(fit, draws, "evaluation points within the RM size", seed, level)
-        out[size] = fit
+    for beta, group in points.groupby("beta"):
+        best = group.loc[group["gold_reward"].idxmax()]
+        peak_at = {k: float(best[k]) for k in ("step", "kl", "d", "gold_reward", "gold")}
+        try:
+            fit = _fit_points(group, "rl", rng, n_bootstrap=n_bootstrap, seed=seed, level=level,
+                             unit="evaluation points within the β")
+        except FitInputError as error:
+            out[beta] = DpoCurve(beta, group, peak_at, None, f"skipped: {error}")
+            continue
+        out[beta] = DpoCurve(beta, group, peak_at, fit, fit.status)
     return out
 
 
 def _with_runs(fit: Fit, group: pd.DataFrame) -> Fit:
     """`fit` with the reward-model runs (and RL runs) it was fitted on in its diagnostics."""
-    extra = {"rm_runs": sorted(map(str, group["rm_run"].dropna().unique()))}
+    extra = {"rm_runs": sorted(map(str, group["rm_run"].dropna().unique()))
+             if "rm_run" in group else []}
     if "run" in group:
         extra["runs"] = sorted(map(str, group["run"].unique()))
     return replace(fit, diagnostics=fit.diagnostics | extra)

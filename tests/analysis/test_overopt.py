@@ -1,6 +1,7 @@
 """analysis.overopt: Gao et al. 2022's R_bon and R_RL recovered from synthetic curves with
 known α and β, their bootstraps (by prompt, by point), the slope against RM size, the
-readers of best-of-n tables and RL runs, and the report's section and fits.json keys."""
+readers of best-of-n tables, RL and DPO runs, DPO's curves per β, and the report's section
+and fits.json keys."""
 
 import json
 
@@ -10,7 +11,9 @@ import pytest
 
 from analysis.overopt.fit import (
     bon_law,
+    dpo_points,
     fit_bon,
+    fit_dpo,
     fit_form,
     fit_rl,
     peak,
@@ -182,12 +185,132 @@ def test_the_section_writes_figures_and_the_fits_json_contract(tmp_path):
                            n_bootstrap=0, seed=0) is None
 
 
-def test_the_report_page_holds_the_section_and_fits_json_keys(tmp_path):
+# DPO per β: how far it moves (KL at its last evaluation) shrinks as β grows; gold follows
+# Gao's RL form with α = 0.05, β_RL = 0.03 (peak at d = exp(α/β_RL − 1) ≈ 1.95)
+DPO_KL_MAX = {0.03: 9.0, 0.1: 4.0, 0.3: 1.5}
+DPO_LAW = (0.05, 0.03)
+
+
+def _dpo_tables(points: int = 12, noise: float = 0.001, seed: int = 0, gold: bool = True):
+    """Results and curves of one DPO run per β (stage.beta), gold = 0.2 + R_RL(d) + noise
+    at every evaluation (none with `gold` False: a run without stage.gold_samples)."""
+    rng = np.random.default_rng(seed)
+    results, curves = [], []
+    for beta, kl_max in DPO_KL_MAX.items():
+        run = f"dpo-b{beta}"
+        results.append({"run_id": run, "stage": "dpo", "status": "completed",
+                        "stage.beta": beta, "model.n_ctx": 256, "stage.gold_samples": 32})
+        kl = np.concatenate([[0.0], np.geomspace(0.05, kl_max, points - 1)])
+        curve = {"run_id": run, "step": np.arange(1, points + 1) * 10,
+                 "val_accuracy": np.linspace(0.5, 0.6, points), "val_kl_to_ref": -kl}
+        if gold:
+            rewards = 0.2 + rl_law(np.sqrt(kl), *DPO_LAW) + noise * rng.normal(size=points)
+            curve |= {"kl_to_ref": kl, "gold_reward": np.r_[0.2, rewards[1:]]}
+        curves.append(pd.DataFrame(curve))
+    return pd.DataFrame(results), pd.concat(curves, ignore_index=True)
+
+
+def test_dpo_points_per_beta_with_peak_and_the_rl_form_fitted():
+    results, curves = _dpo_tables()
+    points = dpo_points(results, curves)
+    assert sorted(points["beta"].unique()) == sorted(DPO_KL_MAX)
+    assert (points.groupby("run")["gold"].first() == 0).all()
+    assert points.groupby("beta")["kl"].max().to_dict() == pytest.approx(DPO_KL_MAX)
+    by_beta = fit_dpo(points, n_bootstrap=100, seed=0)
+    for beta, curve in by_beta.items():
+        rows = points[points["beta"] == beta]
+        assert curve.peak["gold_reward"] == rows["gold_reward"].max()
+        assert curve.peak["d"] == rows.loc[rows["gold_reward"].idxmax(), "d"]
+        assert curve.status == "ok"
+        assert curve.fit.params["alpha"] == pytest.approx(DPO_LAW[0], abs=0.01)
+        assert curve.fit.params["beta"] == pytest.approx(DPO_LAW[1], abs=0.01)
+        lo, hi = curve.fit.intervals["beta"]
+        assert lo <= curve.fit.params["beta"] <= hi
+        assert curve.fit.diagnostics["bootstrap"]["unit"] == "evaluation points within the β"
+    # β 0.03 reaches d 3 > the law's peak 1.95: gold rose, then fell
+    assert 1 < by_beta[0.03].peak["d"] < np.sqrt(DPO_KL_MAX[0.03])
+
+
+def test_a_dpo_curve_that_cannot_be_fitted_is_a_status():
+    results, curves = _dpo_tables()
+    two = curves[curves["step"] <= 20]  # the first evaluation and one more: one d > 0
+    (curve,) = fit_dpo(dpo_points(results.iloc[:1], two)).values()
+    assert curve.fit is None and curve.status.startswith("skipped: rl: 1 distinct d > 0")
+    assert curve.peak["step"] in (10, 20)
+
+
+def test_dpo_runs_without_gold_are_named_and_no_dpo_runs_are_none():
+    results, curves = _dpo_tables(gold=False)
+    with pytest.raises(FitInputError, match="gold_reward"):
+        dpo_points(results, curves)
+    rl_results, rl_curves = _rl_tables()
+    with pytest.raises(FitInputError, match="none with gold_reward"):
+        dpo_points(pd.concat([results, rl_results]), pd.concat([curves, rl_curves]))
+    assert dpo_points(rl_results, rl_curves) is None
+
+
+def _study_with_dpo(gold: bool = True):
     results, curves = _rl_tables()
+    dpo_results, dpo_curves = _dpo_tables(gold=gold)
+    rl = results["stage"] == "rl"
+    results.loc[rl, "stage.max_new_tokens"] = 64
+    return (pd.concat([results, dpo_results], ignore_index=True),
+            pd.concat([curves, dpo_curves], ignore_index=True))
+
+
+def test_the_section_draws_dpo_per_beta_and_writes_its_fits_json_key(tmp_path):
+    results, curves = _study_with_dpo()
+    section = overopt_section(results, curves, _bon_per_prompt(), tmp_path, n_bootstrap=50,
+                              seed=0)
+    dpo = section.fits["dpo"]
+    assert list(dpo) == ["0.03", "0.1", "0.3"]
+    for key, entry in dpo.items():
+        assert entry["dpo_beta"] == float(key) and entry["runs"] == [f"dpo-b{key}"]
+        assert len(entry["points"]) == 12 and entry["points"][0]["gold"] == 0
+        assert {"d", "gold_reward", "step", "kl"} <= set(entry["peak"])
+        assert entry["fit"]["alpha"] == pytest.approx(DPO_LAW[0], abs=0.01)
+        assert len(entry["fit"]["beta_ci"]) == 2 and entry["status"] == "ok"
+        assert "Σ (log π − log π_ref)" in entry["kl"]
+    json.dumps(section.fits, allow_nan=False)
+    assert (tmp_path / "overopt_dpo.png").stat().st_size > 0
+    assert "overopt_dpo.png" in section.html and "DPO: gold reward against √KL" in section.html
+    # the text reads the lengths from the records: DPO's n_ctx // 2, PPO's max_new_tokens
+    assert "n_ctx // 2 new tokens = 128" in section.html
+    assert "stage.max_new_tokens = 64" in section.html
+    assert ("DPO R_RL(d), β = 0.03", "ok") in section.statuses
+    # and the best-of-n and RL parts are unchanged by it
+    assert sorted(section.fits["rl"]) == ["100000", "1000000"]
+
+
+def test_without_dpo_runs_the_section_says_nothing_of_dpo(tmp_path):
+    results, curves = _rl_tables()
+    section = overopt_section(results, curves, _bon_per_prompt(), tmp_path, n_bootstrap=0,
+                              seed=0)
+    assert "dpo" not in section.fits and "dpo" not in section.fits["overoptimization"]["skipped"]
+    assert "DPO" not in section.html and not (tmp_path / "overopt_dpo.png").exists()
+    assert not any("DPO" in name for name, _ in section.statuses)
+
+
+def test_dpo_alone_makes_the_section_and_dpo_without_gold_is_a_skip(tmp_path):
+    results, curves = _dpo_tables()
+    section = overopt_section(results, curves, None, tmp_path, n_bootstrap=0, seed=0)
+    assert list(section.fits["dpo"]) == ["0.03", "0.1", "0.3"]
+    assert "PPO reached" not in section.html  # no RL runs to compare with
+    results, curves = _dpo_tables(gold=False)
+    assert overopt_section(results, curves, None, tmp_path, n_bootstrap=0, seed=0) is None
+    results, curves = _study_with_dpo(gold=False)
+    section = overopt_section(results, curves, None, tmp_path, n_bootstrap=0, seed=0)
+    assert "dpo" not in section.fits
+    assert "stage.gold_samples" in section.fits["overoptimization"]["skipped"]["dpo"]
+
+
+def test_the_report_page_holds_the_section_and_fits_json_keys(tmp_path):
+    results, curves = _study_with_dpo()
     results = results.assign(N=np.nan, D=np.nan, C=np.nan, loss=np.nan, wall_s=1.0)
     index = write_page(results, curves, tmp_path, title="RLHF", bon=_bon_per_prompt())
     fits = json.loads((tmp_path / "fits.json").read_text())
     assert list(fits["bon"]) == ["100000", "1000000", "10000000"]
     assert list(fits["rl"]) == ["100000", "1000000"]
+    assert list(fits["dpo"]) == ["0.03", "0.1", "0.3"]
     assert fits["overoptimization"]["trends"]["bon alpha"]["slope"] > 0
     assert "Reward-model overoptimization" in index.read_text()

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 LOCK := constraints.txt
 
-.PHONY: install demo transfer-demo rlhf-demo test lint lock clean
+.PHONY: install demo transfer-demo rlhf-demo test lint lock clean slurm-up slurm-down
 
 # The demos need the package alone; the tests also need the dev extra (pytest, ruff, and torch
 # with transformers for the Hugging Face parity tests: 0.9 GB more), installed by `make test`.
@@ -45,10 +45,22 @@ rlhf-demo: $(STAMP)
 	$(BIN)/scaling-bon --study runs/rlhf --n-max 256 --prompts val:32 --max-new-tokens 64
 	$(BIN)/scaling-report runs/rlhf --bootstrap 200
 
-# The report's browser test needs Debian's chromium; installed here when missing (CI runs as root).
+# The report's browser test needs Debian's chromium, the Slurm tests (tests/slurm/) slurm-wlm and
+# munge; installed here when missing (CI runs as root).
 test: $(DEV_STAMP)
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@$(BIN)/python -m scaling.slurm_local install
 	$(BIN)/python -m pytest -q
+
+# A single-node Slurm cluster on this machine, for trying hydra/launcher=slurm (as root;
+# docs/slurm.md), with the launcher's extra (.[slurm]). slurm-up prints how to use it;
+# slurm-down cancels its jobs and stops it.
+slurm-up: $(STAMP)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[slurm]'
+	$(BIN)/python -m scaling.slurm_local up
+
+slurm-down: $(STAMP)
+	$(BIN)/python -m scaling.slurm_local down
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

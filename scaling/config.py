@@ -131,6 +131,10 @@ class TrainConfig:
     # record the gradient noise scale B_simple (tokens) at every evaluation, from this many
     # training batches split into micro-batches (McCandlish et al. 2018); 0: off
     noise_scale_batches: int = 0
+    # stage=pretrain|mlm: also score, at every evaluation, the held-out tokens BERT's fixed
+    # validation corruption at this rate chooses (each window's first left out), the same tokens
+    # for both objectives: masked_positions_loss (docs/mlm.md); null: off
+    eval_mask_rate: float | None = None
     # K same-shape models trained at once, vmapped in one step (seeds seed..seed+K-1), each
     # recorded as its own run; see `replica_configs`
     replicas: int = 1
@@ -559,8 +563,9 @@ def _validate_stage(cfg: Config) -> None:
 
 
 def _validate_mlm(cfg: Config) -> None:
-    """stage=mlm's keys, and model.causal against the stage: one line naming the first bad
-    field. A causal LM with bidirectional attention would see the token it predicts."""
+    """stage=mlm's keys, train.eval_mask_rate, and model.causal against the stage: one line
+    naming the first bad field. A causal LM with bidirectional attention would see the token
+    it predicts."""
     s, m, d = cfg.stage, cfg.model, cfg.data
     masked = s.kind in MASKED_STAGES
     _check(m.causal != masked, "model.causal", m.causal,
@@ -572,6 +577,12 @@ def _validate_mlm(cfg: Config) -> None:
     _check(not s.allow_objective_change or (masked and s.init_from is not None),
            "stage.allow_objective_change", s.allow_objective_change,
            "false unless stage=mlm starts from a causal run (stage.init_from)")
+    rate = cfg.train.eval_mask_rate
+    _check(rate is None or 0.0 < rate < 1.0, "train.eval_mask_rate", rate,
+           "a fraction strictly between 0 and 1 (BERT's 0.15), or null (off)")
+    _check(rate is None or s.kind in ("pretrain", "mlm"), "train.eval_mask_rate", rate,
+           f"null with stage={s.kind}: the masked-positions score is built for stage=pretrain "
+           "and stage=mlm")
     if masked:
         _check(d.tokenizer == "bytes" or d.vocab_size < MAX_VOCAB, "data.vocab_size",
                d.vocab_size, f"at most {MAX_VOCAB - 1} with stage=mlm: its [MASK] token takes "

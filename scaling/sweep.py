@@ -57,7 +57,7 @@ LATER_FIELDS |= {"train.cooldown_fraction": 0.2, "train.cooldown_shape": "linear
 LATER_FIELDS |= {"data.path": None, "data.text_column": "text"}
 PATH_FIELDS += ("data.path",)
 LATER_FIELDS |= {"model.causal": True, "stage.mask_rate": 0.15,
-                 "stage.allow_objective_change": False}
+                 "stage.allow_objective_change": False, "train.eval_mask_rate": None}
 LATER_FIELDS |= {"data.policy": None, "data.comparison_samples": 4,
                  "data.comparison_prompts": "train", "data.comparison_gold": "sft_body",
                  "data.comparison_max_new_tokens": 0, "data.comparison_label_temperature": 0.0,

@@ -102,7 +102,7 @@ def test_bidirectional_attention_flops_golden_value():
 
 
 def mlm_config(tiny_config, **train):
-    cfg = tiny_config(tokens=24_576, eval_count=4, **train)  # 96 steps of 8 x 32 tokens
+    cfg = tiny_config(**{"tokens": 24_576, "eval_count": 4, **train})  # 96 steps of 8 x 32 tokens
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, causal=False),
                                stage=StageConfig(kind="mlm"))
 
@@ -202,3 +202,104 @@ def test_the_comparison_study_composes_both_objectives_on_one_grid():
     for configs in runs.values():
         for c in configs:
             validate(OmegaConf.to_object(c))
+
+
+def test_an_mlm_runs_masked_positions_are_its_validation_positions_less_each_windows_first(
+        tiny_config, tmp_path):
+    """At eval_mask_rate = stage.mask_rate the score reads the val_loss's own corrupted batches,
+    its weights those of the chosen positions with j = 0 left out; so val_loss is the weighted
+    mean of masked_positions_loss and the loss at the chosen j = 0 positions."""
+    from scaling.stages.mlm import prepare
+    from scaling.stages.parent import load_run
+    from scaling.step import make_eval
+
+    # the shapes and step count of the mlm runs above: their compiled programs are reused
+    config = mlm_config(tiny_config, tokens=2048, eval_count=2, eval_mask_rate=0.3)
+    config = dataclasses.replace(config, stage=StageConfig(kind="mlm", mask_rate=0.3))
+    summary = pretrain(config, tmp_path / "mlm")
+    curve = pd.read_parquet(tmp_path / "mlm/metrics.parquet")
+    assert summary["masked_positions_loss"] == curve["masked_positions_loss"].iloc[-1]
+    assert np.allclose(curve["masked_positions_loss"], curve["val_loss"], atol=0.05)
+
+    stage = prepare(config).replicas[0].stage
+    (scored,) = [m.data for m in stage.measurements if m.column == "masked_positions_loss"]
+    validation = stage.eval_data
+    assert np.array_equal(scored.inputs, validation.inputs)
+    assert np.array_equal(scored.targets, validation.targets)
+    first = np.zeros_like(validation.weights)
+    first[..., 0] = validation.weights[..., 0]
+    assert first.sum() > 0  # some windows chose their first position: it must be left out
+    assert np.array_equal(scored.weights, validation.weights - first)
+
+    params = jax.tree_util.tree_map(jnp.asarray, load_run(tmp_path / "mlm").params)
+    evaluate = make_eval(stage.loss_fn)
+    at_first = float(evaluate(params, dataclasses.replace(validation, weights=first)))
+    rest, all_weight = scored.weights.sum(), validation.weights.sum()
+    assert summary["final_val_loss"] == pytest.approx(
+        (summary["masked_positions_loss"] * rest + at_first * first.sum()) / all_weight, rel=1e-5)
+
+
+def test_a_causal_runs_masked_positions_loss_is_its_next_token_loss_at_those_tokens(
+        tiny_config, tmp_path):
+    """The tokens j >= 1 that the MLM validation's corruption chooses, each scored as
+    -log p(x_j | x_<j) by the model's per-token next-token losses on the saved parameters."""
+    from scaling.data import eval_windows, load_dataset
+    from scaling.masking import next_token_positions_batch
+    from scaling.model import token_losses
+    from scaling.stages.common import model_config
+    from scaling.stages.parent import load_run
+    from scaling.sweep import canonical_data
+
+    # the shapes and step count of the causal parent above: its compiled programs are reused
+    config = tiny_config(tokens=2048, eval_count=1, eval_mask_rate=0.3)
+    summary = pretrain(config, tmp_path / "causal")
+    params = jax.tree_util.tree_map(jnp.asarray, load_run(tmp_path / "causal").params)
+    dataset = load_dataset(canonical_data(config.data))
+    T, model = config.model.n_ctx, model_config(config, dataset.vocab_size)
+    windows = eval_windows(dataset.val, config.train.batch_size, T, config.train.eval_batches)
+    chosen = eval_corruption(windows[..., :T], 0.3, dataset.vocab_size).weights  # [K, B, T]
+    assert chosen[..., 0].sum() > 0  # the test sees j = 0 left out
+
+    total = count = 0.0
+    for window, positions in zip(windows, chosen, strict=True):
+        losses = token_losses(GPT(model).apply({"params": params}, window[:, :T]), window[:, 1:])
+        # losses[:, j - 1] is -log p(x_j | x_<j): token j is the target at position j - 1
+        total += float(jnp.sum(losses[:, :T - 1] * positions[:, 1:]))
+        count += float(positions[:, 1:].sum())
+    assert summary["masked_positions_loss"] == pytest.approx(total / count, rel=1e-5)
+    assert summary["masked_positions_loss"] != summary["final_val_loss"]
+
+    weights = next_token_positions_batch(windows, 0.3).weights
+    assert np.array_equal(weights[..., :T - 1], chosen[..., 1:]) and not weights[..., -1].any()
+
+
+@pytest.mark.parametrize(("kind", "rate", "names"), [
+    ("pretrain", 1.0, ["train.eval_mask_rate=1.0", "between 0 and 1"]),
+    ("mlm", 0.0, ["train.eval_mask_rate=0.0", "between 0 and 1"]),
+    ("finetune", 0.15, ["train.eval_mask_rate=0.15", "null with stage=finetune"]),
+    ("sft", 0.15, ["train.eval_mask_rate=0.15", "null with stage=sft"]),
+])
+def test_bad_eval_mask_rates_are_refused_naming_the_field(tiny_config, kind, rate, names):
+    cfg = mlm_config(tiny_config) if kind == "mlm" else tiny_config()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_mask_rate=rate))
+    if kind in ("finetune", "sft"):
+        cfg = dataclasses.replace(cfg, stage=StageConfig(kind=kind, init_from="parent"))
+    if kind == "sft":
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="sft_stdlib",
+                                                                paths=[]))
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert "\n" not in str(error.value)
+    for name in names:
+        assert name in str(error.value)
+    allowed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_mask_rate=None))
+    validate(allowed)
+
+
+def test_eval_mask_rate_stays_out_of_run_ids_until_set():
+    config = {"model": {"n_layer": 2, "d_model": 64, "n_head": 2, "n_ctx": 64},
+              "data": {"source": "stdlib"}, "train": {"tokens": 200_000, "seed": 0}}
+    unset = {**config, "train": {**config["train"], "eval_mask_rate": None}}
+    scored = {**config, "train": {**config["train"], "eval_mask_rate": 0.15}}
+    assert run_id(unset) == run_id(config)
+    assert run_id(scored) != run_id(config)

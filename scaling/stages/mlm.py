@@ -30,7 +30,14 @@ from scaling.config import Config, ConfigError, to_dict
 from scaling.data import Batches, Dataset, eval_windows, load_dataset, transfer_windows
 from scaling.flops import flops_per_token
 from scaling.hooks import ExtraEval
-from scaling.masking import bert_corruption, eval_corruption, mask_token_id, masked_count
+from scaling.masking import (
+    MASKED_POSITIONS,
+    bert_corruption,
+    eval_corruption,
+    mask_token_id,
+    masked_count,
+    masked_positions_batch,
+)
 from scaling.model import GPTConfig, init_params, masked_token_loss
 from scaling.stages.common import Prepared, log_corpus, model_config, model_record, prepare_models
 from scaling.stages.parent import Parent, load_parent
@@ -79,11 +86,15 @@ def mlm_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig,
             transfer_windows(dataset.transfer, t.batch_size, T, t.eval_batches))),)
         record |= {"transfer_corpus": cfg.data.transfer,
                    "transfer_tokens": int(dataset.transfer.size)}
+    val_windows = eval_windows(dataset.val, t.batch_size, T, t.eval_batches)
+    if t.eval_mask_rate is not None:  # the tokens a causal run of the corpus scores too
+        scored = masked_positions_batch(val_windows, t.eval_mask_rate, vocab)
+        measurements = (*measurements, ExtraEval(MASKED_POSITIONS, loss_fn, scored))
     return Stage(
         name="mlm",
         loss_fn=loss_fn,
         train_batch=train_batch,
-        eval_data=fixed(eval_windows(dataset.val, t.batch_size, T, t.eval_batches)),
+        eval_data=fixed(val_windows),
         init_params=init or (lambda: init_params(model_cfg, t.seed)),
         tokens_per_step=t.batch_size * T,
         flops_per_token=flops_per_token(model_cfg),

@@ -16,6 +16,7 @@ from scaling.config import Config, to_dict
 from scaling.data import Batches, Dataset, eval_windows, load_dataset, transfer_windows
 from scaling.flops import flops_per_token
 from scaling.hooks import ExtraEval, Measurement, NoiseScale, PositionLoss
+from scaling.masking import MASKED_POSITIONS, next_token_positions_batch
 from scaling.model import GPTConfig, init_params, position_losses
 from scaling.stages.common import (
     Prepared,
@@ -39,7 +40,8 @@ def lm_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig, name: str = "p
              measurements: tuple[Measurement, ...] = ()) -> Stage:
     """Next-token training on `dataset` with every target counted, from `init()` (default: a
     random initialisation from train.seed); records the per-position loss at the end and, as
-    configured, the transfer corpus's loss and the gradient noise scale at each evaluation."""
+    configured, the transfer corpus's loss, the gradient noise scale and the loss at a masked
+    LM's held-out positions (train.eval_mask_rate) at each evaluation."""
     t = cfg.train
     batches = Batches(dataset.train, t.batch_size, model_cfg.n_ctx, t.seed)
     loss_fn = lm_loss(model_cfg)
@@ -59,13 +61,16 @@ def lm_stage(cfg: Config, dataset: Dataset, model_cfg: GPTConfig, name: str = "p
                    "transfer_tokens": int(dataset.transfer.size)}
     if t.noise_scale_batches:
         measurements = (*measurements, NoiseScale(loss_fn, t.noise_scale_batches))
+    val_windows = eval_windows(dataset.val, t.batch_size, model_cfg.n_ctx, t.eval_batches)
+    if t.eval_mask_rate is not None:  # the tokens a masked LM's validation would score
+        measurements = (*measurements, ExtraEval(
+            MASKED_POSITIONS, loss_fn, next_token_positions_batch(val_windows, t.eval_mask_rate)))
     position_data = eval_windows(dataset.val, t.batch_size, model_cfg.n_ctx, POSITION_BATCHES)
     return Stage(
         name=name,
         loss_fn=loss_fn,
         train_batch=causal_batches(batches),
-        eval_data=LmBatch.causal(
-            eval_windows(dataset.val, t.batch_size, model_cfg.n_ctx, t.eval_batches)),
+        eval_data=LmBatch.causal(val_windows),
         init_params=init or (lambda: init_params(model_cfg, t.seed)),
         tokens_per_step=t.batch_size * model_cfg.n_ctx,
         flops_per_token=flops_per_token(model_cfg),

@@ -25,7 +25,9 @@ the studies' sections, the runs and the pooled diagnostics follow.
   "kaplan_findings", "icl"; transfer: "transfer", `{k, alpha, beta, k_ci, alpha_ci,
   beta_ci, n_runs, cut, ...}`; overoptimization: "bon" and "rl", each keyed by RM size,
   `{alpha, beta, alpha_ci, beta_ci, n_points, ...}`, and "overoptimization", the trends
-  with RM size), each fit with the rows it was fitted on. "N_opt(C)" holds
+  with RM size; masked vs causal LM: "objectives", `{causal|masked@RATE: {L(N), L(D),
+  L(N,D), N_opt, quantities, ...}}`, "like_for_like" and "mask_rates"), each fit with the
+  rows it was fitted on. "N_opt(C)" holds
   `conventions`: `{kaplan|standard|total: {N, used_by, a, a_ci, method, status, routes}}`,
   a of N_opt ∝ C^a from the same runs with N and C = 6·N·D counted each way (`a_ci` the
   95 % bootstrap interval or null; `method` the route a came from; `routes` every route's
@@ -41,8 +43,9 @@ corpus (`analysis.table.pretraining_scope`): runs of several corpora or tokenize
 pooled; by default the largest group is fitted and the others are named at the top of the
 page with the command that reports on them (`scaling-report DIR --corpus CACHE`). Fine-tuned
 and SFT runs are not in those fits; the transfer section (`analysis.transfer`), present when
-the sweep holds fine-tunes, reads every run and handles its two corpora itself. The run table
-lists every run.
+the sweep holds fine-tunes, reads every run and handles its two corpora itself; so does the
+masked-vs-causal section (`analysis.mlm`), present when the sweep holds stage=mlm runs. The
+run table lists every run.
 
 A study is a function returning an `analysis.section.Section`; adding one is one line: in
 `_sections` for a study of one corpus's pretraining runs, in `write_page` for one that reads
@@ -61,6 +64,7 @@ import pandas as pd
 
 from analysis.counting import recount, recount_curves
 from analysis.kaplan import write_kaplan_report
+from analysis.mlm.section import mlm_section
 from analysis.overopt.section import overopt_section
 from analysis.overview import write_overview
 from analysis.report import write_fits
@@ -143,6 +147,8 @@ def write_page(
     # since a sweep holding fine-tunes is a transfer study before it is anything else
     overopt = overopt_section(results, curves, bon, out, n_bootstrap=n_bootstrap, seed=seed)
     sections = [overopt, *sections] if overopt is not None else sections
+    mlm = mlm_section(results, out, n_bootstrap=n_bootstrap, seed=seed)
+    sections = [mlm, *sections] if mlm is not None else sections
     transfer = transfer_section(results, out, n_bootstrap=n_bootstrap, seed=seed)
     sections = [transfer, *sections] if transfer is not None else sections
     study = _study(results, scope, sections, command) | {"count": count}
@@ -303,7 +309,9 @@ def _scope_caveats(scope: Scope, n_fitted: int, command: str) -> list[str]:
         )
     if scope.stages:
         stages = ", ".join(f"{n} {stage}" for stage, n in scope.stages.items())
-        tuned = " (the transfer section fits the fine-tunes)" if "finetune" in scope.stages else ""
+        tuned = "".join(f" (the {section} section fits the {stage} runs)"
+                        for stage, section in (("finetune", "transfer"), ("mlm", "masked-LM"))
+                        if stage in scope.stages)
         caveats.append(
             f"Completed runs of other stages ({stages}) are not in the pretraining laws "
             f"(Kaplan's and the diagnostics){tuned}; the run table lists them."

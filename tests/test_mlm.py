@@ -188,7 +188,7 @@ def test_the_comparison_study_composes_both_objectives_on_one_grid():
 
     runs = study_runs("mlm_vs_clm_cpu")
     assert {grid: len(configs) for grid, configs in runs.items()} == {
-        "causal": 9, "masked": 9, "mask_rates": 4}
+        "causal": 12, "masked": 12, "mask_rates": 4}
 
     def cells(grid):
         return {(c.model.d_model, c.model.n_layer, c.train.tokens) for c in runs[grid]}

@@ -153,10 +153,12 @@ def _train_task(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
 
     # after validation: config errors come before JAX loads
+    from scaling.distributed import initialize, process_index
     from scaling.stages import run_stage
     from scaling.train import Interrupted
 
-    with exclusive_run(run_dir) as ours:
+    initialize(config.train.distributed)  # before anything starts JAX's devices
+    with exclusive_run(run_dir, process_index()) as ours:
         if not ours:
             logging.getLogger("scaling").warning("%s is being trained by another process; "
                                                  "skipped", run_dir)

@@ -89,6 +89,24 @@ class DataConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """One run across processes (jax.distributed; null keys: Slurm's; docs/distributed.md)."""
+
+    # auto: join the other processes where num_processes > 1, or, with num_processes null,
+    # where srun started several tasks (SLURM_STEP_NUM_TASKS > 1) | true | false: one process
+    enabled: str = "auto"
+    coordinator_address: str | None = None  # host:port where process 0 serves; null: Slurm's
+    num_processes: int | None = None  # processes in the run; null: Slurm's SLURM_NTASKS
+    process_id: int | None = None  # this process's rank in [0, num_processes); null: SLURM_PROCID
+    local_device_ids: list[int] | None = None  # this process's devices; null: JAX's choice
+
+    @property
+    def mode(self) -> str:
+        """`enabled` as auto | true | false (YAML and overrides read true and false as bools)."""
+        return str(self.enabled).lower()
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and bookkeeping. Defaults follow Kaplan et al. 2020 (Adam, warmup, cosine)."""
 
@@ -145,6 +163,8 @@ class TrainConfig:
     # directory is a --logdir) | wandb (optional: pip install wandb; offline unless WANDB_MODE
     # says otherwise, files in <run dir>/wandb); []: none
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # one run across several processes (multi-process JAX): train.distributed.* below
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 @dataclass
@@ -474,7 +494,32 @@ def validate(cfg: Config) -> Config:
            "(the noise scale compares half-batch and whole-batch gradients)")
     _check(t.checkpoint_every_seconds > 0, "train.checkpoint_every_seconds",
            t.checkpoint_every_seconds, "a positive number of seconds")
+    _validate_distributed(t)
     return cfg
+
+
+def _validate_distributed(t: TrainConfig) -> None:
+    """train.distributed's keys, and the batch and placement against its processes: one line
+    naming the first bad field. Each process has at least one device, so a micro-batch must
+    split over the processes (`scaling.parallel` checks it against the devices too)."""
+    dist = t.distributed
+    _check(dist.mode in ("auto", "true", "false"), "train.distributed.enabled", dist.enabled,
+           "one of auto, true, false")
+    n, rank = dist.num_processes, dist.process_id
+    _check(n is None or n >= 1, "train.distributed.num_processes", n,
+           "a positive number of processes, or null (Slurm's SLURM_NTASKS)")
+    _check(rank is None or (rank >= 0 and (n is None or rank < n)), "train.distributed.process_id",
+           rank,
+           f"a rank in [0, train.distributed.num_processes={n})" if n else
+           "a non-negative rank, or null (Slurm's SLURM_PROCID)")
+    if dist.mode == "false" or (n or 1) == 1:  # one process (or Slurm says, at run time)
+        return
+    _check(t.parallel != "none", "train.parallel", t.parallel,
+           f"dp or fsdp with train.distributed.num_processes={n} (none trains on one device)")
+    micro_batch = t.batch_size // t.grad_accum
+    _check(micro_batch % n == 0, "train.batch_size", t.batch_size,
+           f"a batch whose micro-batches (train.batch_size / train.grad_accum = {micro_batch} "
+           f"sequences) split evenly over the train.distributed.num_processes={n} processes")
 
 
 def _validate_policy_data(d: DataConfig) -> None:

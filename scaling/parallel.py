@@ -6,6 +6,9 @@ optimizer state and splits each batch along its first axis; XLA all-reduces the 
 d_model axis, chosen by name (FSDP_RULES); XLA gathers a weight where a matmul needs it and
 reduce-scatters its gradient. `none` leaves placement to JAX's default device, as a plain
 single-device run. The jitted step is the same in every mode: it follows its inputs' shardings.
+
+Across processes (`scaling.distributed`) the mesh spans every process's devices, and each
+process puts only its own shards on them: its rows of each batch, its part of the state.
 """
 
 from __future__ import annotations
@@ -57,14 +60,20 @@ class Placement:
 
     @classmethod
     def create(cls, mode: str, micro_batch_size: int) -> Placement:
-        """A placement over all visible devices; each micro-batch must split evenly over them."""
+        """A placement over the devices of every process; each micro-batch must split evenly
+        over them. Raises ConfigError where it does not, or for `none` across processes."""
+        processes = jax.process_count()
         if mode == "none":
+            if processes > 1:
+                raise ConfigError(f"train.parallel=none trains on one device, but this run has "
+                                  f"{processes} processes: use train.parallel=dp or fsdp")
             return cls(mode, None)
         devices = jax.devices()
         if micro_batch_size % len(devices):
+            of_processes = f" of {processes} processes" if processes > 1 else ""
             raise ConfigError(
                 f"train.batch_size / train.grad_accum = {micro_batch_size} sequences must split "
-                f"evenly over the {len(devices)} devices of train.parallel={mode}."
+                f"evenly over the {len(devices)} devices{of_processes} of train.parallel={mode}."
             )
         return cls(mode, Mesh(np.array(devices), (DATA_AXIS,)))
 
@@ -74,6 +83,16 @@ class Placement:
 
     def _sharding(self, spec: PartitionSpec) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
+
+    @staticmethod
+    def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+        """`x`, the same value in every process, placed by `sharding`. Across processes each
+        process puts only the shards of its own devices (device_put would first check, in a
+        collective, that every process passed the same value)."""
+        if sharding.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     def _fsdp_sharding(self, path: str, shape: tuple[int, ...]) -> NamedSharding:
         spec = fsdp_spec(path, len(shape))
@@ -111,7 +130,7 @@ class Placement:
         """`state` moved onto the mesh: replicated (dp) or split by FSDP_RULES (fsdp)."""
         if self.mesh is None:
             return state
-        return jax.device_put(state, self._state_shardings(state))
+        return jax.tree_util.tree_map(self._put, state, self._state_shardings(state))
 
     def batch(self, batch: Any, axis: int = 0) -> Any:
         """A batch (a pytree of arrays) split over the data axis along `axis` of every leaf
@@ -122,6 +141,6 @@ class Placement:
         def place(x: np.ndarray) -> jax.Array:
             spec = [None] * np.ndim(x)
             spec[axis] = DATA_AXIS
-            return jax.device_put(x, self._sharding(PartitionSpec(*spec)))
+            return self._put(x, self._sharding(PartitionSpec(*spec)))
 
         return jax.tree_util.tree_map(place, batch)

@@ -8,7 +8,9 @@ replicas' run ids and statuses) instead. A WSD trunk (`train.cooldowns`) likewis
 branches are runs beside it, its directory holds checkpoints and `branches.json`.
 
 Both are written atomically (temp file, then rename), so a reader (a sweep deciding what to
-skip, the results table) never sees half a record, even when the run is killed mid-write.
+skip, the results table) never sees half a record, even when the run is killed mid-write. In a
+run of several processes (`scaling.distributed`) only process 0 writes: every write here does
+nothing in the others.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -146,7 +149,20 @@ def versions() -> dict[str, str]:
             **{name: importlib.metadata.version(name) for name in RECORDED_VERSIONS}}
 
 
+def writes_records() -> bool:
+    """Whether this process writes records: all but processes 1, 2, ... of a multi-process run."""
+    if "jax" not in sys.modules:  # no JAX loaded, no other processes: and none loaded for this
+        return True
+    from scaling.distributed import is_primary
+
+    return is_primary()
+
+
 def atomic_write(path: Path, write) -> None:
+    """Write `path` through `write(temporary path)`, then rename it into place; nothing in a
+    process that does not write records (`writes_records`)."""
+    if not writes_records():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
     try:

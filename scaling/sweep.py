@@ -34,6 +34,10 @@ BOOKKEEPING_FIELDS = frozenset({
     "train.log_every_steps", "train.checkpoint_every_steps", "train.checkpoint_every_seconds",
     "train.keep_checkpoints", "data.cache_dir", "train.compile_cache", "train.compile_cache_dir",
     "train.loggers",
+    # where and how many processes train it: the same batches and losses (scaling.distributed)
+    "train.distributed.enabled", "train.distributed.coordinator_address",
+    "train.distributed.num_processes", "train.distributed.process_id",
+    "train.distributed.local_device_ids",
 })
 # Keys added after runs were first recorded, with their defaults: at its default such a key
 # stays out of the identity, so that the runs recorded before it keep their ids and resume.
@@ -250,15 +254,18 @@ def register_resolvers() -> None:
 
 
 @contextmanager
-def exclusive_run(run_dir: Path) -> Iterator[bool]:
+def exclusive_run(run_dir: Path, process: int = 0) -> Iterator[bool]:
     """Yield True while this process alone holds the run, False if another process does.
 
     The lock is an flock on a file in the run directory: the kernel drops it when the holder
-    exits, killed or not, so a crashed worker never leaves a run locked.
+    exits, killed or not, so a crashed worker never leaves a run locked. Process i > 0 of a
+    multi-process run (`scaling.distributed`) holds a lock of its own, `.lock.<i>`, which
+    another launch's process i finds taken.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    name = LOCK_FILE if process == 0 else f"{LOCK_FILE}.{process}"
+    fd = os.open(run_dir / name, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

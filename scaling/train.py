@@ -30,6 +30,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from scaling.batch import batch_rows, stack
 from scaling.checkpoint import Checkpointer
 from scaling.config import ConfigError, TrainConfig
+from scaling.distributed import is_primary
 from scaling.hooks import (
     Checkpointing,
     Clock,
@@ -286,8 +287,8 @@ def train_models(
 
 def _loggers(cfg: TrainConfig, record_dirs: Sequence[Path], training: Sequence[int],
              loop: LoopState, config_dict: dict, flops_per_token: int) -> list[Hook]:
-    """The live logs train.loggers asks for, of the models recorded here."""
-    if not training:
+    """The live logs train.loggers asks for, of the models recorded here, by process 0 alone."""
+    if not training or not is_primary():
         return []
     from scaling.sweep import flatten
 
@@ -335,7 +336,7 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
                  "data_fingerprints": stage.data_fingerprints}
         return saved | ({"diverged": loop.diverged} if k > 1 else {})
 
-    progress = TrainProgress(total_steps, loop.step)
+    progress = TrainProgress(total_steps, loop.step, tty=None if is_primary() else False)
     eval_meter = Meter(loop.clock, stage.tokens_per_step, loop.step)  # each model's rate
     # the group's, over the last LOG_WINDOW progress lines
     log_meter = Meter(loop.clock, k * stage.tokens_per_step, loop.step, LOG_WINDOW)

@@ -1,0 +1,227 @@
+"""Training across processes (`scaling.distributed`): two CPU processes on this machine, one
+device each, joined through a coordinator on a free local port (gloo collectives), train as one
+process does, resume together from their checkpoint after SIGKILL, and leave one record.
+
+Each run is `scaling-train` as a user launches it, in its own subprocess: JAX joins processes
+once, before it starts its devices, so the pytest process cannot be one of them.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    DistributedConfig,
+    ModelConfig,
+    TrainConfig,
+    validate,
+)
+from scaling.distributed import SLURM_STEP_TASKS, wanted
+from tests.runs import pretrain
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS, BATCH, N_CTX = 20, 8, 32
+CURVE = ["step", "train_loss", "val_loss", "grad_norm"]
+# The killed run reads no batch past this one (step 13 of 20): its checkpoint of step 10 is
+# the last one it saves, committed before both processes are killed.
+PAUSE_AT = 12
+WORKER = "from tests.test_distributed import worker; worker()"
+
+
+def config(corpus_dir: Path, cache_dir: Path, **train) -> Config:
+    """A byte-level model of 2 blocks, 20 steps of 8 sequences over the data-parallel mesh."""
+    base = dict(tokens=STEPS * BATCH * N_CTX, batch_size=BATCH, eval_count=6, eval_batches=2,
+                lr=3e-3, parallel="dp", checkpoint_every_steps=5, loggers=[])
+    return Config(
+        model=ModelConfig(n_layer=2, d_model=32, n_head=2, n_ctx=N_CTX),
+        data=DataConfig(source="files", paths=[f"{corpus_dir}/*.py"], tokenizer="bytes",
+                        cache_dir=str(cache_dir)),
+        train=TrainConfig(**{**base, **train}),
+    )
+
+
+def overrides(corpus_dir: Path, cache_dir: Path, run_dir: Path,
+              tensorboard: bool = False) -> list[str]:
+    """`config` as scaling-train's command line; TensorBoard only where asked (tensorboardX
+    imports torch where it is installed: seconds of each launch)."""
+    return [f"train.loggers=[{'tensorboard' if tensorboard else ''}]",
+            "model.n_layer=2", "model.d_model=32", "model.n_head=2", f"model.n_ctx={N_CTX}",
+            f"train.tokens={STEPS * BATCH * N_CTX}", f"train.batch_size={BATCH}",
+            "train.eval_count=6", "train.eval_batches=2", "train.lr=3e-3", "train.parallel=dp",
+            "train.checkpoint_every_steps=5", "data=files", f"data.paths=[{corpus_dir}/*.py]",
+            "data.tokenizer=bytes", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def worker() -> None:
+    """scaling-train, in a subprocess; its first argument, if not 0, is a step whose batch it
+    never finishes reading (it sleeps there until killed)."""
+    pause_at = int(sys.argv.pop(1))
+    if pause_at:
+        from scaling.stages import pretrain as pretrain_stage
+
+        class Paused(pretrain_stage.Batches):
+            def __call__(self, step: int) -> np.ndarray:
+                if step == pause_at:
+                    time.sleep(600)
+                return super().__call__(step)
+
+        pretrain_stage.Batches = Paused
+    from scaling.cli import train
+
+    train()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], processes: int, devices: int = 1,
+           pause_at: int = 0) -> list[subprocess.Popen]:
+    """`processes` processes of `scaling-train args`, each with `devices` CPU devices, joined
+    through a coordinator on a free port when there are several."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env |= {"JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    port = free_port()
+    joined = [f"train.distributed.coordinator_address=localhost:{port}",
+              f"train.distributed.num_processes={processes}"] if processes > 1 else []
+    return [subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(pause_at), *args, *joined,
+         *([f"train.distributed.process_id={i}"] if processes > 1 else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        for i in range(processes)]
+
+
+def finish(procs: list[subprocess.Popen]) -> list[str]:
+    """Each process's output (the log lines Hydra prints), once all have exited 0."""
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    for proc, err in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    return outputs
+
+
+def curve(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "metrics.parquet")[CURVE]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(corpus_dir, cache_dir, tmp_path_factory) -> dict:
+    """The same config trained by one process on one device (here), one process on two
+    devices, and two processes of one device each; the last two at once."""
+    out = tmp_path_factory.mktemp("distributed")
+    pretrain(config(corpus_dir, cache_dir), out / "one")  # also builds the shared data cache
+    started = time.perf_counter()
+    two_devices = launch(overrides(corpus_dir, cache_dir, out / "two_devices"), 1, devices=2)
+    two_processes = launch(overrides(corpus_dir, cache_dir, out / "two_processes", True), 2)
+    finish(two_devices)
+    logs = finish(two_processes)
+    return {"dirs": out, "logs": logs, "wall_s": time.perf_counter() - started}
+
+
+def test_two_processes_train_as_one_process_does(runs):
+    one = curve(runs["dirs"] / "one")
+    assert len(one) == 6 and one["step"].iloc[-1] == STEPS
+    for name in ("two_devices", "two_processes"):
+        other = curve(runs["dirs"] / name)
+        assert other["step"].tolist() == one["step"].tolist()
+        for column in ("train_loss", "val_loss", "grad_norm"):
+            np.testing.assert_allclose(other[column], one[column], rtol=1e-5,
+                                       err_msg=f"{name}: {column}")
+    record = summary(runs["dirs"] / "two_processes")
+    assert record["status"] == "completed" and record["n_devices"] == 2
+
+
+def test_only_process_0_records_logs_and_reports_progress(runs):
+    run_dir = runs["dirs"] / "two_processes"
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1
+    assert not list(run_dir.glob(".*.tmp"))
+    first, second = runs["logs"]
+    assert "val_loss" in first and "done: final val_loss" in first
+    assert "val_loss" not in second and "step " not in second
+
+
+def test_two_killed_processes_resume_together_as_if_never_stopped(runs, corpus_dir, cache_dir):
+    run_dir = runs["dirs"] / "killed"
+    args = overrides(corpus_dir, cache_dir, run_dir)
+    procs = launch(args, 2, pause_at=PAUSE_AT)
+    committed = run_dir / "checkpoints" / "10"
+    deadline = time.monotonic() + 240
+    while not committed.is_dir():
+        assert all(proc.poll() is None for proc in procs), procs[0].communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint of step 10"
+        time.sleep(0.2)
+    for proc in procs:
+        proc.send_signal(signal.SIGKILL)
+    for proc in procs:
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+    assert summary(run_dir)["status"] == "running"
+
+    finish(launch(args, 2))  # another coordinator port: not part of the run's identity
+    resumed = summary(run_dir)
+    assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 10
+    assert resumed["final_val_loss"] == summary(runs["dirs"] / "two_processes")["final_val_loss"]
+    pd.testing.assert_frame_equal(curve(run_dir), curve(runs["dirs"] / "two_processes"))
+
+
+@pytest.mark.parametrize(("train", "field"), [
+    ({"num_processes": 0}, "train.distributed.num_processes"),
+    ({"num_processes": 2, "process_id": 2}, "train.distributed.process_id"),
+    ({"process_id": -1}, "train.distributed.process_id"),
+    ({"enabled": "maybe"}, "train.distributed.enabled"),
+    ({"num_processes": 2, "batch_size": 9}, "train.batch_size"),
+    ({"num_processes": 2, "parallel": "none"}, "train.parallel"),
+])
+def test_bad_distributed_settings_are_refused_naming_the_key(corpus_dir, cache_dir, train,
+                                                             field):
+    batch = {k: train.pop(k) for k in ("batch_size", "parallel") if k in train}
+    cfg = config(corpus_dir, cache_dir, **batch)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, distributed=DistributedConfig(**train)))
+    with pytest.raises(ConfigError, match=rf"^{field}="):
+        validate(cfg)
+
+
+def test_a_process_id_out_of_range_exits_2_in_one_line_writing_nothing(corpus_dir, cache_dir,
+                                                                       tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", "from scaling.cli import train; train()",
+         *overrides(corpus_dir, cache_dir, run_dir), "train.distributed.num_processes=2",
+         "train.distributed.process_id=2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "train.distributed.process_id=2 is invalid" in result.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(("settings", "environ", "joins"), [
+    ({}, {}, False),  # a plain run
+    ({}, {SLURM_STEP_TASKS: "4"}, True),  # srun -n 4
+    ({}, {SLURM_STEP_TASKS: "1", "SLURM_NTASKS": "4"}, False),  # an sbatch -n 4 script's Python
+    ({"num_processes": 2}, {}, True),
+    ({"num_processes": 1}, {SLURM_STEP_TASKS: "4"}, False),  # the settings win
+    ({"enabled": "false"}, {SLURM_STEP_TASKS: "4"}, False),
+    ({"enabled": True}, {}, True),  # `enabled: true` in YAML is a bool
+])
+def test_auto_joins_where_the_settings_or_srun_say_several_processes(settings, environ, joins):
+    assert wanted(DistributedConfig(**settings), environ) is joins

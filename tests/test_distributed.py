@@ -42,9 +42,10 @@ WORKER = "from tests.test_distributed import worker; worker()"
 
 
 def config(corpus_dir: Path, cache_dir: Path, **train) -> Config:
-    """A byte-level model of 2 blocks, 20 steps of 8 sequences over the data-parallel mesh."""
+    """A byte-level model of 2 blocks, 20 steps of 8 sequences, weights and Adam moments split
+    over the devices (FSDP: the sharded state is what each process saves and restores)."""
     base = dict(tokens=STEPS * BATCH * N_CTX, batch_size=BATCH, eval_count=6, eval_batches=2,
-                lr=3e-3, parallel="dp", checkpoint_every_steps=5, loggers=[])
+                lr=3e-3, parallel="fsdp", checkpoint_every_steps=5, loggers=[])
     return Config(
         model=ModelConfig(n_layer=2, d_model=32, n_head=2, n_ctx=N_CTX),
         data=DataConfig(source="files", paths=[f"{corpus_dir}/*.py"], tokenizer="bytes",
@@ -60,7 +61,7 @@ def overrides(corpus_dir: Path, cache_dir: Path, run_dir: Path,
     return [f"train.loggers=[{'tensorboard' if tensorboard else ''}]",
             "model.n_layer=2", "model.d_model=32", "model.n_head=2", f"model.n_ctx={N_CTX}",
             f"train.tokens={STEPS * BATCH * N_CTX}", f"train.batch_size={BATCH}",
-            "train.eval_count=6", "train.eval_batches=2", "train.lr=3e-3", "train.parallel=dp",
+            "train.eval_count=6", "train.eval_batches=2", "train.lr=3e-3", "train.parallel=fsdp",
             "train.checkpoint_every_steps=5", "data=files", f"data.paths=[{corpus_dir}/*.py]",
             "data.tokenizer=bytes", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
 

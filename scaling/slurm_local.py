@@ -255,10 +255,11 @@ def _wait_idle(cluster: Cluster, started: dict[str, int], timeout_s: float) -> N
         if dead:
             log = cluster.root / f"{dead[0]}.log"
             raise ClusterError(f"{dead[0]} exited at start: {_last_log_line(log)} ({log})")
-        done = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=cluster.env,
+        # the node's state, and why it is not usable (`Low RealMemory ...`) if it is not
+        done = subprocess.run(["sinfo", "-h", "-N", "-o", "%t %E"], env=cluster.env,
                               capture_output=True, text=True)
         state = done.stdout.strip()
-        if done.returncode == 0 and state == "idle":
+        if done.returncode == 0 and state.split()[:1] == ["idle"]:
             return
         time.sleep(0.2)
     raise ClusterError(f"the node is not idle {timeout_s:.0f}s after start (sinfo: "

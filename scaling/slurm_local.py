@@ -16,6 +16,7 @@ themselves) find the cluster through SLURM_CONF. docs/slurm.md says why each set
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -311,7 +312,8 @@ def _kill(daemons: dict[str, int], grace_s: float = 10) -> None:
         while _alive({name: pid}) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _alive({name: pid}):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(pid, signal.SIGKILL)
 
 
 def stop(root: Path, grace_s: float = 35) -> bool:

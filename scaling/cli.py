@@ -143,6 +143,10 @@ def hydra_entry(task: Callable[[DictConfig], None], about: str) -> None:
     with _environ(HYDRA_FULL_ERROR="1", SCALING_DEBUG="1" if debugging() else "0"):
         try:
             hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(reported)()
+        except KeyboardInterrupt:  # Ctrl-C on a sweep's front end (a run handles its own)
+            print(f"{program()}: interrupted (jobs a scheduler already holds keep running)",
+                  file=sys.stderr, flush=True)
+            sys.exit(128 + signal.SIGINT)
         except Exception as error:
             sys.exit(exit_status(error))
 

@@ -139,8 +139,24 @@ def _raised_by(error: BaseException, package: str) -> bool:
     return module == package or module.startswith(f"{package}.")
 
 
+def _refused_by_slurm(error: BaseException) -> str | None:
+    """sbatch's own error line where Slurm refused to queue a job (submitit raises the
+    FailedJobError of the failed sbatch command): a request the cluster cannot meet, the
+    user's to fix in hydra.launcher.*; None for anything else, a job that ran and failed
+    included."""
+    failed = _loaded("submitit.core.utils", "FailedJobError")
+    line = re.search(r"sbatch: error: .*", str(error)) if failed and isinstance(error, failed) \
+        else None
+    return line.group(0) if line else None
+
+
 def describe(error: BaseException) -> str:
     """`error` as one line naming what to fix (the key, override, file or column)."""
+    refused = _refused_by_slurm(error)
+    if refused:
+        return (f"Slurm refused the job: {refused} (check hydra.launcher.partition, "
+                "gpus_per_node, cpus_per_task, mem_gb and timeout_min against the cluster: "
+                "docs/slurm.md)")
     hydra_error = _loaded("hydra.errors", "HydraException")
     omegaconf_error = _loaded("omegaconf.errors", "OmegaConfBaseException")
     if hydra_error and isinstance(error, hydra_error):
@@ -160,7 +176,8 @@ def is_user_error(error: BaseException, user_errors: tuple[type[BaseException], 
              *filter(None, (_loaded("hydra.errors", "HydraException"),
                             _loaded("omegaconf.errors", "OmegaConfBaseException"))))
     # Hydra checks its own flags with plain ValueErrors (`-m --cfg job`: one mode at a time)
-    return isinstance(error, kinds) or _raised_by(error, "hydra")
+    return (isinstance(error, kinds) or _raised_by(error, "hydra")
+            or _refused_by_slurm(error) is not None)
 
 
 def program() -> str:

@@ -199,3 +199,17 @@ def test_one_line_joins_lines_and_cuts_long_lists():
     assert one_line("first paragraph\n\nConfig search path:\n\tmany lines") == "first paragraph"
     dropped = one_line(f"dropped points: {', '.join(str(i) for i in range(1000))}")
     assert dropped == "dropped points: 0, 1, 2, 3, 4, 5 and 994 more"
+
+
+def test_a_job_slurm_refuses_is_the_users_to_fix(capsys):
+    """sbatch refusing a request (a GPU on a CPU partition) is exit 2 with the launcher keys
+    to check; a job that ran and failed stays a bug."""
+    from submitit.core.utils import FailedJobError
+
+    refused = FailedJobError("Command '['sbatch', 'x.sh']' returned non-zero exit status 1.\n"
+                             "sbatch: error: Invalid generic resource (gres) specification\n")
+    assert exit_status(refused, "scaling-train") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Invalid generic resource (gres) specification" in err
+    assert "hydra.launcher.partition, gpus_per_node" in err
+    assert exit_status(FailedJobError("Job 12 raised ValueError"), "scaling-train") == 1

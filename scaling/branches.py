@@ -36,6 +36,7 @@ from typing import Any
 
 from scaling.checkpoint import Checkpointer
 from scaling.config import TrainConfig
+from scaling.distributed import process_index
 from scaling.record import (
     completed_group,
     completed_record,
@@ -99,7 +100,8 @@ def train_branches(trunk: Replica, trunk_steps: int, branches: Sequence[Branch],
         return [read_summary(d) for d in dirs]
     record = _recorder(trunk_dir, trunk, trunk_steps, branches, dirs, config_dict, fingerprints)
     with ExitStack() as locks:
-        busy = [d.name for d in dirs if not locks.enter_context(exclusive_run(d))]
+        busy = [d.name for d in dirs  # each process of a multi-process run has its own locks
+                if not locks.enter_context(exclusive_run(d, process_index()))]
         if busy:
             log.warning("%s: branches %s are being trained by another process; skipped",
                         trunk_dir, ", ".join(busy))

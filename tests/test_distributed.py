@@ -42,12 +42,12 @@ WORKER = "from tests.test_distributed import worker; worker()"
 
 
 def config(corpus_dir: Path, cache_dir: Path, **train) -> Config:
-    """A byte-level model of 2 blocks, 20 steps of 8 sequences, weights and Adam moments split
+    """A byte-level model of 1 block, 20 steps of 8 sequences, weights and Adam moments split
     over the devices (FSDP: the sharded state is what each process saves and restores)."""
     base = dict(tokens=STEPS * BATCH * N_CTX, batch_size=BATCH, eval_count=6, eval_batches=2,
                 lr=3e-3, parallel="fsdp", checkpoint_every_steps=5, loggers=[])
     return Config(
-        model=ModelConfig(n_layer=2, d_model=32, n_head=2, n_ctx=N_CTX),
+        model=ModelConfig(n_layer=1, d_model=32, n_head=2, n_ctx=N_CTX),
         data=DataConfig(source="files", paths=[f"{corpus_dir}/*.py"], tokenizer="bytes",
                         cache_dir=str(cache_dir)),
         train=TrainConfig(**{**base, **train}),
@@ -59,7 +59,7 @@ def overrides(corpus_dir: Path, cache_dir: Path, run_dir: Path,
     """`config` as scaling-train's command line; TensorBoard only where asked (tensorboardX
     imports torch where it is installed: seconds of each launch)."""
     return [f"train.loggers=[{'tensorboard' if tensorboard else ''}]",
-            "model.n_layer=2", "model.d_model=32", "model.n_head=2", f"model.n_ctx={N_CTX}",
+            "model.n_layer=1", "model.d_model=32", "model.n_head=2", f"model.n_ctx={N_CTX}",
             f"train.tokens={STEPS * BATCH * N_CTX}", f"train.batch_size={BATCH}",
             "train.eval_count=6", "train.eval_batches=2", "train.lr=3e-3", "train.parallel=fsdp",
             "train.checkpoint_every_steps=5", "data=files", f"data.paths=[{corpus_dir}/*.py]",
@@ -127,12 +127,12 @@ def summary(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def runs(corpus_dir, cache_dir, tmp_path_factory) -> dict:
     """The same config trained by one process on one device (here), one process on two
-    devices, and two processes of one device each; the last two at once."""
+    devices, and two processes of one device each, all at once."""
     out = tmp_path_factory.mktemp("distributed")
-    pretrain(config(corpus_dir, cache_dir), out / "one")  # also builds the shared data cache
     started = time.perf_counter()
     two_devices = launch(overrides(corpus_dir, cache_dir, out / "two_devices"), 1, devices=2)
     two_processes = launch(overrides(corpus_dir, cache_dir, out / "two_processes", True), 2)
+    pretrain(config(corpus_dir, cache_dir), out / "one")
     finish(two_devices)
     logs = finish(two_processes)
     return {"dirs": out, "logs": logs, "wall_s": time.perf_counter() - started}

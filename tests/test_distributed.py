@@ -27,9 +27,11 @@ from scaling.config import (
     DistributedConfig,
     ModelConfig,
     TrainConfig,
+    to_dict,
     validate,
 )
 from scaling.distributed import SLURM_STEP_TASKS, wanted
+from scaling.sweep import run_id
 from tests.runs import pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,3 +228,16 @@ def test_a_process_id_out_of_range_exits_2_in_one_line_writing_nothing(corpus_di
 ])
 def test_auto_joins_where_the_settings_or_srun_say_several_processes(settings, environ, joins):
     assert wanted(DistributedConfig(**settings), environ) is joins
+
+
+def test_where_a_run_trains_is_not_part_of_its_identity(corpus_dir, cache_dir):
+    """Runs recorded before train.distributed existed keep their ids, and a run relaunched on
+    another coordinator or number of processes is the same run (it resumes)."""
+    alone = to_dict(config(corpus_dir, cache_dir))
+    joined = to_dict(dataclasses.replace(config(corpus_dir, cache_dir), train=dataclasses.replace(
+        config(corpus_dir, cache_dir).train, distributed=DistributedConfig(
+            enabled="true", coordinator_address="host0:1234", num_processes=4, process_id=3,
+            local_device_ids=[3]))))
+    recorded_before = {**alone, "train": {k: v for k, v in alone["train"].items()
+                                          if k != "distributed"}}
+    assert run_id(joined) == run_id(alone) == run_id(recorded_before)

@@ -16,6 +16,7 @@ import pytest
 from scaling.config import (
     Config,
     DataConfig,
+    DistributedConfig,
     FreezeConfig,
     ModelConfig,
     StageConfig,
@@ -93,7 +94,8 @@ def test_help_lists_every_key_with_the_schemas_comment():
 
 
 def test_every_key_has_a_comment_in_the_schema():
-    for schema in (ModelConfig, DataConfig, TrainConfig, StageConfig, FreezeConfig):
+    for schema in (ModelConfig, DataConfig, TrainConfig, StageConfig, FreezeConfig,
+                   DistributedConfig):
         comments = field_comments(schema)
         assert all(comments.get(f.name) for f in dataclasses.fields(schema)), schema
 

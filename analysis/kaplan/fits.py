@@ -232,7 +232,10 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit, iso: LawFit | None = None,
     inside its bounds, and within 2% rms, or for the envelope, with compute-optimal sizes
     from `MIN_SIZES` or more N levels: from two, a is the slope between two sizes; for
     IsoFLOP, every vertex inside its budget's sizes) and whose a lies in (0, 1); failing
-    that, the first that gave an estimate (not degenerate, unconverged or failed)."""
+    that, the first that gave an estimate (not degenerate, unconverged or failed). Among
+    clean routes IsoFLOP comes first: each profile measures the best size at one budget from
+    runs trained to that budget's end (Hoffmann et al. 2022, §3.2), where the envelope reads
+    runs mid-schedule and the allocations extrapolate a fitted form."""
     out: dict[str, Any] = {
         "kaplan_a": KAPLAN_A,
         "kaplan_a_eq15": KAPLAN_A_EQ15,
@@ -242,7 +245,11 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit, iso: LawFit | None = None,
             f"eq 1.5's own allocation with Kaplan's constants gives {KAPLAN_A_EQ15:.3f}"
         ),
     }
-    candidates = []  # (tier: 0 clean, 1 ok, 2 at a bound; route; a)
+    candidates = []  # (tier: 0 clean, 1 ok, 2 at a bound; route; a), in order of preference
+    if iso is not None and iso.fit is not None:
+        out["from_isoflop"] = {"a": iso.fit.params["a"], "status": iso.fit.status,
+                               "budgets": int(iso.points["C"].nunique())}
+        candidates.append((_tier(iso.fit, iso.fit.ok), "isoflop profiles", iso.fit.params["a"]))
     if lnd.fit is not None:
         out["from_kaplan_nd"] = compute_optimal(lnd.fit).to_dict() | {"status": lnd.fit.status}
         clean = lnd.fit.ok and lnd.rms() <= SMOOTH_RMS
@@ -255,10 +262,6 @@ def compute_optimal_exponent(lnd: LawFit, lc: LawFit, iso: LawFit | None = None,
         clean = lc.fit.ok and sizes >= MIN_SIZES
         candidates.append((_tier(lc.fit, clean), "envelope of learning curves",
                            lc.fit.params["a"]))
-    if iso is not None and iso.fit is not None:
-        out["from_isoflop"] = {"a": iso.fit.params["a"], "status": iso.fit.status,
-                               "budgets": int(iso.points["C"].nunique())}
-        candidates.append((_tier(iso.fit, iso.fit.ok), "isoflop profiles", iso.fit.params["a"]))
     if lnd.points is not None:  # Chinchilla Approach 3 on the runs eq 1.5 was fitted on
         fit = _fit(lnd.points, "chinchilla", n_bootstrap, seed, method="varpro")
         out["from_chinchilla"] = compute_optimal(fit).to_dict() | {"status": fit.status}

@@ -476,7 +476,7 @@ def _isoflop_runs(budgets=(1e18, 1e19, 1e20), per_budget=7) -> pd.DataFrame:
 
 
 def test_isoflop_is_approach_two_beside_the_others():
-    from analysis.kaplan.fits import compute_optimal_exponent, guarded, law_isoflop
+    from analysis.kaplan.fits import compute_optimal_exponent, guarded, law_c, law_isoflop
 
     p = TRUE_CHINCHILLA
     iso = law_isoflop(_isoflop_runs(), n_bootstrap=20)
@@ -488,6 +488,13 @@ def test_isoflop_is_approach_two_beside_the_others():
     n_opt = compute_optimal_exponent(skipped, skipped, iso)
     assert n_opt["method"] == "isoflop profiles"
     assert n_opt["from_isoflop"]["budgets"] == 3
+    # beside a clean envelope, the profiles (runs trained to their budget's end) come first
+    results, curves, _ = _sweep()
+    envelope = law_c(curve_table(curves.drop(columns="N", errors="ignore"),
+                                 completed_runs(results)))
+    both = compute_optimal_exponent(skipped, envelope, iso)
+    assert both["from_envelope"]["status"] == "ok" and both["from_envelope"]["optimal_sizes"] >= 3
+    assert both["method"] == "isoflop profiles" and both["a"] == iso.fit.params["a"]
     # one budget is no profile: skipped with the reason, never a guess
     one = guarded("IsoFLOP", "isoflop", lambda: law_isoflop(_isoflop_runs(budgets=(1e18,))))
     assert one.fit is None and "2+ compute budgets" in one.skipped

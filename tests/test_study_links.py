@@ -100,7 +100,8 @@ def test_the_launcher_waits_for_every_run_a_job_links_to_on_any_key(tmp_path):
 
 def test_overoptimization_study_links_one_policy_to_reward_models_of_four_sizes():
     runs = study_runs("overoptimization_cpu")
-    assert {g: len(r) for g, r in runs.items()} == {"parents": 4, "policy": 1, "rm": 4, "rl": 1}
+    assert {g: len(r) for g, r in runs.items()} == {"parents": 4, "policy": 1, "rm": 4, "rl": 1,
+                                                    "dpo": 3}
     sizes = sorted(n_nonembed(cfg) for cfg in runs["rm"])
     assert len(sizes) == 4 and sizes[-1] / sizes[0] >= 10
     assert {cfg.data.tokenizer for grid in runs.values() for cfg in grid} == {"bytes"}
@@ -108,6 +109,13 @@ def test_overoptimization_study_links_one_policy_to_reward_models_of_four_sizes(
     (rl,) = runs["rl"]
     assert rl.stage.kl_coef == 0 and rl.stage.reward_from == "grid:rm/*"
     assert rl.model.d_model == runs["policy"][0].model.d_model
+    # DPO at 3 values of β from the policy, on the reward models' collection (same keys)
+    assert sorted(cfg.stage.beta for cfg in runs["dpo"]) == [0.03, 0.1, 0.3]
+    collection = ("policy", "comparison_samples", "comparison_prompts")
+    assert {tuple(str(cfg.data[k]) for k in collection) for cfg in runs["rm"] + runs["dpo"]} \
+        == {tuple(str(runs["rm"][0].data[k]) for k in collection)}
+    assert {cfg.stage.init_from for cfg in runs["dpo"]} == {"grid:policy"}
+    assert all(cfg.stage.gold_samples > 0 for cfg in runs["dpo"])
 
 
 @pytest.mark.parametrize("name", ["overoptimization", "overoptimization_cpu"])

@@ -37,8 +37,9 @@ transfer-demo: $(STAMP)
 
 # Gao et al. 2022's reward-model overoptimization in miniature (sweeps/overoptimization_cpu.yaml):
 # pretrain 4 sizes, SFT one policy, a proxy reward model of each size on gold-labelled
-# comparisons of the policy's samples, PPO against each; then best-of-n against each and the
-# report, which fits R_bon(d) and R_RL(d) per reward-model size (docs/rlhf.md).
+# comparisons of the policy's samples, PPO against each, DPO from the policy at 3 values of beta;
+# then best-of-n against each and the report, which fits R_bon(d) and R_RL(d) per reward-model
+# size and draws DPO's gold reward against sqrt(KL) per beta (docs/rlhf.md).
 rlhf-demo: $(STAMP)
 	$(BIN)/scaling-train --config-dir sweeps --config-name overoptimization_cpu \
 		hydra/launcher=local hydra.launcher.n_jobs=2

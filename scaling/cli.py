@@ -211,8 +211,8 @@ def report(argv: list[str] | None = None) -> None:
     and fits.json). The fits use the pretraining runs of one corpus (runs of several corpora
     or tokenizers are never pooled): the one with the most completed runs, or --corpus; the
     page and the last line name the runs left out. Best-of-n tables (scaling-bon's OUT_DIR,
-    e.g. SWEEP_DIR/bon/) and stage=rl runs below SWEEP_DIR make the overoptimization
-    section."""
+    e.g. SWEEP_DIR/bon/) and stage=rl and stage=dpo runs below SWEEP_DIR make the
+    overoptimization section; stage=mlm runs, the masked-LM section."""
     try:
         _report(argv)
     except Exception as error:

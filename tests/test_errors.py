@@ -6,6 +6,7 @@ so nothing trains; `scaling-report` and `scaling-fit` run in-process.
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -201,15 +202,22 @@ def test_one_line_joins_lines_and_cuts_long_lists():
     assert dropped == "dropped points: 0, 1, 2, 3, 4, 5 and 994 more"
 
 
-def test_a_job_slurm_refuses_is_the_users_to_fix(capsys):
+def test_a_job_slurm_refuses_is_the_users_to_fix():
     """sbatch refusing a request (a GPU on a CPU partition) is exit 2 with the launcher keys
-    to check; a job that ran and failed stays a bug."""
-    from submitit.core.utils import FailedJobError
-
-    refused = FailedJobError("Command '['sbatch', 'x.sh']' returned non-zero exit status 1.\n"
-                             "sbatch: error: Invalid generic resource (gres) specification\n")
-    assert exit_status(refused, "scaling-train") == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Invalid generic resource (gres) specification" in err
-    assert "hydra.launcher.partition, gpus_per_node" in err
-    assert exit_status(FailedJobError("Job 12 raised ValueError"), "scaling-train") == 1
+    to check; a job that ran and failed stays a bug. In a subprocess: importing submitit
+    points its log handler at the sys.stderr of the moment, which pytest's capture closes."""
+    script = textwrap.dedent("""
+        import sys
+        from submitit.core.utils import FailedJobError
+        from scaling.console import exit_status
+        refused = FailedJobError("Command 'sbatch x.sh' returned non-zero exit status 1.\\n"
+                                 "sbatch: error: Invalid generic resource (gres) specification")
+        ran = FailedJobError("Job 12 raised ValueError")
+        sys.exit(10 * exit_status(refused, "scaling-train") + exit_status(ran, "scaling-train"))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 21, result.stderr
+    refused, ran = result.stderr.splitlines()
+    assert "Invalid generic resource (gres) specification" in refused
+    assert "hydra.launcher.partition, gpus_per_node" in refused
+    assert ran.startswith("scaling-train: error: unexpected FailedJobError")

@@ -4,7 +4,10 @@ A checkpoint holds the whole train state (params, optimizer, loss accumulators) 
 everything the host needs to carry on as if never interrupted (eval rows so far, wall time).
 Orbax commits a checkpoint by renaming its directory when complete, so a run killed mid-save
 resumes from the previous one. A committed checkpoint whose files are damaged afterwards (a
-torn write, a partial copy) is passed over for the one before it (`restore_latest`).
+torn write, a partial copy, overwritten bytes) is passed over for the one before it
+(`restore_latest`). Overwritten bytes often decode without an error (TensorStore keeps no checksum
+of a chunk's data), so each checkpoint's bookkeeping holds a digest of its state (`state_digest`),
+checked on every restore.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -26,9 +30,11 @@ log = logging.getLogger("scaling")
 
 
 # What reading a damaged checkpoint raises: TensorStore's ValueError for a truncated array,
-# OSError for a missing or unreadable file, ValueError for bad JSON, KeyError for bookkeeping
-# without its keys.
+# OSError for a missing or unreadable file, ValueError for bad JSON or a state unlike its digest,
+# KeyError for bookkeeping without its keys. Orbax raises a bare Exception from TensorStore's
+# error for an array chunk it cannot read (`_damage` looks for the cause).
 UNREADABLE = (ValueError, OSError, KeyError)
+DIGEST = "state_digest"  # the key of the state's digest in a checkpoint's bookkeeping
 
 
 class CheckpointError(UsageError):
@@ -39,6 +45,53 @@ def _describe(error: Exception) -> str:
     """The error's type and the start of its first line: TensorStore's run to pages of spec."""
     first = (str(error).splitlines() or [""])[0]
     return f"{type(error).__name__}: {first[:100]}{'...' if len(first) > 100 else ''}"
+
+
+def _damage(error: BaseException) -> BaseException | None:
+    """The error in `error`'s chain of causes that says a checkpoint cannot be read (one of
+    UNREADABLE), or None for any other error (a bug, not damage)."""
+    while error is not None:
+        if isinstance(error, UNREADABLE):
+            return error
+        error = error.__cause__
+    return None
+
+
+@jax.jit
+def _leaf_digests(state: Any) -> Any:
+    """Two wrapping 32-bit sums of each leaf's bits, the second weighted by position (Fletcher's
+    checksum), as a [2] uint32 array per leaf: a change of any bits changes them but with odds
+    of about 2^-32. Computed where the state lives, sharded or not."""
+
+    def words(x: jax.Array) -> jax.Array:
+        if x.dtype == jnp.bool_:
+            return x.ravel().astype(jnp.uint32)
+        if x.dtype.itemsize < 4:
+            unsigned = {1: jnp.uint8, 2: jnp.uint16}[x.dtype.itemsize]
+            return jax.lax.bitcast_convert_type(x, unsigned).ravel().astype(jnp.uint32)
+        return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()  # 8 bytes: 2 words each
+
+    def digest(x: jax.Array) -> jax.Array:
+        w = words(x)
+        position = jnp.arange(1, w.size + 1, dtype=jnp.uint32)
+        return jnp.stack([w.sum(dtype=jnp.uint32), (w * position).sum(dtype=jnp.uint32)])
+
+    return jax.tree_util.tree_map(digest, state)
+
+
+def state_digest(state: Any) -> list[int]:
+    """The digest of a train state that its checkpoint's bookkeeping keeps (`_leaf_digests`,
+    leaf after leaf), the same on every process of a multi-process run."""
+    leaves = jax.tree_util.tree_leaves(_leaf_digests(state))
+    return [int(v) for leaf in leaves for v in np.asarray(leaf.addressable_data(0))]
+
+
+def _check_digest(state: Any, meta: dict) -> None:
+    """Raise ValueError where the restored `state` differs from the one saved with `meta`
+    (bytes overwritten on disk); bookkeeping saved before digests were is taken as it is."""
+    if DIGEST in meta and state_digest(state) != meta[DIGEST]:
+        raise ValueError("the restored state differs from the one saved (its digest): bytes of "
+                         "it were overwritten")
 
 
 def _drop_closed_loop_reports() -> None:
@@ -100,15 +153,21 @@ class Checkpointer:
         return jax.tree_util.tree_map(np.asarray, state["params"])
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Start an asynchronous save; the state is copied off the device before it returns."""
+        """Start an asynchronous save of `state` and its bookkeeping `meta` (JSON), with the
+        state's digest; the state is copied off the device before it returns."""
+        meta = {**meta, DIGEST: state_digest(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, force=True)
 
-    def _restore(self, step: int, like: Any) -> Any:
-        """The state at `step`, shaped and placed like `like`."""
+    def _restore(self, step: int, like: Any, meta: dict) -> Any:
+        """The state at `step`, shaped and placed like `like`, checked against the digest in
+        its bookkeeping `meta`. Raises one of UNREADABLE, or an error caused by one, where it
+        cannot be read or is not the state saved."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        return self._manager.restore(step, args=args).state
+        state = self._manager.restore(step, args=args).state
+        _check_digest(state, meta)
+        return state
 
     def _meta(self, step: int) -> dict:
         """The JSON bookkeeping saved with the checkpoint at `step`, without its state."""
@@ -126,10 +185,13 @@ class Checkpointer:
         try:
             meta = self._meta(step)
             check(meta)
-            return self._restore(step, like), meta
-        except UNREADABLE as error:
+            return self._restore(step, like, meta), meta
+        except Exception as error:
+            damage = _damage(error)
+            if damage is None:
+                raise
             raise CheckpointError(f"{self.directory}/{step} cannot be restored "
-                                  f"({_describe(error)})") from error
+                                  f"({_describe(damage)})") from error
 
     def restore_latest(self, like: Any,
                        check: Callable[[dict], None]) -> tuple[int, Any, dict] | None:
@@ -146,13 +208,13 @@ class Checkpointer:
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 meta = self._meta(step)
-            except UNREADABLE as error:
+            except Exception as error:
                 self._unreadable(unreadable, step, error)
                 continue
             check(meta)  # outside: a refusal is not a damaged checkpoint
             try:
-                state = self._restore(step, like)
-            except UNREADABLE as error:
+                state = self._restore(step, like, meta)
+            except Exception as error:
                 self._unreadable(unreadable, step, error)
                 continue
             for bad, _ in unreadable:
@@ -168,7 +230,12 @@ class Checkpointer:
             "from the start): " + "; ".join(f"step {step}: {why}" for step, why in unreadable))
 
     def _unreadable(self, unreadable: list[tuple[int, str]], step: int, error: Exception) -> None:
-        unreadable.append((step, _describe(error)))
+        """Note, with a warning, that checkpoint `step` cannot be restored, where `error` says
+        it is damaged (`_damage`); raise any other error again."""
+        damage = _damage(error)
+        if damage is None:
+            raise error
+        unreadable.append((step, _describe(damage)))
         log.warning("checkpoint %s/%d cannot be restored (%s)", self.directory, step,
                     unreadable[-1][1])
 

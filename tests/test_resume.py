@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -27,7 +26,6 @@ from scaling.train import Interrupted
 from tests.runs import crash_at_step, pretrain, pretrain_replicas
 
 TRAIN = [sys.executable, "-c", "from scaling.cli import train; train()"]
-CURVE = ["step", "train_loss", "val_loss"]
 
 
 def interrupted_run(config: Config, run_dir: Path, monkeypatch) -> None:
@@ -50,23 +48,6 @@ def damage(checkpoint: Path) -> None:
     assert files
     for path in files:
         path.write_bytes(b"")
-
-
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_config, tmp_path,
-                                                                  monkeypatch, caplog):
-    reference = pretrain(tiny_config(), tmp_path / "reference")
-    config = tiny_config(checkpoint_every_steps=50)
-    run = tmp_path / "run"
-    interrupted_run(config, run, monkeypatch)
-    damage(run / "checkpoints" / "100")
-
-    with caplog.at_level(logging.WARNING, logger="scaling"):
-        resumed = pretrain(config, run)
-    assert "checkpoint" in caplog.text and "/100 cannot be restored" in caplog.text
-    assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 50
-    assert resumed["final_val_loss"] == reference["final_val_loss"]
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "reference/metrics.parquet")[CURVE],
-                                  pd.read_parquet(run / "metrics.parquet")[CURVE])
 
 
 def test_no_readable_checkpoint_fails_in_one_line_naming_it(tiny_config, corpus_dir, cache_dir,

@@ -1,6 +1,6 @@
 """The run record: `summary.json` and `metrics.parquet` in the run directory, and the one place
-that decides what a directory holds: a completed run of this config and data
-(`completed_record`), another run (`ResumeError`), or a failure (`record_failure`).
+that decides what a directory holds: a finished run of this config and data, completed or
+diverged (`completed_record`), another run (`ResumeError`), or a failure (`record_failure`).
 
 A group of replicas (`train.replicas`) records each of its models as such a run, in a
 directory of its own; the group's directory holds its checkpoints and `replicas.json` (the
@@ -45,6 +45,10 @@ METRIC_COLUMNS = ("step", "tokens", "flops", "train_loss", "val_loss", "lr", "gr
 # checkpointed (its checkpoints are deleted and its record replaced). Scoped to a data change,
 # so that leaving it set never throws away a checkpoint that is still good.
 RESTART_ENV = "SCALING_RESTART_ON_DATA_CHANGE"
+# The statuses of a run that is over: training it again would end the same way (a diverged run
+# diverges again at the same step, its batches and steps being pure functions of its config),
+# so a relaunch keeps its record instead.
+FINISHED = ("completed", "diverged")
 # The packages whose versions a run record states (with Python's).
 RECORDED_VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
@@ -107,11 +111,11 @@ def completed_group(group: dict | None, config: dict[str, Any], fingerprints: di
 def completed_record(run_dir: Path, config: dict[str, Any],
                      fingerprints: dict[str, str]) -> dict[str, Any] | None:
     """The summary of `run_dir` if it records this very run (`config`, trained on the data of
-    `fingerprints`) as completed; None where it holds no completed run (none yet, running,
-    failed: to be trained). Raises ResumeError for another run's record, DataChangedError for
-    this run's on other data (unless RESTART_ENV)."""
+    `fingerprints`) as finished (FINISHED: completed or diverged); None where it holds no
+    finished run (none yet, running, interrupted, failed: to be trained). Raises ResumeError for
+    another run's record, DataChangedError for this run's on other data (unless RESTART_ENV)."""
     summary = read_summary(run_dir)
-    if summary is None or summary.get("status") != "completed":
+    if summary is None or summary.get("status") not in FINISHED:
         return None
     check_same_run(summary["config"], config, run_dir)
     return None if data_changed(summary, fingerprints, run_dir) else summary
@@ -131,14 +135,14 @@ def completed_same_config(run_dir: Path, config: dict[str, Any],
                           record: str = SUMMARY) -> dict[str, Any] | None:
     """The record of `run_dir` (`record`: its summary.json, a group's replicas.json or a trunk's
     branches.json, as `record_name` says) where it says that this very config
-    (`scaling.sweep.identity`) completed; else None, an unreadable or another run's record
-    included. Never raises: what a launcher asks before it starts a run, whose own process then
-    checks the data (`completed_record`)."""
+    (`scaling.sweep.identity`) finished (FINISHED: completed, or diverged); else None, an
+    unreadable or another run's record included. Never raises: what a launcher asks before it
+    starts a run, whose own process then checks the data (`completed_record`)."""
     try:
         record = _read_json(Path(run_dir) / record)
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("status") != "completed":
+    if not isinstance(record, dict) or record.get("status") not in FINISHED:
         return None
     return record if identity(record.get("config") or {}) == identity(config) else None
 
@@ -230,15 +234,16 @@ def record_failure(run_dir: Path, error: BaseException, config: dict[str, Any],
                    record: str = SUMMARY) -> None:
     """Mark the run in `run_dir` failed with `error`, keeping what else its record holds.
 
-    `record` is SUMMARY for a run, REPLICAS for a group of replicas. A completed record is left
-    as it is: an attempt that failed again (say, its corpus is gone) does not undo a result.
+    `record` is SUMMARY for a run, REPLICAS for a group of replicas. A finished record
+    (FINISHED) is left as it is: an attempt that failed again (say, its corpus is gone) does not
+    undo a result.
     """
     path = Path(run_dir) / record
     try:
         previous = _read_json(path) or {}
     except ValueError:  # a record torn by hand: the failure is worth more than its remains
         previous = {}
-    if previous.get("status") == "completed":
+    if previous.get("status") in FINISHED:
         return
     _write_json(path, {**previous, "status": "failed", "error": f"{type(error).__name__}: {error}",
                        "config": config})

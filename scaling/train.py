@@ -233,14 +233,14 @@ def run_loop(loop: LoopState, step_fn: Callable, hooks: Sequence[Hook]) -> LoopS
 def train(replica: Replica, cfg: TrainConfig, run_dir: Path, total_steps: int) -> dict[str, Any]:
     """Train one model for `total_steps`, resuming from `run_dir` if it holds a checkpoint.
 
-    A completed record of the same config and data is returned as it is; a failed one is
-    trained again (from its latest checkpoint). Returns the summary, which is also written to
-    `run_dir/summary.json`.
+    A finished record (completed or diverged) of the same config and data is returned as it
+    is; an interrupted or failed one is trained again (from its latest checkpoint). Returns the
+    summary, which is also written to `run_dir/summary.json`.
     """
     run_dir = Path(run_dir)
     previous = completed_record(run_dir, replica.config, replica.stage.data_fingerprints)
     if previous is not None:
-        log.info("%s already holds a completed run; nothing to do", run_dir)
+        log.info("%s already holds a %s run; nothing to do", run_dir, previous["status"])
         return previous
     return train_models([replica], cfg, replica.config, run_dir, [run_dir], [None],
                         total_steps)[0]

@@ -128,7 +128,10 @@ class Checkpointer:
             policy = ocp.checkpoint_managers.AnyPreservationPolicy([
                 ocp.checkpoint_managers.LatestN(n=keep),
                 ocp.checkpoint_managers.CustomSteps(sorted(keep_steps))])
-            options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+            # cleanup: the partial saves of a process killed mid-save, each as big as a
+            # checkpoint, would pile up over preemptions otherwise
+            options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                                   cleanup_tmp_directories=True)
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         elif self.directory.is_dir():
             options = ocp.CheckpointManagerOptions(read_only=True, create=False,
@@ -244,9 +247,13 @@ class Checkpointer:
         for step in self._manager.all_steps():
             self._manager.delete(step)
 
+    def wait(self) -> None:
+        """Wait until every save started is committed."""
+        self._manager.wait_until_finished()
+
     def close(self) -> None:
         """Wait for pending saves to be committed."""
         if not hasattr(self, "_manager"):  # read-only, of a directory that is not there
             return
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()

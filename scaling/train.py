@@ -356,6 +356,9 @@ def _train(replicas: Sequence[Replica], cfg: TrainConfig, config_dict: dict, run
         *_loggers(cfg, record_dirs, training, loop, config_dict, stage.flops_per_token),
         interruption,
     ])
+    # A record that says completed (a parent's latest checkpoint is its last step) or
+    # interrupted (resumes from this step) is written once that checkpoint is committed
+    checkpointer.wait()
     if loop.interrupted is not None:
         wall_s = wall_before + time.time() - started
         for i in training:

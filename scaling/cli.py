@@ -126,6 +126,10 @@ def hydra_entry(task: Callable[[DictConfig], None], about: str) -> None:
     register_configs()
     register_resolvers()
     OmegaConf.register_new_resolver("scaling_help", lambda: help_text(about), replace=True)
+    # A log handler that cannot write (the run's train.log on a full disk) drops the line, as
+    # the logging docs advise for production, instead of printing a traceback per line; the
+    # error itself still ends the run in one line.
+    logging.raiseExceptions = False
 
     @functools.wraps(task)
     def reported(cfg: DictConfig) -> None:

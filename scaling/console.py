@@ -1,8 +1,9 @@
 """The error policy of every console script: one line on stderr that says what to fix.
 
 A mistake the user can fix (a bad config key or value, a file that cannot be read or written, a
-missing column) ends the command with `PROG: error: <one line>` and exit status 2, no traceback.
-Hydra's and OmegaConf's multi-line messages are condensed to the key and the reason, and lists
+missing column, a full disk) ends the command with `PROG: error: <one line>` and exit status 2,
+no traceback. Hydra's and OmegaConf's multi-line messages are condensed to the key and the
+reason, a full disk to the path and the OS's words whichever library met it, and lists
 that grow with the input are cut to their first few items and a count. Anything else is a bug:
 one line with the exception's type and status 1. SCALING_DEBUG=1 (or HYDRA_FULL_ERROR=1)
 re-raises instead, with the full traceback.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
+import io
 import os
 import re
 import sys
@@ -27,6 +30,11 @@ from typing import NoReturn
 USER_ERROR = 2  # the user can fix it; argparse uses 2 for usage errors too
 BUG = 1
 
+# A full disk or an exceeded quota: the user's to fix by freeing space, whichever library met it.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# TensorStore (Orbax's checkpoints) reports one as a ValueError whose message quotes the file and
+# ends in the OS's words: `Failed writing: "/run/x": ... No space left on device [...]`.
+_QUOTED_PATH = re.compile(r'"(/[^"]*)"')
 SHOWN = 6  # items of a long list that an error message names before "and N more"
 MAX_CHARS = 400  # a message longer than this (one huge item) is cut
 
@@ -150,8 +158,44 @@ def _refused_by_slurm(error: BaseException) -> str | None:
     return line.group(0) if line else None
 
 
+def _open_file(error: BaseException) -> str | None:
+    """The name of a file open in the frame that raised `error`, if one is: an OSError from a
+    write or a close (`with open(...) as f:` on a full disk) names no file, its frame does."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    names = [value.name for value in (tb.tb_frame.f_locals.values() if tb else ())
+             if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str)]
+    return names[0] if names else None
+
+
+def disk_full(error: BaseException) -> str | None:
+    """`PATH: No space left on device` where `error`, or an error it was raised from or while
+    handling, says that a disk (or a quota) is full, whichever library wrote: an OSError with
+    ENOSPC or EDQUOT (PATH its file, or the file its frame had open), or a message in the OS's
+    words for it (PATH the first absolute path it quotes); None otherwise. PATH is left out
+    where nothing names one."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            where, reason = error.filename or _open_file(error), os.strerror(error.errno)
+        else:
+            reason = next((os.strerror(code) for code in DISK_FULL
+                           if os.strerror(code) in str(error)), None)
+            quoted = _QUOTED_PATH.search(str(error)) if reason else None
+            where = quoted.group(1) if quoted else None
+        if reason:
+            return f"{where}: {reason}" if where else reason
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def describe(error: BaseException) -> str:
     """`error` as one line naming what to fix (the key, override, file or column)."""
+    full = disk_full(error)
+    if full:
+        return f"{full} (free some space, then run the same command again)"
     refused = _refused_by_slurm(error)
     if refused:
         return (f"Slurm refused the job: {refused} (check hydra.launcher.partition, "
@@ -171,13 +215,13 @@ def describe(error: BaseException) -> str:
 def is_user_error(error: BaseException, user_errors: tuple[type[BaseException], ...] = ()) -> bool:
     """Whether `error` is the user's to fix: a `UsageError` (ConfigError included), one of
     `user_errors`, a file that cannot be read or written, or an error of Hydra or OmegaConf
-    reading the command line and config."""
+    reading the command line and config, or a full disk (`disk_full`)."""
     kinds = (UsageError, OSError, *user_errors,
              *filter(None, (_loaded("hydra.errors", "HydraException"),
                             _loaded("omegaconf.errors", "OmegaConfBaseException"))))
     # Hydra checks its own flags with plain ValueErrors (`-m --cfg job`: one mode at a time)
     return (isinstance(error, kinds) or _raised_by(error, "hydra")
-            or _refused_by_slurm(error) is not None)
+            or _refused_by_slurm(error) is not None or disk_full(error) is not None)
 
 
 def program() -> str:

@@ -164,7 +164,9 @@ def writes_records() -> bool:
 
 def atomic_write(path: Path, write) -> None:
     """Write `path` through `write(temporary path)`, then rename it into place; nothing in a
-    process that does not write records (`writes_records`)."""
+    process that does not write records (`writes_records`). A reader never sees half a file,
+    and a failed write leaves `path` as it was and no temporary file; its OSError names `path`
+    where the system's names none or the temporary one (ENOSPC from a write or close)."""
     if not writes_records():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +174,12 @@ def atomic_write(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename not in (None, tmp):
+            raise
+        # A write or close that fails (a full disk) names no file, or the temporary one: name
+        # the file it was for.
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

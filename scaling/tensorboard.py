@@ -11,6 +11,7 @@ trained twice shows once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,8 +80,28 @@ class TensorBoardLog(Hook):
                 writer.add_scalar(name, value, loop.step)
 
     def close(self) -> None:
+        """Flush and close every writer. One whose file cannot take its events (a full disk) is
+        stopped all the same, its events dropped, and the OSError raised after the others:
+        tensorboardX would flush it again at exit and print tracebacks from its exit hook and
+        its writing thread."""
+        failed: OSError | None = None
         for writer in self.writers.values():
-            writer.close()
+            try:
+                writer.close()
+            except OSError as error:
+                failed = failed or error
+                _stop(writer.file_writer.event_writer)
+        if failed is not None:
+            raise failed
+
+
+def _stop(events: Any) -> None:
+    """Stop a tensorboardX EventFileWriter whose flush failed, as its `close` would have: its
+    thread, then its file (closed even though the flush fails again)."""
+    events._worker.stop()
+    events._closed = True
+    with contextlib.suppress(OSError):
+        events._ev_writer.close()
 
 
 def _number(value: Any) -> bool:

@@ -245,6 +245,7 @@ def _report(argv: list[str] | None) -> None:
     from analysis.overopt import read_bon
     from analysis.page import write_page
     from analysis.table import FitInputError, pretraining_scope
+    from scaling.record import atomic_directory
     from scaling.results import write_tables
 
     collected = write_tables(args.sweep_dir)
@@ -268,12 +269,17 @@ def _report(argv: list[str] | None) -> None:
     except FitInputError as error:
         raise UsageError(str(error)) from error
     command = f"scaling-report {shlex.quote(str(args.sweep_dir))}"
-    index = write_page(
-        collected.results, collected.curves, args.sweep_dir / "report",
-        title=f"Sweep {args.sweep_dir.name}", problems=collected.problems,
-        positions=collected.positions if not collected.positions.empty else None,
-        n_bootstrap=args.bootstrap, corpus=args.corpus, command=command, count=args.count,
-        bon=bon)
+    report_dir = args.sweep_dir / "report"
+    # Written aside and renamed in, the page last: another report on the sweep at the same
+    # time, or a full disk, never leaves a torn page, fits.json or figure.
+    with atomic_directory(report_dir, last=("index.html",)) as staging:
+        page = write_page(
+            collected.results, collected.curves, staging,
+            title=f"Sweep {args.sweep_dir.name}", problems=collected.problems,
+            positions=collected.positions if not collected.positions.empty else None,
+            n_bootstrap=args.bootstrap, corpus=args.corpus, command=command, count=args.count,
+            bon=bon)
+    index = report_dir / page.name
     if skipped:
         print(one_line(f"{skipped} (all listed in {index})"), file=sys.stderr)
     counts = collected.results["status"].value_counts().to_dict()

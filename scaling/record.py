@@ -20,9 +20,10 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,29 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_directory(directory: Path, last: Collection[str] = ()) -> Iterator[Path]:
+    """A new private directory beside `directory` to write its files into: once the block ends
+    without an error, each file written there is renamed into `directory` (each rename atomic),
+    those named in `last` after the others; the private directory is removed however the block
+    ends. A reader or another writer of `directory` (a second `scaling-report` on the sweep)
+    never sees half a file, and a block that fails (a full disk) leaves `directory` as it was.
+    Files of `directory` that the block did not write are kept."""
+    directory = Path(directory)
+    staging = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.tmp")
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        written = sorted((p for p in staging.rglob("*") if p.is_file()),
+                         key=lambda p: p.name in last)
+        for path in written:
+            target = directory / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:

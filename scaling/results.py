@@ -23,6 +23,7 @@ cooldown, `scaling.branches`), every other run's `flops`. What a branch itself c
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,10 +51,13 @@ class Collected:
 
 
 def _run_dirs(sweep_dir: Path) -> list[Path]:
-    """Directories holding a summary, or looking like an unfinished run (Hydra's .hydra/)."""
-    found = {p.parent for p in sweep_dir.rglob(SUMMARY)}
-    found |= {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
-    return sorted(found)
+    """Directories holding a summary, or looking like an unfinished run (Hydra's .hydra/).
+
+    os.walk passes over a directory that vanishes while the sweep is walked (a checkpoint
+    Orbax renames into place, another report's staging directory), where Path.rglob raises
+    FileNotFoundError and the report would stop."""
+    return sorted(Path(parent) for parent, dirs, files in os.walk(sweep_dir)
+                  if SUMMARY in files or ".hydra" in dirs)
 
 
 def _row(run_dir: Path, sweep_dir: Path) -> dict:

@@ -29,10 +29,9 @@ from omegaconf.errors import OmegaConfBaseException
 from scaling.config import (
     Config,
     ConfigError,
+    from_hydra,
     key_help,
     register_configs,
-    reject_unknown_keys,
-    validate,
 )
 from scaling.console import (
     USER_ERROR,
@@ -64,8 +63,7 @@ def fail(message: str) -> NoReturn:
 def load_config(cfg: DictConfig) -> Config:
     """Hydra's config as the typed, validated `Config`, or a clean exit naming the bad field."""
     try:
-        reject_unknown_keys(cfg, Config)  # `+model.new_key=1` gets past Hydra's struct check
-        config = validate(OmegaConf.to_object(cfg))
+        config = from_hydra(cfg)
     except (ConfigError, OmegaConfBaseException) as error:
         _remove_stub()
         fail(describe(error))

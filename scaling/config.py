@@ -226,6 +226,12 @@ MASKED_STAGES = ("mlm",)  # bidirectional models (model.causal=false), every oth
 MAX_VOCAB = 65535
 PATH_SOURCES = ("files", "jsonl", "comparisons")  # the sources that read data.paths
 LOGGERS = ("tensorboard", "wandb")  # train.loggers' choices
+# Seeds go to NumPy (non-negative only) and JAX (int64 at most): the 32-bit seeds both take.
+SEED_LIMIT = 2**32
+SEEDS = "an integer in [0, 2**32)"
+# Evaluations are placed by np.geomspace(1, steps, train.eval_count) before the first step,
+# several arrays of that length at once: some 30 MB at this cap, tens of GB at 1e9.
+MAX_EVALS = 10**6
 
 
 @dataclass
@@ -329,6 +335,16 @@ def reject_unknown_keys(node: Mapping[str, Any], schema: type, prefix: str = "")
             raise ConfigError(f"{prefix}{key} is not a config key{hint}")
         if is_dataclass(declared[key]):
             reject_unknown_keys(node[key], declared[key], f"{prefix}{key}.")
+
+
+def from_hydra(cfg: Mapping[str, Any]) -> Config:
+    """Hydra's composed job config (without its `hydra` node) as the typed, validated Config:
+    what `scaling-train` checks before anything is read or trained. Raises ConfigError, or
+    OmegaConf's error, naming the first bad key."""
+    from omegaconf import OmegaConf
+
+    reject_unknown_keys(cfg, Config)  # `+model.new_key=1` gets past Hydra's struct check
+    return validate(OmegaConf.to_object(cfg))
 
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -451,6 +467,7 @@ def validate(cfg: Config) -> Config:
            "train.tokens", t.tokens, f"at least one batch of comparisons with "
            f"stage={cfg.stage.kind}, 2 * "
            f"train.batch_size * model.n_ctx = {2 * tokens_per_step} tokens (two windows each)")
+    _check(0 <= t.seed < SEED_LIMIT, "train.seed", t.seed, SEEDS)
     _check(t.budget is None or t.budget > 0, "train.budget", t.budget,
            "a positive number of FLOPs or null")
     _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a positive number or null")
@@ -463,6 +480,8 @@ def validate(cfg: Config) -> Config:
     for name in ("eval_count", "eval_batches", "log_every_steps", "checkpoint_every_steps",
                  "keep_checkpoints"):
         _check(getattr(t, name) > 0, f"train.{name}", getattr(t, name), "a positive integer")
+    _check(t.eval_count <= MAX_EVALS, "train.eval_count", t.eval_count,
+           f"at most {MAX_EVALS:,} evaluations")
     _check(t.grad_accum > 0 and t.batch_size % t.grad_accum == 0, "train.grad_accum",
            t.grad_accum, f"a positive divisor of train.batch_size={t.batch_size}")
     micro_tokens = t.batch_size // t.grad_accum * m.n_ctx
@@ -542,6 +561,7 @@ def _validate_policy_data(d: DataConfig) -> None:
            f"one of {', '.join(sorted(GOLD_REWARDS))}")
     _check(d.comparison_max_new_tokens >= 0, "data.comparison_max_new_tokens",
            d.comparison_max_new_tokens, "a positive number of tokens, or 0 for n_ctx // 2")
+    _check(0 <= d.comparison_seed < SEED_LIMIT, "data.comparison_seed", d.comparison_seed, SEEDS)
     _check(d.comparison_label_temperature >= 0, "data.comparison_label_temperature",
            d.comparison_label_temperature, "0 (the higher gold wins) or a positive temperature")
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from scaling.batch import ComparisonBatch, LmBatch, MaskedBatch, PreferenceBatch
+from scaling.config import ConfigError
 
 VOCAB_MULTIPLE = 64
 LN_EPS = 1e-5
@@ -101,11 +102,18 @@ def resolve_dtype(name: str, backend: str | None = None) -> str:
 
 
 def resolve_attention(name: str, dtype: str, backend: str | None = None) -> str:
-    """`auto` picks the cuDNN flash kernel where it applies (GPU, bf16), XLA elsewhere."""
+    """`auto` picks the cuDNN flash kernel where it applies (GPU, bf16), XLA elsewhere.
+    Raises ConfigError for `cudnn` where it does not apply (JAX would stop the run with a
+    RuntimeError at its first step)."""
+    backend = backend or jax.default_backend()
+    applies = backend == "gpu" and dtype == "bfloat16"
+    if name == "cudnn" and not applies:
+        raise ConfigError(f"model.attention=cudnn is invalid here: expected an NVIDIA GPU and "
+                          f"bfloat16 for cuDNN's kernel, this run has {backend} and {dtype} "
+                          "(model.attention=auto picks it where it applies)")
     if name != "auto":
         return name
-    backend = backend or jax.default_backend()
-    return "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
+    return "cudnn" if applies else "xla"
 
 
 def _dense(features: int, dtype, std: float, name: str) -> nn.Dense:

@@ -1,7 +1,10 @@
 """A damaged newest checkpoint (cut short, bytes overwritten, garbage metadata, a file gone): the
 run resumes from the one before, says which it passed over, and ends as if never interrupted.
-Every checkpoint damaged: one line naming each, exit 2, and no completed record."""
+Every checkpoint damaged: one line naming each, exit 2, and no completed record. What a kill
+mid-save leaves is cleared, and a completed record never names a checkpoint still uncommitted."""
 
+import asyncio
+import dataclasses
 import logging
 import random
 import shutil
@@ -13,7 +16,9 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from orbax.checkpoint._src.path import atomicity
 
+from scaling import record, train
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config, DataConfig, ModelConfig, TrainConfig
 from scaling.record import read_summary
@@ -24,6 +29,7 @@ from tests.runs import crash_at_step, pretrain
 # checkpoints at 8 and 16, a crash at 20
 TOKENS, EVERY, CRASH = 8192, 8, 20
 NEWEST, PREVIOUS = 16, 8
+TMP_SUFFIX = atomicity.TMP_DIR_SUFFIX  # Orbax's name for a checkpoint it has not committed yet
 
 
 def config(corpus_dir: Path, cache_dir: Path) -> Config:
@@ -174,3 +180,46 @@ def test_every_checkpoint_damaged_fails_in_one_line_with_no_completed_record(
     summary = read_summary(run)
     assert summary["status"] == "failed" and "CheckpointError" in summary["error"]
     assert committed_steps(run) == [PREVIOUS, NEWEST]  # nothing deleted: the user decides
+
+
+def test_a_save_killed_before_its_commit_leaves_nothing_behind_once_the_run_reopens(
+        corpus_dir, cache_dir, crashed, tmp_path, faults):
+    """A process killed mid-save leaves Orbax's temporary directory, as big as a checkpoint;
+    one of a step the run does not save again (a save on the wall clock) stayed for good."""
+    run = tmp_path / "run"
+    shutil.copytree(crashed, run)
+    partial = run / "checkpoints" / f"{NEWEST - 3}{TMP_SUFFIX}"  # a step off the step clock
+    shutil.copytree(run / "checkpoints" / str(NEWEST), partial)
+    truncate(partial)
+    faults["partial save left by a kill: a temporary checkpoint directory"] += 1
+
+    done = pretrain(config(corpus_dir, cache_dir), run)
+    assert done["status"] == "completed" and done["resumed_from_step"] == NEWEST
+    assert not partial.exists()
+
+
+def test_a_completed_record_is_written_once_its_last_checkpoint_is_committed(
+        corpus_dir, cache_dir, tmp_path, monkeypatch, faults):
+    """Killed right after its completed record, a run must keep its last checkpoint: what a
+    fine-tune (`stage.init_from`, latest) and scaling-sample read. Orbax commits a big
+    checkpoint long after the last step; here a commit that takes a second stands for one."""
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def slow_finalize(self) -> None:
+        await asyncio.sleep(1.0)
+        await finalize(self)
+
+    run, committed_when_recorded = tmp_path / "run", []
+
+    def write_summary(run_dir, summary) -> None:
+        if summary["status"] == "completed":
+            committed_when_recorded.append(committed_steps(run))
+        record.write_summary(run_dir, summary)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", slow_finalize)
+    monkeypatch.setattr(train, "write_summary", write_summary)
+    faults["slow checkpoint commit: 1 s"] += 1
+    cfg = config(corpus_dir, cache_dir)
+    done = pretrain(dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, checkpoint_every_steps=16)), run)
+    assert committed_when_recorded == [[16, done["steps"]]]

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,7 @@ def launch_in_process(overrides: list[str]) -> tuple[Config | None, int, str]:
     top level reports it."""
     stderr = io.StringIO()
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
         assert cfg.hydra.run.dir  # named from the values, as Hydra names the run's directory
         with open_dict(cfg):
             del cfg["hydra"]
@@ -104,11 +104,13 @@ def assert_refused_in_one_line(status: int, stderr: str, overrides: list[str]) -
 
 
 @pytest.fixture(scope="module", autouse=True)
-def schema() -> None:
-    """The schema in Hydra's ConfigStore and the project's resolvers, as `scaling-train` sets
-    them up before Hydra composes."""
+def hydra_of_scaling_train() -> Iterator[None]:
+    """Hydra set up as `scaling-train` sets it up: conf/, the schema in its ConfigStore and the
+    project's resolvers; once for the module, each example composing in it."""
     register_configs()
     register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        yield
 
 
 # `faults` is the session's counter, meant to add up over examples

@@ -97,7 +97,7 @@ def test_concurrent_reports_never_tear_a_table(tmp_path, faults):
     reads = 0
     while any(process.is_alive() for process in writers):
         reads += check_whole(sweep)
-        time.sleep(0.1)
+        time.sleep(0.2)
     for process in [*writers, adder]:
         process.join(timeout=60)
         assert process.exitcode == 0

@@ -5,7 +5,9 @@ Every process runs the same program (JAX's multi-controller model). One mesh spa
 of all of them (`scaling.parallel`); each process computes the (seed, step) batch, a pure
 function of the step, and puts only its own rows of it on its own devices, so the global batch,
 and the losses, are a one-process run's. Every process takes part in each step, evaluation and
-checkpoint (Orbax saves and restores across processes). Only process 0 writes the run's record
+checkpoint (Orbax saves and restores across processes); what one process sees alone (a stop
+signal, its checkpoint clock running out) is made a decision of all at the same step
+(`max_over_processes`). Only process 0 writes the run's record
 (`scaling.record`), its live logs and its progress; the others log warnings and errors only.
 docs/distributed.md shows how to launch it.
 """
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from scaling.config import DistributedConfig
 from scaling.console import UsageError, one_line
@@ -76,3 +80,14 @@ def is_primary() -> bool:
     """Whether this process writes the run's record, logs and progress: process 0 of a
     multi-process run, and every single-process run."""
     return process_index() == 0
+
+
+def max_over_processes(values: Sequence[int]) -> np.ndarray:
+    """Each of `values`' maximum over the run's processes [len(values)], int32: what each
+    process saw alone (a signal), made one decision for all. A collective: every process calls
+    it at the same point of its program with as many values, and it waits for the steps
+    already dispatched. In a one-process run the values themselves, with no device work."""
+    local = np.asarray(values, dtype=np.int32)
+    if jax.process_count() == 1:
+        return local
+    return multihost_utils.process_allgather(local).max(axis=0)

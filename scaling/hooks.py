@@ -29,6 +29,7 @@ import numpy as np
 
 from scaling.batch import stack
 from scaling.checkpoint import Checkpointer
+from scaling.distributed import max_over_processes
 from scaling.parallel import Placement
 from scaling.progress import TrainProgress
 from scaling.step import (
@@ -246,7 +247,14 @@ class Evaluation(Hook):
 class Checkpointing(Hook):
     """A checkpoint every `every_steps` steps or `every_seconds` of wall time, at each step of
     `at` (a WSD trunk's branch points) and at the end; `meta(loop)` is the JSON bookkeeping
-    saved beside the state."""
+    saved beside the state.
+
+    Across processes the save is a collective, so every process must save at the same step:
+    the wall-time interval runs out on each process's clock at its own moment, and they agree
+    (`max_over_processes`) to save at the first step after which any clock ran out. (Saving
+    alone, a process took its next collective for the others' training step: gloo aborted
+    both.) A one-process run reads its clock alone.
+    """
 
     def __init__(self, checkpointer: Checkpointer, every_steps: int, every_seconds: float,
                  meta: Callable[[LoopState], dict], at: Collection[int] = ()) -> None:
@@ -255,12 +263,17 @@ class Checkpointing(Hook):
         self.meta, self.at = meta, frozenset(at)
         self.last = time.monotonic()
         self.saved = -1  # the step of the last checkpoint saved here
+        self.joined = jax.process_count() > 1
 
     def __call__(self, loop: LoopState) -> None:
         if (loop.step % self.every_steps == 0 or loop.step in self.at
-                or time.monotonic() - self.last >= self.every_seconds
-                or loop.step == loop.total_steps):
+                or loop.step == loop.total_steps or self._clock_ran_out()):
             self.save(loop)
+
+    def _clock_ran_out(self) -> bool:
+        """Whether `every_seconds` have passed since the last save, on any process's clock."""
+        ran_out = time.monotonic() - self.last >= self.every_seconds
+        return bool(max_over_processes([ran_out])[0]) if self.joined else ran_out
 
     def save(self, loop: LoopState) -> None:
         """Checkpoint this step, unless it is saved already."""
@@ -282,6 +295,15 @@ class Interruption(Hook):
     is kept as `chained`, for the caller to run once the run is recorded. A signal during the
     last step changes nothing, the run completes. Off the main thread, where Python cannot take
     signals, it does nothing.
+
+    Across processes (`scaling.distributed`) each process gets its own signals at its own
+    moment (Slurm signals the tasks of a job one by one; a user may kill one), but all must
+    stop at the same step: the checkpoint is a collective, and a process that steps on alone
+    meets the others' checkpoint with its next step's collectives (gloo aborts both; NCCL may
+    wait forever). So after each step they agree (`max_over_processes`) and all stop at the
+    first step after which any of them had a signal, each with its own signal or, having none,
+    the highest-numbered one another process got. A one-process run does not agree with anyone
+    and pays nothing for it.
     """
 
     def __init__(self, checkpointing: Checkpointing,
@@ -290,6 +312,7 @@ class Interruption(Hook):
         self.received: signal.Signals | None = None
         self.chained: Callable[[int, Any], Any] | None = None
         self.previous: dict[signal.Signals, Any] = {}
+        self.joined = jax.process_count() > 1
         if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._receive) for s in signals}
 
@@ -305,11 +328,24 @@ class Interruption(Hook):
         log.warning("%s received: stopping after this step, with a checkpoint",
                     self.received.name)
 
+    def _agreed(self) -> signal.Signals | None:
+        """This process's signal, or where it has none, the one the others agree on."""
+        if not self.joined:
+            return self.received
+        agreed = int(max_over_processes([self.received or 0])[0])
+        if self.received is None and agreed:
+            log.warning("%s received by another process: stopping after this step, with a "
+                        "checkpoint", signal.Signals(agreed).name)
+        return self.received or (signal.Signals(agreed) if agreed else None)
+
     def __call__(self, loop: LoopState) -> None:
-        if self.received is None or loop.step == loop.total_steps:
+        if loop.step == loop.total_steps:
+            return
+        stop = self._agreed()
+        if stop is None:
             return
         self.checkpointing.save(loop)
-        loop.interrupted, loop.stop = self.received.name, True
+        loop.interrupted, loop.stop = stop.name, True
 
     def _restore(self) -> None:
         for s, handler in self.previous.items():

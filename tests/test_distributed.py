@@ -1,6 +1,7 @@
 """Training across processes (`scaling.distributed`): two CPU processes on this machine, one
 device each, joined through a coordinator on a free local port (gloo collectives), train as one
-process does, resume together from their checkpoint after SIGKILL, and leave one record.
+process does, stop together when one of them gets a signal or dies, resume together from their
+checkpoint, and leave one record.
 
 Each run is `scaling-train` as a user launches it, in its own subprocess: JAX joins processes
 once, before it starts its devices, so the pytest process cannot be one of them.
@@ -37,9 +38,6 @@ from tests.runs import pretrain
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, BATCH, N_CTX = 20, 8, 32
 CURVE = ["step", "train_loss", "val_loss", "grad_norm"]
-# The killed run reads no batch past this one (step 13 of 20): its checkpoint of step 10 is
-# the last one it saves, committed before both processes are killed.
-PAUSE_AT = 12
 WORKER = "from tests.test_distributed import worker; worker()"
 
 
@@ -69,22 +67,54 @@ def overrides(corpus_dir: Path, cache_dir: Path, run_dir: Path,
 
 
 def worker() -> None:
-    """scaling-train, in a subprocess; its first argument, if not 0, is a step whose batch it
-    never finishes reading (it sleeps there until killed)."""
-    pause_at = int(sys.argv.pop(1))
+    """scaling-train, in a subprocess. Its first arguments: a step whose batch it reads only
+    once a file, the second, exists (0: no such step), saying it waits in a file of that name
+    and its pid; and the pace of its hooks' wall clock (2: twice real time, as the clock of
+    another host may drift)."""
+    pause_at, release, pace = int(sys.argv.pop(1)), Path(sys.argv.pop(1)), float(sys.argv.pop(1))
     if pause_at:
         from scaling.stages import pretrain as pretrain_stage
 
         class Paused(pretrain_stage.Batches):
             def __call__(self, step: int) -> np.ndarray:
                 if step == pause_at:
-                    time.sleep(600)
+                    waiting(release, os.getpid()).touch()
+                    while not release.exists():
+                        time.sleep(0.05)
                 return super().__call__(step)
 
         pretrain_stage.Batches = Paused
+    if pace != 1:
+        from scaling import hooks
+
+        class Drifting:
+            """The time module, its monotonic clock at `pace`."""
+
+            def __getattr__(self, name: str):
+                return getattr(time, name)
+
+            @staticmethod
+            def monotonic() -> float:
+                return pace * time.monotonic()
+
+        hooks.time = Drifting()
     from scaling.cli import train
 
     train()
+
+
+def waiting(release: Path, pid: int) -> Path:
+    """The file that says process `pid` waits for `release`."""
+    return release.with_name(f"{release.name}.{pid}")
+
+
+def wait_for(paths: list[Path], procs: list[subprocess.Popen], what: str) -> None:
+    """Return once all `paths` exist (`what` they say, for a failure), every process running."""
+    deadline = time.monotonic() + 240
+    while not all(path.exists() for path in paths):
+        assert all(proc.poll() is None for proc in procs), procs[0].communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"no {what}"
+        time.sleep(0.2)
 
 
 def free_port() -> int:
@@ -93,10 +123,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], processes: int, devices: int = 1,
-           pause_at: int = 0) -> list[subprocess.Popen]:
+def launch(args: list[str], processes: int, devices: int = 1, pause_at: int = 0,
+           release: Path = Path("release"), drifting: bool = False) -> list[subprocess.Popen]:
     """`processes` processes of `scaling-train args`, each with `devices` CPU devices, joined
-    through a coordinator on a free port when there are several."""
+    through a coordinator on a free port when there are several; `worker` says what
+    `pause_at` and `release` do; with `drifting`, process 1's clock runs at twice the pace."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env |= {"JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
@@ -104,7 +135,8 @@ def launch(args: list[str], processes: int, devices: int = 1,
     joined = [f"train.distributed.coordinator_address=localhost:{port}",
               f"train.distributed.num_processes={processes}"] if processes > 1 else []
     return [subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(pause_at), *args, *joined,
+        [sys.executable, "-c", WORKER, str(pause_at), str(release),
+         "2" if drifting and i == 1 else "1", *args, *joined,
          *([f"train.distributed.process_id={i}"] if processes > 1 else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         for i in range(processes)]
@@ -129,11 +161,14 @@ def summary(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def runs(corpus_dir, cache_dir, tmp_path_factory) -> dict:
     """The same config trained by one process on one device (here), one process on two
-    devices, and two processes of one device each, all at once."""
+    devices, and two processes of one device each, all at once. The two processes also save
+    a checkpoint every 0.5 s of wall time by clocks that drift apart (process 1's runs at
+    twice the pace): they must agree on the steps, or one saves alone and gloo aborts both."""
     out = tmp_path_factory.mktemp("distributed")
     started = time.perf_counter()
     two_devices = launch(overrides(corpus_dir, cache_dir, out / "two_devices"), 1, devices=2)
-    two_processes = launch(overrides(corpus_dir, cache_dir, out / "two_processes", True), 2)
+    two_processes = launch([*overrides(corpus_dir, cache_dir, out / "two_processes", True),
+                            "train.checkpoint_every_seconds=0.5"], 2, drifting=True)
     pretrain(config(corpus_dir, cache_dir), out / "one")
     finish(two_devices)
     logs = finish(two_processes)
@@ -162,26 +197,55 @@ def test_only_process_0_records_logs_and_reports_progress(runs):
     assert "val_loss" not in second and "step " not in second
 
 
-def test_two_killed_processes_resume_together_as_if_never_stopped(runs, corpus_dir, cache_dir):
-    run_dir = runs["dirs"] / "killed"
+def test_a_signalled_then_a_killed_process_stop_both_and_both_resume(runs, corpus_dir,
+                                                                     cache_dir, tmp_path):
+    """Slurm signals a job's tasks one by one, and a user may signal or kill one.
+
+    Process 1 alone gets SIGTERM while both wait for batch 13: both stop after step 13, with
+    its checkpoint, recorded as interrupted. (Each stopping on its own flag, process 1 stopped
+    at 13 while process 0 went on to 14: their collectives mismatched, gloo aborted process 1,
+    process 0 failed, and 13 had no checkpoint.) Relaunched,
+    both wait for batch 17, after checkpoint 15, and process 1 is SIGKILLed: process 0, let go
+    on, fails its next collective at once (gloo: connection reset by peer) and records the run
+    as failed. (It would then wait in JAX's shutdown for the dead one until the coordination
+    service's heartbeat timeout, 100 s, and abort: the test kills it.) Relaunched again, both
+    resume from 15 and end as the uninterrupted run.
+    """
+    run_dir = runs["dirs"] / "stopped"
     args = overrides(corpus_dir, cache_dir, run_dir)
-    procs = launch(args, 2, pause_at=PAUSE_AT)
-    committed = run_dir / "checkpoints" / "10"
-    deadline = time.monotonic() + 240
-    while not committed.is_dir():
-        assert all(proc.poll() is None for proc in procs), procs[0].communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint of step 10"
+    release = tmp_path / "signalled"
+    procs = launch(args, 2, pause_at=12, release=release)
+    wait_for([waiting(release, proc.pid) for proc in procs], procs, "pause before step 13")
+    procs[1].send_signal(signal.SIGTERM)
+    assert any("SIGTERM received" in line for line in procs[1].stdout)  # read up to it
+    release.touch()
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+        assert "interrupted at step 13 (SIGTERM)" in output
+    record = summary(run_dir)
+    assert record["status"] == "interrupted" and record["interrupted_step"] == 13
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "13"]
+
+    release = tmp_path / "killed"
+    procs = launch(args, 2, pause_at=16, release=release)
+    wait_for([waiting(release, proc.pid) for proc in procs], procs, "pause before step 17")
+    wait_for([run_dir / "checkpoints" / "15"], procs, "committed checkpoint of step 15")
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].communicate(timeout=60)
+    release.touch()
+    deadline = time.monotonic() + 60
+    while summary(run_dir)["status"] == "running":
+        assert time.monotonic() < deadline, "process 0 went on without process 1"
         time.sleep(0.2)
-    for proc in procs:
-        proc.send_signal(signal.SIGKILL)
-    for proc in procs:
-        proc.communicate(timeout=60)
-        assert proc.returncode == -signal.SIGKILL
-    assert summary(run_dir)["status"] == "running"
+    record = summary(run_dir)
+    assert record["status"] == "failed" and record["resumed_from_step"] == 13
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].communicate(timeout=60)
 
     finish(launch(args, 2))  # another coordinator port: not part of the run's identity
     resumed = summary(run_dir)
-    assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 10
+    assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 15
     assert resumed["final_val_loss"] == summary(runs["dirs"] / "two_processes")["final_val_loss"]
     pd.testing.assert_frame_equal(curve(run_dir), curve(runs["dirs"] / "two_processes"))
 

@@ -223,6 +223,8 @@ class Evaluation(Hook):
         train_loss = loop.per_model(state["loss_sum"] / state["loss_count"])
         grad_norm = loop.per_model(loop.metrics["grad_norm"])
         tokens_per_s = self.meter.rate(step)
+        # before the rows: a model whose loss went non-finite by this step gets no row of NaNs
+        loop.see_divergence(loop.metrics["bad_step"])
         for i, schedule in enumerate(self.schedules):
             if loop.diverged[i]:  # its own run would have stopped here
                 continue
@@ -240,8 +242,8 @@ class Evaluation(Hook):
         self.meter.mark(step)
         state["loss_sum"] = jnp.zeros_like(state["loss_sum"])  # placed as before
         state["loss_count"] = jnp.zeros_like(state["loss_count"])
-        self.progress.eval(step, loop.mean_of_training(val_loss))
-        loop.see_divergence(loop.metrics["bad_step"])
+        if not all(loop.diverged):
+            self.progress.eval(step, loop.mean_of_training(val_loss))
 
 
 class Checkpointing(Hook):

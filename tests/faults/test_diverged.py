@@ -38,6 +38,7 @@ def test_a_diverging_run_is_recorded_as_such_and_the_sweep_goes_on(corpus_dir, c
     schedule = eval_steps(diverged["steps"], diverged["config"]["train"]["eval_count"])
     evaluated = pd.read_parquet(runs[1e30] / "metrics.parquet")["step"].tolist()
     assert evaluated == schedule[:len(evaluated)] and len(evaluated) < len(schedule)
+    assert all(step < diverged["diverged_step"] for step in evaluated)  # no row of NaNs
     for lr in ("rule", 3e-3):
         done = summary(runs[lr])
         assert done["status"] == "completed" and math.isfinite(done["final_val_loss"])

@@ -146,6 +146,7 @@ def _start_and_signal(args: list[str], run_dir: Path, signum: int) -> tuple[int,
     return proc.returncode, stderr
 
 
+@pytest.mark.slow  # in CI, tests/faults/test_kill.py SIGKILLs runs at every moment
 def test_sigkill_mid_training_then_rerun_matches_uninterrupted(corpus_dir, cache_dir, tmp_path,
                                                                uninterrupted):
     expected = json.loads((uninterrupted / "summary.json").read_text())

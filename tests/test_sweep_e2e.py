@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from scaling.results import collect
 
@@ -72,6 +73,7 @@ def test_two_concurrent_workers_train_each_run_once(corpus_dir, cache_dir, tmp_p
     assert started + trained_from_scratch(relaunch.stdout + relaunch.stderr) == 3
 
 
+@pytest.mark.slow  # in CI, tests/faults/test_kill.py: the same, with kills inside writes too
 def test_killed_parallel_sweep_completes_every_run_exactly_once(corpus_dir, cache_dir,
                                                                 tmp_path):
     sweep = tmp_path / "S"

@@ -163,7 +163,7 @@ def test_a_preempted_then_cancelled_run_ends_as_the_uninterrupted_one(
     # the front end waits, as on any cluster without slurmdbd; Ctrl-C ends it.
     assert front.poll() is None
     front.send_signal(signal.SIGINT)
-    front.communicate(timeout=60)
+    front.communicate(timeout=TIMEOUT_S)  # the front end exits in seconds, minutes at load
 
     finish(submit(cluster, args))  # the same sweep again
     assert read_summary(run_dir)["resumed_from_step"] == interrupted["interrupted_step"]

@@ -138,6 +138,18 @@ def record_bytes(run_dir: Path) -> int:
                for name in ("metrics.parquet", "positions.parquet", "summary.json"))
 
 
+def relaunch_after_freeing(ballast: Path, run_dir: Path, reference: Path, step: int,
+                           corpus_dir: Path, cache_dir: Path) -> None:
+    """Delete the ballast and launch the same run again: it resumes from `step` and ends with
+    the uninterrupted run's losses."""
+    ballast.unlink()
+    result = scaling_train(run_args(corpus_dir, cache_dir, run_dir))
+    assert result.returncode == 0, result.stderr
+    assert f"from step {step}" in result.stdout
+    assert losses(run_dir) == losses(reference)
+    shutil.rmtree(run_dir)
+
+
 def test_full_during_a_checkpoint_save(uninterrupted, tmpfs, corpus_dir, cache_dir, faults):
     """Room for all the run writes before its last checkpoint and half of that: the save at
     step 32 fails, the one at step 20 holds, and the relaunch resumes from it."""
@@ -152,12 +164,7 @@ def test_full_during_a_checkpoint_save(uninterrupted, tmpfs, corpus_dir, cache_d
     assert (run_dir / "checkpoints" / "20").is_dir()
     assert not (run_dir / "checkpoints" / "32").exists()
 
-    ballast.unlink()
-    result = scaling_train(run_args(corpus_dir, cache_dir, run_dir))
-    assert result.returncode == 0, result.stderr
-    assert "from step 20" in result.stdout
-    assert losses(run_dir) == losses(reference)
-    shutil.rmtree(run_dir)
+    relaunch_after_freeing(ballast, run_dir, reference, 20, corpus_dir, cache_dir)
 
 
 def test_full_during_the_record_write(uninterrupted, tmpfs, corpus_dir, cache_dir, tmp_path,
@@ -177,12 +184,7 @@ def test_full_during_the_record_write(uninterrupted, tmpfs, corpus_dir, cache_di
     assert (tmp_path / "32").is_dir(), "the record comes after the last checkpoint"
     assert_no_false_record(run_dir)
 
-    ballast.unlink()
-    result = scaling_train(run_args(corpus_dir, cache_dir, run_dir))
-    assert result.returncode == 0, result.stderr
-    assert "from step 32" in result.stdout
-    assert losses(run_dir) == losses(reference)
-    shutil.rmtree(run_dir)
+    relaunch_after_freeing(ballast, run_dir, reference, 32, corpus_dir, cache_dir)
 
 
 def test_report_into_a_full_sweep_keeps_the_old_table(uninterrupted, tmpfs, faults):

@@ -48,12 +48,13 @@ def _describe(error: Exception) -> str:
 
 
 def _damage(error: BaseException) -> BaseException | None:
-    """The error in `error`'s chain of causes that says a checkpoint cannot be read (one of
-    UNREADABLE), or None for any other error (a bug, not damage)."""
+    """The error in `error`'s chain of causes or contexts that says a checkpoint cannot be read
+    (one of UNREADABLE), or None for any other error (a bug, not damage). Contexts too: which
+    of Orbax's concurrent reads fails first varies, and some raise inside another's handler."""
     while error is not None:
         if isinstance(error, UNREADABLE):
             return error
-        error = error.__cause__
+        error = error.__cause__ or error.__context__
     return None
 
 

@@ -303,14 +303,13 @@ def _fit_log_space(
     runs = [run for _, run in solved]
     if not finite:
         raise FitInputError(f"{law}: no starting point gives a finite loss on this data")
-    n, p = len(lnL), len(names)
+    n = len(lnL)
     if not runs:
         why = f"SciPy's least_squares raised from all {len(errors)} starts ({errors[0]})"
         return Fit.failed(law, tuple(names), variables, n, why)
     best = runs[0]
     theta = best.x
-    cov = 2 * best.cost / (n - p) * np.linalg.pinv(best.jac.T @ best.jac)
-    se_theta = np.sqrt(np.clip(np.diag(cov), 0, None))
+    se_theta = _jacobian_stderr(best, n)
     params, stderr = {}, {}
     with np.errstate(over="ignore", invalid="ignore"):  # a runaway constant is reported below
         for name, t, se in zip(names, theta, se_theta, strict=True):
@@ -338,6 +337,25 @@ def _fit_log_space(
             "stderr_method": "jacobian",
         },
     )
+
+
+def _jacobian_stderr(res: OptimizeResult, n: int) -> np.ndarray:
+    """Standard errors of the searched parameters, shape (p,), from the Gauss-Newton
+    covariance s²(JᵀJ)⁺ with s² = Σr²/(n − p) (Seber & Wild 1989, ch. 2).
+
+    A column of J that overflowed (a constant run off to ∞ at a degenerate optimum, where the
+    status already says so) has no standard error: NaN, and the others are computed without
+    it, so that one runaway parameter cannot stop the fit (pinv's SVD raises on an inf)."""
+    jac = np.asarray(res.jac, float)
+    p = jac.shape[1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        usable = np.isfinite(jac).all(axis=0) & np.isfinite(np.square(jac).sum(axis=0))
+    se = np.full(p, np.nan)
+    if usable.any():
+        J = jac[:, usable]
+        cov = 2 * res.cost / (n - p) * np.linalg.pinv(J.T @ J)
+        se[usable] = np.sqrt(np.clip(np.diag(cov), 0, None))
+    return se
 
 
 def _negligible(res: OptimizeResult, names: Sequence[str]) -> list[str]:

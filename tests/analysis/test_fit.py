@@ -163,6 +163,18 @@ def test_kaplan_nd_on_a_flat_loss_is_degenerate_despite_starts_that_raise():
     assert fit.diagnostics["n_failed_starts"] >= 1
 
 
+def test_a_jacobian_column_that_overflowed_has_no_stderr_and_spares_the_others():
+    """At a runaway optimum a column of J can be ∞ (on some CPUs the flat-loss fit above ends
+    there): that parameter's standard error is NaN, the others are those of J without it."""
+    from scipy.optimize import OptimizeResult
+
+    J = np.array([[1.0, np.inf, 0.0], [0.0, 1.0, 2.0], [1.0, 1e200, 1.0], [2.0, 0.0, 1.0]])
+    se = fit_module._jacobian_stderr(OptimizeResult(jac=J, cost=0.5), n=4)
+    kept = J[:, [0, 2]]
+    expected = np.sqrt(np.diag(2 * 0.5 / (4 - 3) * np.linalg.inv(kept.T @ kept)))
+    assert np.isnan(se[1]) and se[[0, 2]] == pytest.approx(expected)
+
+
 def test_kaplan_ns_whose_loss_ignores_steps_is_degenerate():
     curves = kaplan_ns_curves()
     curves["loss"] = noisy((TRUE_KAPLAN_NS["N_c"] / curves["N"]) ** 0.077, np.random.default_rng(0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,25 @@ def tag(column: str) -> str:
     return TAGS.get(column, column)
 
 
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without torch.
+
+    tensorboardX imports torch whenever it is installed (as with the dev extra, for the
+    Hugging Face parity tests), only to accept torch tensors; we pass Python floats, and the
+    import cost every run 2.5 s before its first step. While `sys.modules["torch"]` is None,
+    `import torch` raises ImportError, tensorboardX's own fallback. A process that has already
+    imported torch keeps it."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoardLog(Hook):
     """After each evaluation, its new rows as scalars; at the end, hparams with final losses.
 
@@ -44,8 +64,7 @@ class TensorBoardLog(Hook):
     def __init__(self, record_dirs: Sequence[Path], models: Sequence[int], loop: LoopState,
                  hparams: dict[str, Any], flops_per_token: int,
                  devices: Sequence[Any]) -> None:
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = _summary_writer_class()
         purge = loop.step + 1 if loop.step else None
         self.writers = {i: SummaryWriter(str(Path(record_dirs[i]) / EVENTS_DIR),
                                          purge_step=purge, flush_secs=30) for i in models}
